@@ -1,0 +1,1 @@
+"""Datasets (VITON-HD, DressCode), captions and augmentations (SPEC sections 3 and 4)."""
