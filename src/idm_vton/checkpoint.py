@@ -1,0 +1,206 @@
+"""Checkpoint reading and key conversion for the published IDM-VTON layout (SPEC section 1).
+
+The published ``yisol/IDM-VTON`` folder stores the TryonNet with
+``encoder_hid_dim_type: "ip_image_proj"`` (which stock diffusers refuses), the IP-Adapter Plus
+Resampler under ``encoder_hid_proj.*`` in the original Resampler naming and the IP key/value
+projections as ``<attn2>.processor.to_k_ip.weight``. Conversion to the modules used here is a pure
+``dict -> dict`` mapping (:func:`convert_tryon_state_dict`) followed by :func:`check_state_dict`,
+which names every missing, unexpected or mis-shaped key. Nothing is dropped silently: the only
+keys ever left out (GarmentNet's unused ``add_embedding.*``) are returned and logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CheckpointError",
+    "check_state_dict",
+    "convert_garment_state_dict",
+    "convert_resampler_state_dict",
+    "convert_tryon_state_dict",
+    "read_state_dict",
+]
+
+# Files smaller than this cannot hold a real weight tensor: they are placeholders (the official
+# repository ships 25-byte text files and git-lfs pointers where weights should be).
+MIN_WEIGHT_BYTES = 1024
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder or weight file is missing, a placeholder, corrupt or does not fit."""
+
+
+def check_weight_file(path: Path) -> None:
+    """Refuse missing, placeholder (git-lfs pointer, tiny text) and empty weight files."""
+    if not path.is_file():
+        raise CheckpointError(f"weight file not found: {path}")
+    size = path.stat().st_size
+    if size < MIN_WEIGHT_BYTES:
+        head = path.read_bytes()[:64]
+        kind = (
+            "a git-lfs pointer" if head.startswith(b"version https://git-lfs") else "a placeholder"
+        )
+        raise CheckpointError(
+            f"{path} is {kind} of {size} bytes, not weights: download the real file "
+            "(e.g. `huggingface-cli download yisol/IDM-VTON`) or `git lfs pull` in the clone"
+        )
+
+
+_WEIGHT_NAMES = (
+    "diffusion_pytorch_model.safetensors",
+    "model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "model.fp16.safetensors",
+    "diffusion_pytorch_model.bin",
+    "pytorch_model.bin",
+    "diffusion_pytorch_model.fp16.bin",
+)
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight file(s) of a component folder (a single file or an index of shards)."""
+    for index_name in (
+        "diffusion_pytorch_model.safetensors.index.json",
+        "model.safetensors.index.json",
+        "diffusion_pytorch_model.bin.index.json",
+        "pytorch_model.bin.index.json",
+    ):
+        index = folder / index_name
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return [folder / s for s in shards]
+    for name in _WEIGHT_NAMES:
+        if (folder / name).exists():
+            return [folder / name]
+    raise CheckpointError(
+        f"no weight file in {folder} (expected one of {', '.join(_WEIGHT_NAMES[:1] + _WEIGHT_NAMES[4:5])})"
+    )
+
+
+def _read_one(path: Path) -> dict[str, torch.Tensor]:
+    check_weight_file(path)
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        # Pickled checkpoints are read with weights_only=True: tensors only, no code.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path} is truncated or corrupt ({msg}): download it again") from err
+
+
+def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """Read a component folder's weights (safetensors or ``weights_only`` pickle, sharded or not)."""
+    state: dict[str, torch.Tensor] = {}
+    for path in weight_files(Path(folder)):
+        state.update(_read_one(path))
+    return state
+
+
+_IP_KV = re.compile(r"^(?P<attn>.+\.attn2)\.processor\.to_(?P<kv>[kv])_ip\.weight$")
+
+
+def convert_resampler_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Original IP-Adapter Plus Resampler keys -> :class:`~idm_vton.tryon_net.ImageProjection`.
+
+    ``layers.i.0`` is the perceiver attention (``norm1`` on the image features, ``norm2`` on the
+    latents, fused ``to_kv``), ``layers.i.1`` the feed-forward ``[LayerNorm, Linear, GELU, Linear]``.
+    """
+    out: dict[str, torch.Tensor] = {}
+    simple = {
+        "0.norm1": "ln0",
+        "0.norm2": "ln1",
+        "0.to_q": "attn.to_q",
+        "0.to_out": "attn.to_out.0",
+        "1.0": "ff.0",
+        "1.1": "ff.1.net.0.proj",
+        "1.3": "ff.1.net.2",
+    }
+    layer_key = re.compile(r"^layers\.(\d+)\.(\d\.\w+)\.(weight|bias)$")
+    for key, value in state.items():
+        if key in ("latents",) or key.split(".")[0] in ("proj_in", "proj_out", "norm_out"):
+            out[f"resampler.{key}"] = value
+            continue
+        m = layer_key.match(key)
+        if m is None:
+            raise CheckpointError(f"unexpected Resampler key: encoder_hid_proj.{key}")
+        layer, part, kind = m.groups()
+        prefix = f"resampler.layers.{layer}"
+        if part == "0.to_kv":
+            k, v = value.chunk(2, dim=0)
+            out[f"{prefix}.attn.to_k.{kind}"] = k.clone()
+            out[f"{prefix}.attn.to_v.{kind}"] = v.clone()
+        elif part in simple:
+            out[f"{prefix}.{simple[part]}.{kind}"] = value
+        else:
+            raise CheckpointError(f"unexpected Resampler key: encoder_hid_proj.{key}")
+    return out
+
+
+def convert_tryon_state_dict(
+    state: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Split a TryonNet checkpoint into (UNet state dict, ImageProjection state dict).
+
+    Accepts both the published naming (``encoder_hid_proj.*`` Resampler,
+    ``...attn2.processor.to_k_ip.weight``) and this project's own naming (no Resampler keys,
+    ``...attn2.processor.to_k_ip.0.weight``).
+    """
+    unet: dict[str, torch.Tensor] = {}
+    resampler: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith("encoder_hid_proj."):
+            resampler[key[len("encoder_hid_proj.") :]] = value
+            continue
+        m = _IP_KV.match(key)
+        if m is not None:
+            unet[f"{m['attn']}.processor.to_{m['kv']}_ip.0.weight"] = value
+        else:
+            unet[key] = value
+    projection = convert_resampler_state_dict(resampler) if resampler else {}
+    return unet, projection
+
+
+def convert_garment_state_dict(
+    state: dict[str, torch.Tensor], expected: set[str]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """GarmentNet keys: keep everything; drop only ``add_embedding.*`` the model does not have.
+
+    The published ``unet_encoder`` may carry SDXL ``add_embedding`` weights that GarmentNet never
+    uses (it has no pooled/time conditioning). Returns (state dict, dropped keys).
+    """
+    dropped = sorted(k for k in state if k.startswith("add_embedding.") and k not in expected)
+    return {k: v for k, v in state.items() if k not in dropped}, dropped
+
+
+def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Assert ``state`` has exactly the model's keys with the model's shapes; name every problem."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {expected[k]}"
+        for k in sorted(set(expected) & set(state))
+        if tuple(state[k].shape) != expected[k]
+    ]
+    problems = []
+    for label, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("mis-shaped", mismatched),
+    ):
+        if items:
+            shown = ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+            problems.append(f"{len(items)} {label} key(s): {shown}")
+    if problems:
+        raise CheckpointError(f"{what} checkpoint does not fit the model: " + "; ".join(problems))

@@ -1,0 +1,187 @@
+"""Build IDM-VTON components from a checkpoint folder or a Hugging Face hub id.
+
+Reads the published layout (``unet/`` with ``ip_image_proj``, ``unet_encoder/``, pickled or
+safetensors weights, fp32 or fp16), the golden-fixture layout (``tryon_unet/``, ``garment_unet/``)
+and this project's own layout written by ``TryOnPipeline.save_pretrained`` / ``idm-vton convert``
+(``unet/``, ``garment_unet/``, ``image_projection/``, safetensors only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import UNet2DConditionModel
+
+from .checkpoint import (
+    CheckpointError,
+    check_state_dict,
+    convert_garment_state_dict,
+    convert_tryon_state_dict,
+    read_state_dict,
+)
+from .tryon_net import ImageProjection, attach_ip_adapter
+
+logger = logging.getLogger(__name__)
+
+TRYON_DIRS = ("unet", "tryon_unet")
+GARMENT_DIRS = ("garment_unet", "unet_encoder")
+HUB_ID = "yisol/IDM-VTON"
+IP_ADAPTER_CONFIG = "ip_adapter_config.json"
+RESAMPLER_CONFIG = "resampler_config.json"
+
+# IDM-VTON's Resampler (IP-Adapter Plus SDXL ViT-H): dim 1280, depth 4, 20 heads of 64.
+_DEFAULT_RESAMPLER = {
+    "dim": 1280,
+    "depth": 4,
+    "dim_head": 64,
+    "heads": 20,
+    "num_queries": 16,
+    "ff_mult": 4,
+}
+
+
+def find_component(root: Path, names: tuple[str, ...], what: str) -> Path:
+    for name in names:
+        if (root / name / "config.json").is_file():
+            return root / name
+    raise CheckpointError(
+        f"{root} has no {what} folder (looked for {' or '.join(n + '/config.json' for n in names)})"
+    )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read {path}: {err}") from err
+
+
+def _unet_config(folder: Path) -> dict:
+    config = _read_json(folder / "config.json")
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def _load_into(module: torch.nn.Module, state: dict, what: str, dtype: torch.dtype | None) -> None:
+    check_state_dict(module, state, what)
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    module.load_state_dict(state, strict=True, assign=True)
+
+
+def _resampler_config(folder: Path, unet_config: dict, projection_state: dict) -> dict:
+    if (folder / RESAMPLER_CONFIG).is_file():
+        raw = _read_json(folder / RESAMPLER_CONFIG)
+        config = {k: raw[k] for k in _DEFAULT_RESAMPLER if k in raw}
+        config.update({k: raw[k] for k in ("embedding_dim", "output_dim") if k in raw})
+    else:
+        config = dict(_DEFAULT_RESAMPLER)
+    latents = projection_state.get("resampler.latents")
+    proj_in = projection_state.get("resampler.proj_in.weight")
+    if latents is not None and proj_in is not None:
+        config.setdefault("embedding_dim", proj_in.shape[1])
+        config["num_queries"], config["dim"] = latents.shape[1], latents.shape[2]
+        config["depth"] = len(
+            {k.split(".")[2] for k in projection_state if k.startswith("resampler.layers.")}
+        )
+    config.setdefault("embedding_dim", unet_config.get("encoder_hid_dim") or 1280)
+    config.setdefault("output_dim", unet_config["cross_attention_dim"])
+    return config
+
+
+def load_tryon_unet(
+    folder: Path, dtype: torch.dtype | None = None, projection_folder: Path | None = None
+) -> tuple[UNet2DConditionModel, ImageProjection]:
+    """TryonNet (stock UNet + IP-Adapter processors) and its Resampler from a component folder."""
+    folder = Path(folder)
+    config = _unet_config(folder)
+    # Stock diffusers refuses "ip_image_proj" at construction: the Resampler is a component of
+    # its own here and the UNet is built without it.
+    if config.get("encoder_hid_dim_type") == "ip_image_proj":
+        config["encoder_hid_dim_type"] = None
+        config["encoder_hid_dim"] = None
+    ip = _read_json(folder / IP_ADAPTER_CONFIG) if (folder / IP_ADAPTER_CONFIG).is_file() else {}
+    num_tokens, scale = int(ip.get("num_tokens", 16)), float(ip.get("scale", 1.0))
+    unet_state, projection_state = convert_tryon_state_dict(read_state_dict(folder))
+    if projection_folder is not None:
+        if projection_state:
+            raise CheckpointError(f"{folder} and {projection_folder} both hold a Resampler")
+        projection = ImageProjection.from_pretrained(projection_folder, torch_dtype=dtype)
+    else:
+        if not projection_state:
+            raise CheckpointError(f"{folder} holds no IP-Adapter Resampler (encoder_hid_proj.*)")
+        with init_empty_weights():
+            projection = ImageProjection(**_resampler_config(folder, config, projection_state))
+        _load_into(projection, projection_state, f"Resampler ({folder})", dtype)
+    if projection.config.num_queries != num_tokens:
+        raise CheckpointError(
+            f"Resampler makes {projection.config.num_queries} tokens, IP-Adapter expects {num_tokens}"
+        )
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(config)
+        attach_ip_adapter(unet, num_tokens=num_tokens, scale=scale)
+    _load_into(unet, unet_state, f"TryonNet ({folder})", dtype)
+    return unet.eval(), projection.eval()
+
+
+def load_garment_unet(folder: Path, dtype: torch.dtype | None = None) -> UNet2DConditionModel:
+    """GarmentNet: a stock SDXL UNet without added conditioning (it never uses any)."""
+    folder = Path(folder)
+    config = _unet_config(folder)
+    config.update(addition_embed_type=None, projection_class_embeddings_input_dim=None)
+    config.update(encoder_hid_dim_type=None, encoder_hid_dim=None)
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(config)
+    state, dropped = convert_garment_state_dict(read_state_dict(folder), set(unet.state_dict()))
+    if dropped:
+        logger.info("GarmentNet: %d unused add_embedding weights left out", len(dropped))
+    _load_into(unet, state, f"GarmentNet ({folder})", dtype)
+    return unet.eval()
+
+
+def save_ip_adapter_config(unet: UNet2DConditionModel, folder: Path) -> None:
+    """Write ``ip_adapter_config.json`` (IP token count and scale) next to a saved TryonNet."""
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+
+    procs = [p for p in unet.attn_processors.values() if isinstance(p, IPAdapterAttnProcessor2_0)]
+    assert procs, "TryonNet has no IP-Adapter processors"
+    config = {"num_tokens": int(procs[0].num_tokens[0]), "scale": float(procs[0].scale[0])}
+    (Path(folder) / IP_ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def resolve_checkpoint(name_or_path: str | Path, local_files_only: bool = False) -> Path:
+    """A local folder as is; otherwise download (or find in the cache) a hub snapshot."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise CheckpointError(f"checkpoint folder not found: {name_or_path}")
+    from huggingface_hub import snapshot_download
+
+    patterns = [
+        "model_index.json",
+        "*/config.json",
+        "*/*.json",
+        "*/*.txt",
+        "*.json",
+        "*/*.safetensors",
+        "*/diffusion_pytorch_model.bin",
+        "*/pytorch_model.bin",
+    ]
+    try:
+        return Path(
+            snapshot_download(name, allow_patterns=patterns, local_files_only=local_files_only)
+        )
+    except Exception as err:  # noqa: BLE001 - any hub failure gets the same advice
+        try:
+            return Path(snapshot_download(name, allow_patterns=patterns, local_files_only=True))
+        except Exception:  # noqa: BLE001
+            pass
+        raise CheckpointError(
+            f"cannot get '{name}' from the Hugging Face hub ({type(err).__name__}); without network, "
+            "pass a local folder: --model /path/to/IDM-VTON"
+        ) from err
