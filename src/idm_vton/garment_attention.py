@@ -33,6 +33,7 @@ __all__ = [
     "GarmentAttentionProcessor",
     "GarmentCaptureProcessor",
     "GarmentFeatureStore",
+    "GarmentFeaturesReady",
     "GarmentTokens",
     "garment_attention_layers",
 ]
@@ -52,16 +53,22 @@ class GarmentTokens:
     null_rows: int = 0
 
 
+class GarmentFeaturesReady(Exception):
+    """Raised by the last capture processor: GarmentNet's remaining work is never needed."""
+
+
 class GarmentFeatureStore:
     """Garment features keyed by layer name (GarmentNet and TryonNet share layer names).
 
-    The GarmentNet capture processors write into it; the TryonNet processors only read, so a
-    re-run of the TryonNet forward (gradient checkpointing) sees the same features.
+    The GarmentNet capture processors write into ``recording`` (when set); the TryonNet processors
+    only read ``tokens``, so a re-run of the TryonNet forward (gradient checkpointing) sees the same
+    features. ``stop_after`` names the layer after whose capture GarmentNet stops.
     """
 
     def __init__(self) -> None:
         self.tokens: dict[str, GarmentTokens] = {}
         self.recording: dict[str, torch.Tensor] | None = None
+        self.stop_after: str | None = None
 
     def clear(self) -> None:
         self.tokens = {}
@@ -105,6 +112,8 @@ class GarmentCaptureProcessor(AttnProcessor2_0):
     ) -> torch.Tensor:
         if self.store.recording is not None:
             self.store.recording[self.name] = hidden_states
+            if self.store.stop_after == self.name:
+                raise GarmentFeaturesReady
         return super().__call__(attn, hidden_states, *args, **kwargs)
 
 

@@ -19,9 +19,11 @@ from diffusers import UNet2DConditionModel
 from .checkpoint import (
     CheckpointError,
     check_state_dict,
+    check_weight_file,
     convert_garment_state_dict,
     convert_tryon_state_dict,
     read_state_dict,
+    weight_files,
 )
 from .tryon_net import ImageProjection, attach_ip_adapter
 
@@ -185,3 +187,108 @@ def resolve_checkpoint(name_or_path: str | Path, local_files_only: bool = False)
             f"cannot get '{name}' from the Hugging Face hub ({type(err).__name__}); without network, "
             "pass a local folder: --model /path/to/IDM-VTON"
         ) from err
+
+
+def _hf_component(loader, folder: Path, what: str, **kwargs):
+    if not folder.is_dir():
+        raise CheckpointError(f"missing component folder: {folder} ({what})")
+    try:
+        files = weight_files(folder)
+    except CheckpointError:
+        files = []
+    for path in files:
+        check_weight_file(path)
+    try:
+        return loader(folder, **kwargs)
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - library loaders raise many kinds
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"cannot load {what} from {folder}: {first}") from err
+
+
+def load_pipeline(
+    name_or_path: str | Path,
+    torch_dtype: torch.dtype | None = None,
+    local_files_only: bool = False,
+    load_text_encoders: bool = True,
+):
+    """Build a :class:`~idm_vton.pipeline.TryOnPipeline` from a checkpoint folder or hub id."""
+    import diffusers
+    from diffusers import AutoencoderKL
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        CLIPVisionModelWithProjection,
+    )
+
+    from .pipeline import TryOnPipeline
+
+    root = resolve_checkpoint(name_or_path, local_files_only=local_files_only)
+    dtype = torch_dtype or torch.float32
+    projection_dir = root / "image_projection"
+    unet, projection = load_tryon_unet(
+        find_component(root, TRYON_DIRS, "TryonNet"),
+        dtype,
+        projection_folder=projection_dir if projection_dir.is_dir() else None,
+    )
+    garment_unet = load_garment_unet(find_component(root, GARMENT_DIRS, "GarmentNet"), dtype)
+    # The SDXL VAE overflows in fp16: keep it in fp32 then (bf16 is safe).
+    vae_dtype = torch.float32 if dtype == torch.float16 else dtype
+    vae = _hf_component(AutoencoderKL.from_pretrained, root / "vae", "VAE", torch_dtype=vae_dtype)
+    image_encoder = _hf_component(
+        CLIPVisionModelWithProjection.from_pretrained,
+        root / "image_encoder",
+        "image encoder",
+        dtype=dtype,
+    )
+    scheduler_dir = root / "scheduler"
+    scheduler_config = (
+        _read_json(scheduler_dir / "scheduler_config.json") if scheduler_dir.is_dir() else None
+    )
+    if scheduler_config is None:
+        raise CheckpointError(f"missing component folder: {scheduler_dir} (scheduler)")
+    scheduler_cls = getattr(
+        diffusers, str(scheduler_config.get("_class_name", "DDPMScheduler")), None
+    )
+    if scheduler_cls is None or not hasattr(scheduler_cls, "from_pretrained"):
+        raise CheckpointError(
+            f"unknown scheduler class in {scheduler_dir}: {scheduler_config.get('_class_name')}"
+        )
+    scheduler = scheduler_cls.from_pretrained(scheduler_dir)
+    text = {}
+    if load_text_encoders:
+        text = {
+            "text_encoder": _hf_component(
+                CLIPTextModel.from_pretrained, root / "text_encoder", "text encoder", dtype=dtype
+            ),
+            "text_encoder_2": _hf_component(
+                CLIPTextModelWithProjection.from_pretrained,
+                root / "text_encoder_2",
+                "text encoder 2",
+                dtype=dtype,
+            ),
+            "tokenizer": _hf_component(
+                CLIPTokenizer.from_pretrained, root / "tokenizer", "tokenizer"
+            ),
+            "tokenizer_2": _hf_component(
+                CLIPTokenizer.from_pretrained, root / "tokenizer_2", "tokenizer 2"
+            ),
+        }
+    feature_extractor = None
+    for folder in (root / "feature_extractor", root / "image_encoder"):
+        if (folder / "preprocessor_config.json").is_file():
+            feature_extractor = CLIPImageProcessor.from_pretrained(folder)
+            break
+    return TryOnPipeline(
+        vae=vae.eval(),
+        unet=unet,
+        garment_unet=garment_unet,
+        image_projection=projection,
+        image_encoder=image_encoder.eval(),
+        scheduler=scheduler,
+        feature_extractor=feature_extractor or CLIPImageProcessor(),
+        **text,
+    )

@@ -21,6 +21,7 @@ from diffusers.models.embeddings import IPAdapterPlusImageProjection
 from .garment_attention import (
     GarmentAttentionProcessor,
     GarmentCaptureProcessor,
+    GarmentFeaturesReady,
     GarmentFeatureStore,
     garment_attention_layers,
 )
@@ -157,77 +158,31 @@ def garment_store(unet: UNet2DConditionModel) -> GarmentFeatureStore:
     raise ValueError("no garment attention processors installed on this UNet")
 
 
-@torch.no_grad()
 def garment_features(
     garment_unet: UNet2DConditionModel,
     sample: torch.Tensor,
     timestep: torch.Tensor | int,
     encoder_hidden_states: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-    """Run GarmentNet up to its last transformer block; return ``{layer name: attn1 input}``.
+    """Run GarmentNet up to its last self-attention; return ``{layer name: attn1 input}``.
 
-    Drives the stock UNet's own sub-modules (time embedding, ``conv_in``, down/mid/up blocks) and
-    stops after the last block with attentions: the rest of the up path, ``conv_norm_out`` and
-    ``conv_out`` never influence IDM-VTON's output. GarmentNet has no added (text-time)
-    conditioning. Requires :func:`install_garment_attention`.
+    The stock UNet forward runs (so offload hooks and compilation see an ordinary call) and the
+    capture processor of the last transformer block ends it once that block's input is recorded:
+    the rest of the up path, ``conv_norm_out`` and ``conv_out`` never influence IDM-VTON's output.
+    GarmentNet has no added (text-time) conditioning. Requires :func:`install_garment_attention`.
     """
-    unet = garment_unet
-    store = garment_store(unet)
-    layers = garment_attention_layers(unet)
+    store = garment_store(garment_unet)
+    layers = garment_attention_layers(garment_unet)
     recording: dict[str, torch.Tensor] = {}
-    store.recording = recording
+    store.recording, store.stop_after = recording, layers[-1]
     try:
-        up_factor = 2**unet.num_upsamplers
-        forward_upsample_size = any(d % up_factor for d in sample.shape[-2:])
-        t_emb = unet.get_time_embed(sample=sample, timestep=timestep)
-        emb = unet.time_embedding(t_emb, None)
-        if unet.time_embed_act is not None:
-            emb = unet.time_embed_act(emb)
-        h = unet.conv_in(sample)
-        res_samples: tuple[torch.Tensor, ...] = (h,)
-        for block in unet.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                h, res = block(
-                    hidden_states=h, temb=emb, encoder_hidden_states=encoder_hidden_states
-                )
-            else:
-                h, res = block(hidden_states=h, temb=emb)
-            res_samples += res
-        if unet.mid_block is not None:
-            h = unet.mid_block(h, emb, encoder_hidden_states=encoder_hidden_states)
-        last = max(
-            (i for i, b in enumerate(unet.up_blocks) if getattr(b, "has_cross_attention", False)),
-            default=-1,
+        garment_unet(
+            sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False
         )
-        for i, block in enumerate(unet.up_blocks[: last + 1]):
-            skips = res_samples[-len(block.resnets) :]
-            res_samples = res_samples[: -len(block.resnets)]
-            if i < last:
-                size = res_samples[-1].shape[2:] if forward_upsample_size else None
-                h = (
-                    block(
-                        hidden_states=h,
-                        temb=emb,
-                        res_hidden_states_tuple=skips,
-                        encoder_hidden_states=encoder_hidden_states,
-                        upsample_size=size,
-                    )
-                    if block.has_cross_attention
-                    else block(
-                        hidden_states=h, temb=emb, res_hidden_states_tuple=skips, upsample_size=size
-                    )
-                )
-            else:
-                # Last block with attentions: its resnets and attentions, not its upsampler.
-                for resnet, attention in zip(block.resnets, block.attentions):
-                    h = torch.cat([h, skips[-1]], dim=1)
-                    skips = skips[:-1]
-                    h = resnet(h, emb)
-                    h = attention(
-                        h, encoder_hidden_states=encoder_hidden_states, return_dict=False
-                    )[0]
+    except GarmentFeaturesReady:
+        pass
     finally:
-        store.recording = None
+        store.recording, store.stop_after = None, None
     missing = [name for name in layers if name not in recording]
     assert not missing, f"GarmentNet layers not reached: {missing}"
     return {name: recording[name] for name in layers}

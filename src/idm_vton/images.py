@@ -1,0 +1,228 @@
+"""Image input/output for the try-on pipeline: validation, the 3:4 work region, paste-back.
+
+IDM-VTON works on an H x W (default 1024 x 768) view of the person. The official demo stretches
+any photo to that size and returns the stretched render; here the person photo keeps its size
+and aspect: the pipeline renders an H:W region around the mask and pastes the generated pixels
+back inside the mask only, so every pixel outside it is returned unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "ImageInputError",
+    "binary_mask",
+    "crop_region",
+    "Region",
+    "load_image",
+    "mask_region",
+    "paste_back",
+    "save_image_atomic",
+]
+
+# Pillow's decompression-bomb guard, made an error: 89 Mpx is far above any photo we need.
+MAX_PIXELS = 89_478_485
+
+
+class ImageInputError(ValueError):
+    """An input image cannot be used (unreadable, truncated, too large, empty mask...)."""
+
+
+def load_image(
+    source: str | Path | Image.Image | np.ndarray, what: str, mode: str = "RGB"
+) -> Image.Image:
+    """Open and fully decode an image, honour EXIF orientation, convert to ``mode``.
+
+    Grayscale, RGBA (composited on white), palette, CMYK and 16-bit inputs are converted; a
+    truncated file, a non-image or an image over :data:`MAX_PIXELS` raises ImageInputError.
+    """
+    if isinstance(source, np.ndarray):
+        array = source
+        if array.dtype != np.uint8:
+            if array.dtype.kind == "f":
+                array = np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            else:
+                raise ImageInputError(f"{what}: unsupported array dtype {array.dtype}")
+        image = Image.fromarray(array)
+    elif isinstance(source, Image.Image):
+        image = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ImageInputError(f"{what}: file not found: {path}")
+        try:
+            with Image.open(path) as opened:
+                if opened.width * opened.height > MAX_PIXELS:
+                    raise ImageInputError(
+                        f"{what}: {path} is {opened.width}x{opened.height}, over the "
+                        f"{MAX_PIXELS // 1_000_000} Mpx limit (possible decompression bomb)"
+                    )
+                opened.load()
+                image = opened.copy()
+                image.info.update(opened.info)
+                exif = opened.getexif()
+        except ImageInputError:
+            raise
+        except (
+            UnidentifiedImageError,
+            OSError,
+            SyntaxError,
+            ValueError,
+            Image.DecompressionBombError,
+        ) as err:
+            raise ImageInputError(f"{what}: {path} is not a readable image ({err})") from err
+        if exif:
+            image.info["exif"] = exif.tobytes()
+            image = _exif_transpose(image, exif)
+    if image.width * image.height > MAX_PIXELS:
+        raise ImageInputError(f"{what}: {image.width}x{image.height} is over the pixel limit")
+    return _convert(image, mode)
+
+
+def _exif_transpose(image: Image.Image, exif) -> Image.Image:
+    orientation = exif.get(0x0112, 1)
+    if orientation == 1:
+        return image
+    method = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_270,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_90,
+    }.get(orientation)
+    return image.transpose(method) if method is not None else image
+
+
+def _convert(image: Image.Image, mode: str) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
+        # 16/32-bit integer images: scale to 8 bits by their actual range type.
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    elif image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        peak = 1.0 if array.max() <= 1.0 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return image.convert(mode)
+
+
+def binary_mask(mask: Image.Image, size: tuple[int, int], what: str = "mask") -> np.ndarray:
+    """Mask image -> boolean (H, W) array at ``size`` (W, H): nearest resize, threshold 0.5."""
+    gray = mask.convert("L")
+    if gray.size != size:
+        gray = gray.resize(size, Image.Resampling.NEAREST)
+    array = np.asarray(gray) >= 128
+    if not array.any():
+        raise ImageInputError(f"{what} is empty: mark the garment area to re-generate in white")
+    return array
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box ``(left, top, right, bottom)`` in photo pixels; may extend past the photo edges."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.right - self.left, self.bottom - self.top
+
+
+def mask_region(mask: np.ndarray, height: int, width: int, margin: float = 0.1) -> Region:
+    """The H:W box the pipeline renders for a photo and its mask.
+
+    A photo that already has the H:W aspect (within 1 %) is used whole, as the official demo
+    does. Otherwise the box is the largest H:W box that fits in the photo (so the person keeps
+    the scale the model was trained at), placed around the mask; if the mask's bounding box
+    grown by ``margin`` on every side does not fit in that, the box grows to hold it, centred on
+    the mask, and its parts outside the photo are padded (and never pasted back).
+    """
+    photo_h, photo_w = mask.shape
+    target = width / height
+    if abs(photo_w / photo_h - target) <= 0.01 * target:
+        return Region(0, 0, photo_w, photo_h)
+    ys, xs = np.nonzero(mask)
+    top, bottom, left, right = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    box_h, box_w = bottom - top, right - left
+    box_h, box_w = box_h * (1 + 2 * margin), box_w * (1 + 2 * margin)
+    if box_w / box_h < target:
+        box_w = box_h * target
+    else:
+        box_h = box_w / target
+    # Prefer covering the photo's full extent along the axis where the box is already close to it.
+    box_h = max(box_h, min(photo_h, photo_w / target))
+    box_w = box_h * target
+    rh, rw = int(round(box_h)), int(round(box_w))
+    cy, cx = (top + bottom) / 2, (left + right) / 2
+    y0 = _place(cy - rh / 2, rh, photo_h)
+    x0 = _place(cx - rw / 2, rw, photo_w)
+    return Region(x0, y0, x0 + rw, y0 + rh)
+
+
+def _place(start: float, length: int, limit: int) -> int:
+    if length >= limit:
+        return int(round((limit - length) / 2))
+    return int(min(max(round(start), 0), limit - length))
+
+
+def crop_region(image: Image.Image, region: Region) -> Image.Image:
+    """Crop ``region`` from ``image``; parts outside the photo are filled by edge replication."""
+    w, h = image.size
+    if region.left >= 0 and region.top >= 0 and region.right <= w and region.bottom <= h:
+        return image.crop((region.left, region.top, region.right, region.bottom))
+    array = np.asarray(image)
+    pad_top, pad_left = max(0, -region.top), max(0, -region.left)
+    pad_bottom, pad_right = max(0, region.bottom - h), max(0, region.right - w)
+    widths = [(pad_top, pad_bottom), (pad_left, pad_right)] + [(0, 0)] * (array.ndim - 2)
+    padded = np.pad(array, widths, mode="edge")
+    y0, x0 = region.top + pad_top, region.left + pad_left
+    return Image.fromarray(padded[y0 : y0 + region.size[1], x0 : x0 + region.size[0]])
+
+
+def paste_back(
+    photo: Image.Image, render: Image.Image, region: Region, mask: np.ndarray
+) -> Image.Image:
+    """Resize ``render`` to ``region`` and copy it into ``photo`` where ``mask`` is True only."""
+    out = np.asarray(photo.convert("RGB")).copy()
+    render = render.convert("RGB").resize(region.size, Image.Resampling.LANCZOS)
+    rendered = np.asarray(render)
+    h, w = mask.shape
+    x0, y0 = max(region.left, 0), max(region.top, 0)
+    x1, y1 = min(region.right, w), min(region.bottom, h)
+    window = mask[y0:y1, x0:x1]
+    patch = rendered[y0 - region.top : y1 - region.top, x0 - region.left : x1 - region.left]
+    out[y0:y1, x0:x1][window] = patch[window]
+    return Image.fromarray(out)
+
+
+def save_image_atomic(image: Image.Image, path: str | Path) -> Path:
+    """Write ``image`` to ``path`` through a temporary file and a rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower() or ".png"
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None:
+        raise ImageInputError(f"unknown output image extension '{path.suffix}' (use .png or .jpg)")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        image.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

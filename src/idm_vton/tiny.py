@@ -1,0 +1,167 @@
+"""A tiny, randomly initialised IDM-VTON for tests, docs and benchmarks (no download needed).
+
+Every component has the real architecture (SDXL-style UNets with cross-attention, IP-Adapter Plus
+Resampler, CLIP text and vision towers, an 8x VAE) at a few thousand channels in total, and the
+tokenizers are byte-level CLIP tokenizers written on the fly, so the whole path runs offline on a
+CPU in seconds. Its images are noise: it checks plumbing, not quality.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
+
+from .tryon_net import ImageProjection, attach_ip_adapter
+
+__all__ = ["TINY_MODEL_NOTE", "tiny_components", "tiny_pipeline"]
+
+TINY_MODEL_NOTE = "tiny random model: its output is noise (for testing the plumbing only)"
+
+# SDXL time ids are 6 numbers embedded with addition_time_embed_dim each, after the pooled text.
+_POOLED_DIM = 16
+_TIME_DIM = 8
+
+
+def _unet_config(in_channels: int, tryon: bool) -> dict:
+    config = dict(
+        sample_size=32,  # default resolution 256 x 192
+        in_channels=in_channels,
+        out_channels=4,
+        block_out_channels=(32, 48),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        transformer_layers_per_block=(1, 2),
+        attention_head_dim=(2, 4),
+        cross_attention_dim=32,
+        use_linear_projection=True,
+        norm_num_groups=16,
+    )
+    if tryon:
+        config.update(
+            addition_embed_type="text_time",
+            addition_time_embed_dim=_TIME_DIM,
+            projection_class_embeddings_input_dim=_POOLED_DIM + 6 * _TIME_DIM,
+        )
+    return config
+
+
+def _byte_level_tokenizer() -> CLIPTokenizer:
+    """A CLIP tokenizer over single bytes (no merges): any text, no download."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    codes = printable + [256 + i for i, b in enumerate(b for b in range(256) if b not in printable)]
+    chars = [chr(c) for c in codes]
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
+        return CLIPTokenizer(
+            str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=77
+        )
+
+
+def tiny_components(seed: int = 0, text_encoders: bool = True) -> dict:
+    """The tiny pipeline's components, initialised from ``seed`` (global RNG left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**_unet_config(13, tryon=True))
+        attach_ip_adapter(unet, num_tokens=16, scale=1.0)
+        garment_unet = UNet2DConditionModel(**_unet_config(4, tryon=False))
+        projection = ImageProjection(
+            dim=32,
+            depth=2,
+            dim_head=8,
+            heads=4,
+            num_queries=16,
+            embedding_dim=32,
+            output_dim=32,
+            ff_mult=4,
+        )
+        image_encoder = CLIPVisionModelWithProjection(
+            CLIPVisionConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                image_size=32,
+                patch_size=8,
+                projection_dim=16,
+            )
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(16, 32, 32, 32),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=256,
+            scaling_factor=0.13025,
+        )
+        components = {
+            "unet": unet.eval(),
+            "garment_unet": garment_unet.eval(),
+            "image_projection": projection.eval(),
+            "image_encoder": image_encoder.eval(),
+            "vae": vae.eval(),
+            "scheduler": DDPMScheduler(
+                num_train_timesteps=1000,
+                beta_start=0.00085,
+                beta_end=0.012,
+                beta_schedule="scaled_linear",
+                steps_offset=1,
+                clip_sample=False,
+                timestep_spacing="leading",
+            ),
+            "feature_extractor": CLIPImageProcessor(
+                size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+            ),
+        }
+        if text_encoders:
+            text = dict(
+                vocab_size=514,
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                max_position_embeddings=77,
+                projection_dim=_POOLED_DIM,
+                bos_token_id=512,
+                eos_token_id=513,
+                pad_token_id=513,
+            )
+            components.update(
+                text_encoder=CLIPTextModel(CLIPTextConfig(**text)).eval(),
+                text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text)).eval(),
+                tokenizer=_byte_level_tokenizer(),
+                tokenizer_2=_byte_level_tokenizer(),
+            )
+    return components
+
+
+def tiny_pipeline(seed: int = 0, text_encoders: bool = True):
+    """A :class:`~idm_vton.pipeline.TryOnPipeline` of tiny random components (default 256 x 192)."""
+    from .pipeline import TryOnPipeline
+
+    return TryOnPipeline(**tiny_components(seed, text_encoders=text_encoders))
