@@ -1,3 +1,38 @@
-"""idm-vton: IDM-VTON virtual try-on (Choi et al., ECCV 2024) on current diffusers."""
+"""idm-vton: IDM-VTON virtual try-on (Choi et al., ECCV 2024) on current diffusers.
+
+Quick start::
+
+    from idm_vton import TryOnPipeline
+    pipe = TryOnPipeline.from_pretrained("yisol/IDM-VTON", torch_dtype=torch.bfloat16).to("cuda")
+    image = pipe(person, garment, mask, densepose, garment_description="short sleeve t-shirts").images[0]
+"""
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "TryOnPipeline": "pipeline",
+    "TryOnPipelineOutput": "pipeline",
+    "ImageProjection": "tryon_net",
+    "widen_conv_in": "tryon_net",
+    "attach_ip_adapter": "tryon_net",
+    "install_garment_attention": "tryon_net",
+    "GarmentAttentionProcessor": "garment_attention",
+    "GarmentCaptureProcessor": "garment_attention",
+    "GarmentFeatureStore": "garment_attention",
+    "tiny_pipeline": "tiny",
+    "convert_checkpoint": "convert",
+    "CheckpointError": "checkpoint",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # Lazy: `import idm_vton` stays cheap (the CLI parses arguments before importing torch).
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'idm_vton' has no attribute '{name}'")

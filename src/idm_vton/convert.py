@@ -1,0 +1,52 @@
+"""``idm-vton convert``: published IDM-VTON checkpoint -> this project's safetensors layout.
+
+The result has one folder per pipeline component (``unet/``, ``garment_unet/``,
+``image_projection/``, ``vae/``, text encoders, tokenizers, ``image_encoder/``, ``scheduler/``,
+``feature_extractor/``), safetensors weights with this project's key names, and reloads with
+``TryOnPipeline.from_pretrained`` without pickle or key conversion.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError
+
+__all__ = ["convert_checkpoint"]
+
+
+def convert_checkpoint(
+    src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16, overwrite: bool = False
+) -> Path:
+    """Load ``src`` (hub id or folder), cast to ``dtype`` and write it to ``dst`` atomically.
+
+    The VAE stays in float32 when ``dtype`` is float16 (the SDXL VAE overflows in fp16).
+    """
+    from .pipeline import TryOnPipeline
+
+    dst = Path(dst).expanduser()
+    if dst.exists() and not overwrite:
+        raise CheckpointError(f"{dst} already exists (pass --overwrite to replace it)")
+    if dst.exists() and dst.resolve() == Path(src).expanduser().resolve():
+        raise CheckpointError("the output folder must differ from the input folder")
+    pipe = TryOnPipeline.from_pretrained(src, torch_dtype=dtype)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        pipe.save_pretrained(tmp)
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.old")
+            os.replace(dst, old)
+            os.replace(tmp, dst)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return dst
