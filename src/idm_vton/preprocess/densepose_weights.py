@@ -1,0 +1,145 @@
+"""Loading the DensePose R-CNN checkpoint safely (no arbitrary code from pickles).
+
+The demo's ``model_final_162be9.pkl`` is a detectron2 model-zoo pickle:
+``{"model": {detectron2 key: numpy array}, "__author__": ...}``. ``pickle.load`` on such a
+file would execute whatever the file says; here an unpickler that can only rebuild numpy
+arrays reads it. ``.pth`` and ``.safetensors`` copies of the same state dict load too.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from idm_vton.preprocess.errors import PreprocessModelError, check_weight_file
+
+__all__ = ["DENSEPOSE_WEIGHTS_SOURCE", "load_densepose_state_dict"]
+
+#: Where users get the checkpoint; used in error messages.
+DENSEPOSE_WEIGHTS_SOURCE = (
+    "the Hugging Face repo yisol/IDM-VTON, folder densepose/ (file model_final_162be9.pkl)"
+)
+_WHAT = "DensePose R-CNN"
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that can rebuild numpy arrays (and plain containers) and nothing else.
+
+    detectron2 checkpoints are pickles of ``{"model": {name: ndarray}, "__author__": ...}``.
+    Any global other than numpy's array/dtype/scalar reconstructors is refused, so a
+    malicious file cannot make the loader call ``os.system`` or import arbitrary modules.
+    """
+
+    def find_class(self, module: str, name: str):
+        target = _ALLOWED_PICKLE_GLOBALS.get((module, name))
+        if target is None:
+            raise pickle.UnpicklingError(
+                f"refusing to load global {module}.{name}: a DensePose checkpoint holds only "
+                "numpy arrays"
+            )
+        return target()
+
+
+def _numpy_multiarray(name: str):
+    def resolve():
+        try:
+            from numpy._core import multiarray  # numpy >= 2
+        except ImportError:  # pragma: no cover - numpy 1.x
+            from numpy.core import multiarray
+        return getattr(multiarray, name)
+
+    return resolve
+
+
+def _codecs_encode():
+    import codecs
+
+    return codecs.encode
+
+
+def _ordered_dict():
+    from collections import OrderedDict
+
+    return OrderedDict
+
+
+_ALLOWED_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_multiarray("_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_multiarray("_reconstruct"),
+    ("numpy.core.multiarray", "scalar"): _numpy_multiarray("scalar"),
+    ("numpy._core.multiarray", "scalar"): _numpy_multiarray("scalar"),
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    # Protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, "latin1").
+    ("_codecs", "encode"): _codecs_encode,
+    ("collections", "OrderedDict"): _ordered_dict,
+}
+
+
+def _unpickle_numpy_only(data: bytes) -> object:
+    return _NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
+
+
+def _to_tensor_dict(raw: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(raw, dict) and "model" in raw and isinstance(raw["model"], dict):
+        raw = raw["model"]  # detectron2 model-zoo / training checkpoint layout
+    if not isinstance(raw, dict):
+        raise PreprocessModelError(
+            f"{_WHAT} weights at {path} hold a {type(raw).__name__}, expected a dict of arrays"
+        )
+    state: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.array(value))
+        if not isinstance(value, torch.Tensor):
+            raise PreprocessModelError(
+                f"{_WHAT} weights at {path}: entry {key!r} is a {type(value).__name__}, "
+                "expected an array"
+            )
+        state[str(key)] = value
+    return state
+
+
+def load_densepose_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a DensePose checkpoint into ``{detectron2 key: tensor}``, safely.
+
+    ``.pkl`` (detectron2 model zoo) files go through an unpickler that only rebuilds numpy
+    arrays; ``.safetensors`` through safetensors; anything else through
+    ``torch.load(weights_only=True)``. A top-level ``{"model": ...}`` wrapper is unwrapped.
+
+    Raises:
+        PreprocessModelError: missing, placeholder, git-lfs pointer, truncated or unsafe file.
+    """
+    path = check_weight_file(path, _WHAT, DENSEPOSE_WEIGHTS_SOURCE)
+    data = path.read_bytes()
+    try:
+        if data.startswith(b"PK") or path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+            raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        elif path.suffix == ".safetensors":
+            from safetensors.torch import load as load_safetensors
+
+            raw = load_safetensors(data)
+        else:
+            raw = _unpickle_numpy_only(data)
+    except pickle.UnpicklingError as error:
+        if "refusing to load global" in str(error):
+            raise PreprocessModelError(
+                f"{_WHAT} weights at {path} are not a plain array checkpoint and were not "
+                f"loaded ({error}); use the official file from {DENSEPOSE_WEIGHTS_SOURCE}"
+            ) from error
+        raise PreprocessModelError(
+            f"{_WHAT} weights at {path} are truncated or corrupt ({error}); download "
+            f"{path.name} again from {DENSEPOSE_WEIGHTS_SOURCE}"
+        ) from error
+    except (EOFError, ValueError, RuntimeError, OSError, IndexError, KeyError) as error:
+        raise PreprocessModelError(
+            f"{_WHAT} weights at {path} are truncated or corrupt "
+            f"({type(error).__name__}: {error}); download {path.name} again from "
+            f"{DENSEPOSE_WEIGHTS_SOURCE}"
+        ) from error
+    return _to_tensor_dict(raw, path)
