@@ -10,7 +10,8 @@ keypoints, following the official ``gradio_demo/utils_mask.py::get_mask_location
    it) with a disc on the shoulder; the parsed arm pixels outside that line are hands and are kept;
    the neck and the dilated arm lines join the garment region;
 3. face, hat, sunglasses, shoes and bag (plus the clothing of the other body half) are always kept;
-4. the result has its holes filled and only its largest region survives.
+4. the result has its holes filled and only its largest region survives (rasterised with
+   OpenCV 4's polygon fill, which the reference ran on, whatever OpenCV is installed).
 
 Everything here is a pure function of arrays; the parser and pose models live elsewhere.
 """
@@ -96,9 +97,12 @@ GARMENT_DILATION_PASSES = 5
 NECK_DILATION_PASSES = 1
 ARM_DILATION_PASSES = 4
 
+# OpenCV's fixed-point precision for polygon edges (XY_SHIFT in imgproc/drawing.cpp).
+_FIXED_SHIFT = 16
+
 # (shoulder, elbow, wrist, arm label, draw from the shoulder?) per arm. The reference draws
-# the right arm from the shoulder and the left one from the wrist; the direction can change the
-# rasterisation of a wide polyline by a pixel, so it is kept.
+# the right arm from the shoulder and the left one from the wrist; PIL rasterises a wide
+# polyline differently in the two directions (up to ~200 px on the reference cases), so it is kept.
 _ARMS = (
     (RIGHT_SHOULDER, RIGHT_ELBOW, RIGHT_WRIST, RIGHT_ARM, True),
     (LEFT_SHOULDER, LEFT_ELBOW, LEFT_WRIST, LEFT_ARM, False),
@@ -182,7 +186,7 @@ def _check_parse(parse: np.ndarray) -> np.ndarray:
     labels = np.asarray(parse)
     if labels.ndim != 2 or labels.size == 0:
         raise ValueError(f"parse must be a non-empty (H, W) label map, got shape {labels.shape}")
-    if labels.dtype == bool or not np.issubdtype(labels.dtype, np.number):
+    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
         raise ValueError(f"parse must hold integer labels, got dtype {labels.dtype}")
     if not np.issubdtype(labels.dtype, np.integer):
         if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
@@ -277,8 +281,58 @@ def _largest_region(mask: np.ndarray) -> np.ndarray:
     the winner is rasterised from its approximated polygon, so edges match the reference.
     """
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_TC89_L1)
-    out = np.zeros(mask.shape, np.uint8)
-    if contours:
-        areas = [abs(cv2.contourArea(c, oriented=True)) for c in contours]
-        cv2.drawContours(out, contours, int(np.argmax(areas)), color=1, thickness=cv2.FILLED)
+    if not contours:
+        return np.zeros(mask.shape, bool)
+    areas = [abs(cv2.contourArea(c, oriented=True)) for c in contours]
+    return _fill_polygon(mask.shape, contours[int(np.argmax(areas))].reshape(-1, 2))
+
+
+def _fill_polygon(shape: tuple[int, int], vertices: np.ndarray) -> np.ndarray:
+    """Rasterise a closed polygon with integer vertices the way OpenCV 4's ``fillPoly`` does.
+
+    The reference ran on OpenCV 4, whose scanline fill takes, on each row, the pixels from
+    ``round(x_left)`` to ``round(x_right)`` of every pair of edge crossings (even-odd), plus the
+    8-connected outline. OpenCV 5 changed the rounding to ``ceil``/``floor``, which moves pixels
+    on slanted edges, so the fill is done here to stay identical whatever OpenCV is installed.
+    Crossings use OpenCV's 16.16 fixed point: an edge starts at its upper vertex, steps by the
+    truncated slope per row and covers rows ``y_top <= y < y_bottom``.
+    """
+    height, width = shape
+    out = np.zeros(shape, np.uint8)
+    cv2.polylines(out, [vertices.astype(np.int32)], isClosed=True, color=1)
+
+    vertices = vertices.astype(np.int64)
+    start, end = np.roll(vertices, 1, axis=0), vertices
+    slanted = start[:, 1] != end[:, 1]
+    start, end = start[slanted], end[slanted]
+    if len(start) == 0:
+        return out.astype(bool)
+    downward = (start[:, 1] < end[:, 1])[:, None]
+    top, bottom = np.where(downward, start, end), np.where(downward, end, start)
+    run, rise = (end[:, 0] - start[:, 0]) << _FIXED_SHIFT, end[:, 1] - start[:, 1]
+    step = np.sign(run) * np.sign(rise) * (np.abs(run) // np.abs(rise))  # C division
+
+    rows_per_edge = bottom[:, 1] - top[:, 1]
+    edge = np.repeat(np.arange(len(top)), rows_per_edge)
+    offset = np.arange(edge.size) - np.repeat(
+        np.cumsum(rows_per_edge) - rows_per_edge, rows_per_edge
+    )
+    rows = top[edge, 1] + offset
+    xs = (top[edge, 0] << _FIXED_SHIFT) + offset * step[edge]
+
+    order = np.lexsort((xs, rows))
+    rows, xs = rows[order], xs[order]
+    first_of_row = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]
+    rank = np.arange(rows.size) - np.repeat(first_of_row, np.diff(np.r_[first_of_row, rows.size]))
+    left = np.flatnonzero(rank % 2 == 0)
+    half = 1 << (_FIXED_SHIFT - 1)
+    span_rows = rows[left]
+    x_from = np.clip((xs[left] + half) >> _FIXED_SHIFT, 0, width)
+    x_to = np.clip(((xs[left + 1] + half) >> _FIXED_SHIFT) + 1, 0, width)
+    valid = (span_rows >= 0) & (span_rows < height) & (x_to > x_from)
+    # Mark span starts and ends, then a running sum along each row paints the spans.
+    edges = np.zeros((height, width + 1), np.int32)
+    np.add.at(edges, (span_rows[valid], x_from[valid]), 1)
+    np.add.at(edges, (span_rows[valid], x_to[valid]), -1)
+    out |= (np.cumsum(edges, axis=1)[:, :width] > 0).astype(np.uint8)
     return out.astype(bool)
