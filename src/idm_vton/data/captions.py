@@ -1,0 +1,146 @@
+"""Garment descriptions V and the two prompts built from them (SPEC section 3).
+
+IDM-VTON conditions both UNets on a short garment description V:
+
+- TryonNet prompt: ``"model is wearing " + V`` (the training form; the official dataset-inference
+  script says ``"model is wearing a " + V``, which we do not copy);
+- GarmentNet prompt: ``"a photo of " + V``.
+
+For VITON-HD, V comes from the attribute tags IDM-VTON published (``vitonhd_{phase}_tagged.json``);
+for DressCode, from the per-category ``dc_caption.txt`` files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: Tag names that make up a VITON-HD description, in the order they are concatenated.
+VITONHD_TAG_ORDER: tuple[str, ...] = ("sleeveLength", "neckLine", "item")
+
+#: Description used for a VITON-HD garment that has no entry in the tag file.
+VITONHD_FALLBACK_DESCRIPTION = "shirts"
+
+
+class GarmentCategory(str, Enum):
+    """Garment category: the DressCode sub-folders, and the mask regions of SPEC section 6."""
+
+    UPPER_BODY = "upper_body"
+    LOWER_BODY = "lower_body"
+    DRESSES = "dresses"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value: GarmentCategory | str) -> GarmentCategory:
+        """Validate a user-given category, with a one-line error listing the valid values."""
+        try:
+            return cls(value)
+        except ValueError:
+            valid = ", ".join(c.value for c in cls)
+            raise ValueError(
+                f"unknown garment category {value!r}; expected one of: {valid}"
+            ) from None
+
+
+def describe_vitonhd(tag_entry: Mapping[str, Any] | None) -> str:
+    """Build the garment description V from one entry of the VITON-HD tag file.
+
+    For each of ``sleeveLength``, ``neckLine`` and ``item`` (in this order) the first tag with that
+    ``tag_name`` and a non-null ``tag_category`` contributes ``tag_category + " "``, so a non-empty V
+    ends in a space (e.g. ``"Short Sleeve Round Neck T-shirts "``). ``None`` (no entry for the
+    garment) gives ``"shirts"``. An entry whose three tags are all null gives ``""``, as in the
+    official code.
+
+    The official loop appends *every* matching tag rather than the first; the published tag files
+    hold exactly one tag of each name per garment, so both rules give the same text there.
+    """
+    if tag_entry is None:
+        return VITONHD_FALLBACK_DESCRIPTION
+    tags = tag_entry.get("tag_info") or []
+    parts: list[str] = []
+    for tag_name in VITONHD_TAG_ORDER:
+        for tag in tags:
+            if tag.get("tag_name") == tag_name and tag.get("tag_category") is not None:
+                parts.append(f"{tag['tag_category']} ")
+                break
+    return "".join(parts)
+
+
+def load_vitonhd_tags(json_path: str | Path) -> dict[str, str]:
+    """Read a ``vitonhd_{phase}_tagged.json`` file into ``{file_name: V}``.
+
+    Keys are the ``file_name`` values exactly as written in the file (garment file names with
+    their extension, e.g. ``"00067_00.jpg"``). The file is ``{"data": [entry, ...]}``; like the
+    official loader, entries under every top-level key are read.
+    """
+    path = Path(json_path)
+    try:
+        with path.open("r", encoding="utf-8") as file:
+            content = json.load(file)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read VITON-HD tag file {path}: {error}") from error
+    if not isinstance(content, dict):
+        raise ValueError(
+            f"VITON-HD tag file {path}: expected a JSON object, got {type(content).__name__}"
+        )
+    descriptions: dict[str, str] = {}
+    for key, entries in content.items():
+        if not isinstance(entries, list):
+            raise ValueError(f"VITON-HD tag file {path}: key {key!r} should hold a list of entries")
+        for entry in entries:
+            if not isinstance(entry, dict) or "file_name" not in entry:
+                raise ValueError(
+                    f"VITON-HD tag file {path}: entry without 'file_name': {entry!r:.200}"
+                )
+            descriptions[entry["file_name"]] = describe_vitonhd(entry)
+    return descriptions
+
+
+def load_dresscode_captions(path: str | Path) -> dict[str, str]:
+    """Read a DressCode ``dc_caption.txt`` into ``{name: V}``.
+
+    Each line is ``<file name> <caption words...>``; V is the words joined by single spaces.
+    Blank lines and lines without caption words are skipped (the dataset then falls back to the
+    category name, SPEC section 3).
+
+    Keying: every caption is stored under the name exactly as written (``"013563_1.jpg"``) and also
+    under that name without its extension (``"013563_1"``), so a lookup works with either form
+    whichever form the file uses. An explicitly written name always wins over a derived one.
+    """
+    path = Path(path)
+    explicit: dict[str, str] = {}
+    try:
+        with path.open("r", encoding="utf-8") as file:
+            for line in file:
+                fields = line.split(maxsplit=1)
+                if len(fields) < 2:
+                    continue
+                name, words = fields
+                explicit[name] = " ".join(words.split())
+    except OSError as error:
+        raise ValueError(f"cannot read DressCode caption file {path}: {error}") from error
+    captions: dict[str, str] = {}
+    for name, description in explicit.items():
+        stem = Path(name).stem
+        if stem != name and stem not in explicit:
+            captions[stem] = description
+    captions.update(explicit)
+    return captions
+
+
+def tryon_prompt(description: str) -> str:
+    """TryonNet prompt for garment description V (training form, SPEC section 3)."""
+    return "model is wearing " + description
+
+
+def garment_prompt(description: str) -> str:
+    """GarmentNet prompt for garment description V (SPEC section 3)."""
+    return "a photo of " + description
