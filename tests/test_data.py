@@ -521,6 +521,10 @@ def test_augmented_dataset_is_deterministic_per_seed_and_epoch(tmp_path):
 
     first, again = load(seed=3), load(seed=3)
     torch.testing.assert_close(stack(first), stack(again), rtol=0, atol=0)
+    # Each item's draw depends on (seed, epoch, index) only, not on the loading order (workers).
+    backwards = VitonHDDataset(tmp_path, "train", size=SIZE, augment=True, seed=3, clip_size=CLIP)
+    reordered = [backwards[i] for i in reversed(range(len(backwards)))][::-1]
+    torch.testing.assert_close(stack(first), stack(reordered), rtol=0, atol=0)
     plain = VitonHDDataset(tmp_path, "train", size=SIZE, clip_size=CLIP)
     plain_items = [plain[i] for i in range(len(plain))]
     variants = [stack(load(seed=s)) for s in (4, 5)] + [stack(load(seed=3, epoch=1))]
