@@ -29,7 +29,9 @@ def _device(name: str):
     except RuntimeError as err:
         raise UsageError(f"unknown device '{name}' (use cpu, cuda, cuda:N or mps)") from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device '{name}' requested but CUDA is not available here (use --device cpu)")
+        raise UsageError(
+            f"device '{name}' requested but CUDA is not available here (use --device cpu)"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError("device 'mps' requested but MPS is not available here (use --device cpu)")
     if device.type not in ("cpu", "cuda", "mps", "xpu"):
@@ -71,7 +73,12 @@ def cmd_tryon(args) -> int:
     device, dtype = _device(args.device), _dtype(args.dtype)
     if dtype == torch.float16 and device.type == "cpu":
         raise UsageError("fp16 is not supported on the CPU: use --dtype bf16 or fp32")
-    for flag, value in (("--person", args.person), ("--garment", args.garment), ("--mask", args.mask), ("--pose", args.pose)):
+    for flag, value in (
+        ("--person", args.person),
+        ("--garment", args.garment),
+        ("--mask", args.mask),
+        ("--pose", args.pose),
+    ):
         if not Path(value).is_file():
             raise UsageError(f"{flag}: file not found: {value}")
     pipe = _load_model(args.model, dtype, device)
@@ -111,33 +118,72 @@ def cmd_convert(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="idm-vton", description="IDM-VTON virtual try-on (Choi et al., ECCV 2024) on current diffusers."
+        prog="idm-vton",
+        description="IDM-VTON virtual try-on (Choi et al., ECCV 2024) on current diffusers.",
     )
-    parser.add_argument("--verbose", "-v", action="store_true", help="show library logs and tracebacks")
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="show library logs and tracebacks"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("tryon", help="render a person wearing a garment")
     p.add_argument("--person", required=True, help="photo of the person (any size)")
     p.add_argument("--garment", required=True, help="in-shop photo of the garment")
-    p.add_argument("--mask", required=True, help="inpaint mask, white = garment area to re-generate")
+    p.add_argument(
+        "--mask", required=True, help="inpaint mask, white = garment area to re-generate"
+    )
     p.add_argument("--pose", required=True, help="DensePose image of the person (same framing)")
-    p.add_argument("--description", required=True, help='garment text, e.g. "short sleeve round neck t-shirts"')
-    p.add_argument("--negative-prompt", default=None, help="unconditional caption (reference default)")
-    p.add_argument("--model", default="yisol/IDM-VTON", help="hub id, checkpoint folder, or 'tiny' (default %(default)s)")
+    p.add_argument(
+        "--description", required=True, help='garment text, e.g. "short sleeve round neck t-shirts"'
+    )
+    p.add_argument(
+        "--negative-prompt", default=None, help="unconditional caption (reference default)"
+    )
+    p.add_argument(
+        "--model",
+        default="yisol/IDM-VTON",
+        help="hub id, checkpoint folder, or 'tiny' (default %(default)s)",
+    )
     p.add_argument("--out", required=True, help="output image (.png/.jpg), written atomically")
     p.add_argument("--steps", type=int, default=30, help="denoising steps (default %(default)s)")
-    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance (default %(default)s)")
-    p.add_argument("--strength", type=float, default=1.0, help="denoising strength in (0, 1] (default %(default)s)")
+    p.add_argument(
+        "--guidance", type=float, default=2.0, help="classifier-free guidance (default %(default)s)"
+    )
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=1.0,
+        help="denoising strength in (0, 1] (default %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=42, help="random seed (default %(default)s)")
-    p.add_argument("--height", type=int, default=None, help="work height, multiple of 8 (default 1024; tiny 256)")
-    p.add_argument("--width", type=int, default=None, help="work width, multiple of 8 (default 768; tiny 192)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--offload", action="store_true", help="model CPU offload (less GPU memory, slower)")
-    p.add_argument("--no-paste-back", action="store_true", help="return the raw H x W render, not the full photo")
+    p.add_argument(
+        "--height",
+        type=int,
+        default=None,
+        help="work height, multiple of 8 (default 1024; tiny 256)",
+    )
+    p.add_argument(
+        "--width", type=int, default=None, help="work width, multiple of 8 (default 768; tiny 192)"
+    )
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N, mps (default: cuda if available)"
+    )
+    p.add_argument(
+        "--dtype", default=None, help="fp32, bf16 or fp16 (default: bf16 on GPU, fp32 on CPU)"
+    )
+    p.add_argument(
+        "--offload", action="store_true", help="model CPU offload (less GPU memory, slower)"
+    )
+    p.add_argument(
+        "--no-paste-back",
+        action="store_true",
+        help="return the raw H x W render, not the full photo",
+    )
     p.set_defaults(func=cmd_tryon)
 
-    p = sub.add_parser("convert", help="convert a published checkpoint to this project's safetensors layout")
+    p = sub.add_parser(
+        "convert", help="convert a published checkpoint to this project's safetensors layout"
+    )
     p.add_argument("src", help="hub id or folder in the published IDM-VTON layout")
     p.add_argument("dst", help="output folder")
     p.add_argument("--dtype", default="fp16", help="fp16, bf16 or fp32 (default %(default)s)")

@@ -75,22 +75,40 @@ def _load_into(module: torch.nn.Module, state: dict, what: str, dtype: torch.dty
 
 
 def _resampler_config(folder: Path, unet_config: dict, projection_state: dict) -> dict:
-    if (folder / RESAMPLER_CONFIG).is_file():
-        raw = _read_json(folder / RESAMPLER_CONFIG)
-        config = {k: raw[k] for k in _DEFAULT_RESAMPLER if k in raw}
-        config.update({k: raw[k] for k in ("embedding_dim", "output_dim") if k in raw})
-    else:
-        config = dict(_DEFAULT_RESAMPLER)
+    """Resampler constructor arguments: ``resampler_config.json`` if present, else the weights.
+
+    The published checkpoint has no Resampler config; its sizes follow from the weight shapes
+    except the head split of the attention width, which is IDM-VTON's 64-channel heads.
+    """
+    raw = _read_json(folder / RESAMPLER_CONFIG) if (folder / RESAMPLER_CONFIG).is_file() else {}
+    config = {k: raw[k] for k in (*_DEFAULT_RESAMPLER, "embedding_dim", "output_dim") if k in raw}
     latents = projection_state.get("resampler.latents")
     proj_in = projection_state.get("resampler.proj_in.weight")
-    if latents is not None and proj_in is not None:
-        config.setdefault("embedding_dim", proj_in.shape[1])
-        config["num_queries"], config["dim"] = latents.shape[1], latents.shape[2]
-        config["depth"] = len(
-            {k.split(".")[2] for k in projection_state if k.startswith("resampler.layers.")}
-        )
-    config.setdefault("embedding_dim", unet_config.get("encoder_hid_dim") or 1280)
+    to_q = projection_state.get("resampler.layers.0.attn.to_q.weight")
+    ff_in = projection_state.get("resampler.layers.0.ff.1.net.0.proj.weight")
+    if latents is None or proj_in is None or to_q is None or ff_in is None:
+        raise CheckpointError(f"{folder}: incomplete Resampler weights (encoder_hid_proj.*)")
+    config["num_queries"], config["dim"] = latents.shape[1], latents.shape[2]
+    config["embedding_dim"] = proj_in.shape[1]
+    config["depth"] = len(
+        {k.split(".")[2] for k in projection_state if k.startswith("resampler.layers.")}
+    )
+    config["ff_mult"] = ff_in.shape[0] // latents.shape[2]
     config.setdefault("output_dim", unet_config["cross_attention_dim"])
+    inner = to_q.shape[0]
+    if "heads" not in config or "dim_head" not in config:
+        dim_head = config.get("dim_head", _DEFAULT_RESAMPLER["dim_head"])
+        if inner % dim_head:
+            raise CheckpointError(
+                f"{folder}: cannot tell the Resampler's head count from an attention width of {inner}; "
+                f"add {RESAMPLER_CONFIG} with 'heads' and 'dim_head'"
+            )
+        config["dim_head"], config["heads"] = dim_head, inner // dim_head
+    if config["heads"] * config["dim_head"] != inner:
+        raise CheckpointError(
+            f"{folder}: {RESAMPLER_CONFIG} says {config['heads']} x {config['dim_head']} attention "
+            f"channels, the weights have {inner}"
+        )
     return config
 
 

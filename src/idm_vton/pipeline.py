@@ -612,26 +612,30 @@ class TryOnPipeline(DiffusionPipeline):
                 "non-finite values in the decoded image: use --dtype bf16 or fp32"
             )
         images = (decoded / 2 + 0.5).clamp(0, 1)
-        if output_type == "pt" and not (paste_back and prep.photos):
-            return TryOnPipelineOutput(images=images) if return_dict else (images,)
-        arrays = images.permute(0, 2, 3, 1).cpu().numpy()
-        pil = [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arrays]
         if paste_back and prep.photos is not None:
+            arrays = images.permute(0, 2, 3, 1).cpu().numpy()
+            renders = [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arrays]
+            k = num_images_per_prompt
             pil = [
                 paste_into_photo(
-                    prep.photos[i // num_images_per_prompt],
-                    img,
-                    prep.regions[i // num_images_per_prompt],
-                    prep.photo_masks[i // num_images_per_prompt],
+                    prep.photos[i // k], render, prep.regions[i // k], prep.photo_masks[i // k]
                 )
-                for i, img in enumerate(pil)
+                for i, render in enumerate(renders)
             ]
-        if output_type == "pil":
-            result = pil
-        elif output_type == "np":
-            result = np.stack([np.asarray(p, dtype=np.float32) / 255.0 for p in pil])
+            if output_type == "pil":
+                result = pil
+            elif output_type == "np":
+                result = [np.asarray(p, dtype=np.float32) / 255.0 for p in pil]
+                result = np.stack(result) if len({r.shape for r in result}) == 1 else result
+            else:
+                result = [_to_tensor(p) for p in pil]
+                result = torch.stack(result) if len({r.shape for r in result}) == 1 else result
         elif output_type == "pt":
-            result = torch.stack([_to_tensor(p) for p in pil])
+            result = images
         else:
-            raise ValueError(f"unknown output_type '{output_type}' (pil, np, pt or latent)")
+            arrays = images.permute(0, 2, 3, 1).cpu().numpy()
+            if output_type == "np":
+                result = arrays
+            else:
+                result = [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arrays]
         return TryOnPipelineOutput(images=result) if return_dict else (result,)

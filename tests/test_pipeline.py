@@ -1,0 +1,233 @@
+"""TryOnPipeline behaviour on the tiny random model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from idm_vton.checkpoint import CheckpointError
+from idm_vton.images import ImageInputError
+from idm_vton.pipeline import NonFiniteOutputError, TryOnPipeline
+from idm_vton.tiny import tiny_pipeline
+
+H, W = 64, 48
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline(seed=0)
+
+
+def person(seed=0, size=(W, H)):
+    return Image.fromarray(
+        np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    )
+
+
+def box_mask(size=(W, H)):
+    m = np.zeros((size[1], size[0]), np.uint8)
+    m[size[1] // 4 : 3 * size[1] // 4, size[0] // 4 : 3 * size[0] // 4] = 255
+    return Image.fromarray(m)
+
+
+def run(pipe, seed=0, **kwargs):
+    args = dict(
+        person_image=person(0),
+        garment_image=person(1),
+        mask_image=box_mask(),
+        pose_image=person(2),
+        garment_description="short sleeve round neck t-shirts",
+        num_inference_steps=2,
+        height=H,
+        width=W,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+    )
+    args.update(kwargs)
+    return pipe(**args).images
+
+
+def test_result_depends_only_on_the_generator(pipe):
+    torch.manual_seed(123)
+    a = run(pipe, seed=5)
+    torch.manual_seed(999)  # the global RNG must not matter
+    b = run(pipe, seed=5)
+    c = run(pipe, seed=6)
+    assert np.array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3
+
+
+def test_inputs_change_the_output(pipe):
+    base = run(pipe, paste_back=False)
+    for change in (
+        dict(garment_image=person(7)),
+        dict(pose_image=person(8)),
+        dict(garment_description="long sleeve v-neck dresses"),
+        dict(guidance_scale=1.0),
+    ):
+        other = run(pipe, paste_back=False, **change)
+        assert np.abs(other - base).max() > 1e-4, change
+
+
+def test_batch_of_people_matches_single_calls(pipe):
+    # One generator per person and one garment entry per person: each row draws exactly the
+    # noise a single call would (a shared garment draws its VAE sample from the first generator).
+    gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    batch = run(
+        pipe,
+        person_image=[person(0), person(3)],
+        mask_image=[box_mask(), box_mask()],
+        pose_image=[person(2), person(4)],
+        garment_image=[person(1), person(1)],
+        generator=gens,
+        paste_back=False,
+    )
+    single0 = run(pipe, seed=1, paste_back=False)
+    single1 = run(pipe, seed=2, person_image=person(3), pose_image=person(4), paste_back=False)
+    assert batch.shape == (2, H, W, 3)
+    np.testing.assert_allclose(batch[0], single0[0], atol=1e-4)
+    np.testing.assert_allclose(batch[1], single1[0], atol=1e-4)
+
+
+def test_one_garment_per_person_and_images_per_prompt(pipe):
+    out = run(
+        pipe,
+        person_image=[person(0), person(3)],
+        mask_image=[box_mask(), box_mask()],
+        pose_image=[person(2), person(4)],
+        garment_image=[person(1), person(5)],
+        garment_description=["short sleeve t-shirts", "long sleeve shirts"],
+        num_images_per_prompt=2,
+        paste_back=False,
+    )
+    assert out.shape == (4, H, W, 3)
+    assert np.abs(out[0] - out[1]).max() > 1e-3  # two samples of one person differ
+
+
+def test_paste_back_keeps_pixels_outside_the_mask_on_odd_sizes(pipe):
+    size = (61, 97)  # odd, not 3:4
+    photo, mask = person(0, size), box_mask(size)
+    out = run(
+        pipe, person_image=photo, mask_image=mask, pose_image=person(2, (30, 40)), output_type="pil"
+    )[0]
+    assert out.size == size
+    keep = np.asarray(mask) < 128
+    assert np.array_equal(np.asarray(out)[keep], np.asarray(photo)[keep])
+    assert (np.asarray(out)[~keep] != np.asarray(photo)[~keep]).any()
+    raw = run(pipe, person_image=photo, mask_image=mask, paste_back=False, output_type="pil")[0]
+    assert raw.size == (W, H)
+
+
+def test_precomputed_embeddings_run_without_text_encoders(pipe):
+    no_text = TryOnPipeline(
+        **{
+            **pipe.components,
+            "text_encoder": None,
+            "text_encoder_2": None,
+            "tokenizer": None,
+            "tokenizer_2": None,
+        }
+    )
+    device = torch.device("cpu")
+    prompt, pooled = pipe.encode_prompt(["model is wearing shirts"], device)
+    negative, negative_pooled = pipe.encode_prompt(
+        ["monochrome, lowres, bad anatomy, worst quality, low quality"], device
+    )
+    garment, _ = pipe.encode_prompt(["a photo of shirts"], device)
+    with_embeds = run(
+        no_text,
+        garment_description=None,
+        prompt_embeds=prompt,
+        pooled_prompt_embeds=pooled,
+        negative_prompt_embeds=negative,
+        negative_pooled_prompt_embeds=negative_pooled,
+        garment_prompt_embeds=garment,
+    )
+    with_text = run(pipe, garment_description="shirts")
+    np.testing.assert_allclose(with_embeds, with_text, atol=1e-5)
+    with pytest.raises(ValueError, match="no text encoders"):
+        run(no_text)
+
+
+def test_save_and_reload_give_the_same_image(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "saved")
+    assert not list((tmp_path / "saved").rglob("*.bin"))
+    reloaded = TryOnPipeline.from_pretrained(tmp_path / "saved")
+    assert np.array_equal(run(reloaded), run(pipe))
+
+
+def test_strength_below_one(pipe):
+    out = run(pipe, strength=0.5, num_inference_steps=4, paste_back=False)
+    assert out.shape == (1, H, W, 3) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(strength=0.0), "strength"),
+        (dict(height=60), "multiple of 8"),
+        (dict(output_type="jpeg"), "output_type"),
+        (dict(garment_description=None), "garment_description is required"),
+        (dict(mask_image=Image.new("L", (W, H), 0)), "empty"),
+        (dict(person_image=[person(0), person(1)]), "2 person images but 1 masks"),
+    ],
+)
+def test_bad_arguments(pipe, kwargs, match):
+    with pytest.raises((ValueError, ImageInputError), match=match):
+        run(pipe, **kwargs)
+
+
+def test_mask_and_pose_of_other_sizes_are_resized(pipe):
+    small_mask = box_mask((W // 2, H // 2))
+    out = run(pipe, mask_image=small_mask, pose_image=person(2, (17, 29)), output_type="pil")[0]
+    keep = np.asarray(box_mask()) < 128
+    assert np.array_equal(np.asarray(out)[keep], np.asarray(person(0))[keep])
+
+
+def test_non_finite_values_are_detected(tmp_path):
+    broken = tiny_pipeline(seed=0)
+    with torch.no_grad():
+        broken.unet.conv_out.weight.fill_(float("inf"))
+    with pytest.raises(NonFiniteOutputError, match="bf16 or fp32"):
+        run(broken)
+
+
+def test_missing_and_placeholder_checkpoints(pipe, tmp_path):
+    with pytest.raises(CheckpointError, match="no TryonNet folder"):
+        TryOnPipeline.from_pretrained(tmp_path)
+    pipe.save_pretrained(tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\n")
+    with pytest.raises(CheckpointError, match="git-lfs pointer"):
+        TryOnPipeline.from_pretrained(tmp_path / "ckpt")
+    weights.write_bytes(b"placeholder")
+    with pytest.raises(CheckpointError, match="placeholder"):
+        TryOnPipeline.from_pretrained(tmp_path / "ckpt")
+    pipe.save_pretrained(tmp_path / "ckpt2")
+    vae = tmp_path / "ckpt2" / "vae" / "diffusion_pytorch_model.safetensors"
+    good = vae.read_bytes()
+    vae.write_bytes(good[:5000])
+    with pytest.raises(CheckpointError, match="vae"):
+        TryOnPipeline.from_pretrained(tmp_path / "ckpt2")
+    vae.write_bytes(good)
+    import shutil
+
+    shutil.rmtree(tmp_path / "ckpt2" / "image_encoder")
+    with pytest.raises(CheckpointError, match="image_encoder"):
+        TryOnPipeline.from_pretrained(tmp_path / "ckpt2")
+
+
+def test_hub_id_without_network_says_how_to_pass_a_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(CheckpointError, match="pass a local folder"):
+        TryOnPipeline.from_pretrained("someone/not-here")
