@@ -194,15 +194,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands implemented in their own modules. Each module defines ``add_arguments(parser)`` and
+# ``run(args) -> int``; a module that is not importable (an optional dependency missing) leaves
+# its command out with a note in ``--help``.
+OPTIONAL_COMMANDS = (
+    ("evaluate", "idm_vton.evaluate:evaluate", "score try-on results (LPIPS, SSIM, FID, KID, CLIP-I)"),
+    ("infer-dataset", "idm_vton.infer_dataset", "batch try-on over a dataset's test split"),
+    ("train", "idm_vton.train", "train or fine-tune TryonNet"),
+    ("customize", "idm_vton.customize", "fine-tune on one person photo (paper Sec. 3.3)"),
+    ("preprocess", "idm_vton.preprocess.commands", "build a VITON-HD-layout folder from your photos"),
+    ("mask", "idm_vton.preprocess.commands:mask", "compute and preview the automatic inpaint mask"),
+)
+
+
 def _add_optional_commands(sub) -> None:
-    """Commands whose modules live elsewhere in the package (evaluation, preprocessing...)."""
-    try:
-        from .evaluate import add_evaluate_arguments, run_evaluate
-    except ImportError:
-        return
-    p = sub.add_parser("evaluate", help="score try-on results (LPIPS, SSIM, FID, KID, CLIP-I)")
-    add_evaluate_arguments(p)
-    p.set_defaults(func=run_evaluate)
+    import importlib
+
+    for name, target, help_text in OPTIONAL_COMMANDS:
+        module_name, _, prefix = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name and (err.name == module_name or module_name.startswith(err.name + ".")):
+                continue  # not part of this installation
+            raise
+        add = getattr(module, f"add_{prefix}_arguments" if prefix else "add_arguments", None)
+        run = getattr(module, f"run_{prefix}" if prefix else "run", None)
+        if add is None or run is None:
+            continue
+        p = sub.add_parser(name, help=help_text)
+        add(p)
+        p.set_defaults(func=run)
 
 
 def _fill_defaults(args) -> None:
