@@ -8,6 +8,7 @@ operators are checked against values worked out by hand from detectron2/torchvis
 from __future__ import annotations
 
 import math
+import os
 import pickle
 from collections import OrderedDict
 from pathlib import Path
@@ -21,6 +22,7 @@ from PIL import Image
 from idm_vton.preprocess.densepose import (
     DensePosePredictor,
     DensePoseRCNN,
+    DensePoseRCNNConfig,
     DensePoseResult,
     NoPersonFoundError,
     apply_parula,
@@ -270,20 +272,42 @@ def test_pth_and_safetensors_copies_load(tmp_path):
 # A scaled-down checkpoint with detectron2's key names
 
 
-def tiny_densepose_state(seed: int = 0, decoder: bool = True, person_logit: float = 6.0):
+TINY_SIZES = {
+    "stem": 8,
+    "stages": {2: (4, 16, 1), 3: (8, 24, 2), 4: (8, 32, 1), 5: (16, 48, 1)},
+    "fpn": 16,
+    "fc": 32,
+    "decoder": (12, 16),
+    "head": (2, 20),
+}
+# The shapes of model_final_162be9.pkl (R50: 3, 4, 6, 3 bottlenecks; 8 x 512 DensePose convs).
+REAL_SIZES = {
+    "stem": 64,
+    "stages": {2: (64, 256, 3), 3: (128, 512, 4), 4: (256, 1024, 6), 5: (512, 2048, 3)},
+    "fpn": 256,
+    "fc": 1024,
+    "decoder": (256, 256),
+    "head": (8, 512),
+}
+
+
+def tiny_densepose_state(
+    seed: int = 0, decoder: bool = True, person_logit: float = 6.0, sizes=None
+) -> dict[str, np.ndarray]:
     """Random weights with the real key names and small shapes (numpy, as in the .pkl).
 
     RPN and box deltas are zero, so every detection is an anchor clipped to the image; the
-    classifier bias makes the person class win (score ~0.998) or lose (``person_logit < 0``).
+    classifier has zero weights, so every box scores softmax(person_logit, 0): ~0.998 by
+    default, ~0.002 with ``person_logit=-6``.
     """
+    sizes = sizes or TINY_SIZES
     rng = np.random.default_rng(seed)
     state: dict[str, np.ndarray] = {}
 
     def conv(name, out_ch, in_ch, k, bias=True, std=None):
         std = (2.0 / (in_ch * k * k)) ** 0.5 if std is None else std
-        state[name + ".weight"] = (rng.standard_normal((out_ch, in_ch, k, k)) * std).astype(
-            np.float32
-        )
+        weight = rng.standard_normal((out_ch, in_ch, k, k), dtype=np.float32) * np.float32(std)
+        state[name + ".weight"] = weight
         if bias:
             state[name + ".bias"] = np.zeros(out_ch, np.float32)
 
@@ -294,15 +318,15 @@ def tiny_densepose_state(seed: int = 0, decoder: bool = True, person_logit: floa
         state[name + ".norm.running_mean"] = np.zeros(out_ch, np.float32)
         state[name + ".norm.running_var"] = np.ones(out_ch, np.float32)
 
-    bottom_up = "backbone.bottom_up."
-    conv_bn(bottom_up + "stem.conv1", 8, 3, 7, std=0.01)
-    in_ch = 8
-    for level, (width, out_ch, blocks) in {
-        2: (4, 16, 1),
-        3: (8, 24, 2),
-        4: (8, 32, 1),
-        5: (16, 48, 1),
-    }.items():
+    def linear(name, out_features, in_features, std):
+        weight = rng.standard_normal((out_features, in_features), dtype=np.float32)
+        state[name + ".weight"] = weight * np.float32(std)
+        state[name + ".bias"] = np.zeros(out_features, np.float32)
+
+    bottom_up, fpn, fc = "backbone.bottom_up.", sizes["fpn"], sizes["fc"]
+    conv_bn(bottom_up + "stem.conv1", sizes["stem"], 3, 7, std=0.01)
+    in_ch = sizes["stem"]
+    for level, (width, out_ch, blocks) in sizes["stages"].items():
         for index in range(blocks):
             block = f"{bottom_up}res{level}.{index}."
             if index == 0:
@@ -311,37 +335,29 @@ def tiny_densepose_state(seed: int = 0, decoder: bool = True, person_logit: floa
             conv_bn(block + "conv2", width, width, 3)
             conv_bn(block + "conv3", out_ch, width, 1)
             in_ch = out_ch
-        conv(f"backbone.fpn_lateral{level}", 16, out_ch, 1)
-        conv(f"backbone.fpn_output{level}", 16, 16, 3)
-    conv("proposal_generator.rpn_head.conv", 16, 16, 3)
-    conv("proposal_generator.rpn_head.objectness_logits", 3, 16, 1)
-    conv("proposal_generator.rpn_head.anchor_deltas", 12, 16, 1, std=0.0)
-    state["roi_heads.box_head.fc1.weight"] = (rng.standard_normal((32, 16 * 49)) * 0.05).astype(
-        np.float32
-    )
-    state["roi_heads.box_head.fc1.bias"] = np.zeros(32, np.float32)
-    state["roi_heads.box_head.fc2.weight"] = (rng.standard_normal((32, 32)) * 0.1).astype(
-        np.float32
-    )
-    state["roi_heads.box_head.fc2.bias"] = np.zeros(32, np.float32)
-    state["roi_heads.box_predictor.cls_score.weight"] = (
-        rng.standard_normal((2, 32)) * 0.01
-    ).astype(np.float32)
-    state["roi_heads.box_predictor.cls_score.bias"] = np.array([person_logit, 0.0], np.float32)
-    state["roi_heads.box_predictor.bbox_pred.weight"] = np.zeros((4, 32), np.float32)
-    state["roi_heads.box_predictor.bbox_pred.bias"] = np.zeros(4, np.float32)
+        conv(f"backbone.fpn_lateral{level}", fpn, out_ch, 1)
+        conv(f"backbone.fpn_output{level}", fpn, fpn, 3)
+    conv("proposal_generator.rpn_head.conv", fpn, fpn, 3)
+    conv("proposal_generator.rpn_head.objectness_logits", 3, fpn, 1)
+    conv("proposal_generator.rpn_head.anchor_deltas", 12, fpn, 1, std=0.0)
+    linear("roi_heads.box_head.fc1", fc, fpn * 49, (1.0 / (fpn * 49)) ** 0.5)
+    linear("roi_heads.box_head.fc2", fc, fc, (1.0 / fc) ** 0.5)
+    linear("roi_heads.box_predictor.cls_score", 2, fc, 0.0)  # score = softmax(bias)
+    state["roi_heads.box_predictor.cls_score.bias"][0] = person_logit
+    linear("roi_heads.box_predictor.bbox_pred", 4, fc, 0.0)
+    dp_in = fpn
     if decoder:
+        dims, dp_in = sizes["decoder"]
         for level, convs in {2: 1, 3: 1, 4: 2, 5: 3}.items():
             for index in range(convs):
-                conv(
-                    f"roi_heads.decoder.p{level}.{index if level == 2 else 2 * index}",
-                    12,
-                    16 if index == 0 else 12,
-                    3,
-                )
-        conv("roi_heads.decoder.predictor", 16, 12, 1)
-    conv("roi_heads.densepose_head.body_conv_fcn1", 20, 16, 3)
-    conv("roi_heads.densepose_head.body_conv_fcn2", 20, 20, 3)
+                # Sequential indices: conv, upsample, conv, ... (no upsample at stride 4).
+                position = index if level == 2 else 2 * index
+                conv(f"roi_heads.decoder.p{level}.{position}", dims, fpn if index == 0 else dims, 3)
+        conv("roi_heads.decoder.predictor", dp_in, dims, 1)
+    head_convs, head_dim = sizes["head"]
+    for index in range(head_convs):
+        conv(f"roi_heads.densepose_head.body_conv_fcn{index + 1}", head_dim, dp_in, 3)
+        dp_in = head_dim
     for name, out_ch in {
         "ann_index_lowres": 2,
         "index_uv_lowres": 25,
@@ -349,7 +365,8 @@ def tiny_densepose_state(seed: int = 0, decoder: bool = True, person_logit: floa
         "v_lowres": 25,
     }.items():
         key = f"roi_heads.densepose_predictor.{name}"
-        state[key + ".weight"] = (rng.standard_normal((20, out_ch, 4, 4)) * 0.3).astype(np.float32)
+        weight = rng.standard_normal((head_dim, out_ch, 4, 4), dtype=np.float32)
+        state[key + ".weight"] = weight * np.float32((2.0 / (head_dim * 4)) ** 0.5)
         state[key + ".bias"] = np.zeros(out_ch, np.float32)
     state["roi_heads.densepose_predictor.ann_index_lowres.bias"][1] = 1.0
     return state
@@ -391,6 +408,10 @@ def test_checkpoint_keys_and_shapes_are_checked():
     bad["backbone.fpn_output3.weight"] = torch.zeros(16, 16, 1, 1)
     with pytest.raises(PreprocessModelError, match="unexpected shape"):
         DensePoseRCNN.from_state_dict(bad)
+    # Frozen BN saved without statistics (early detectron2) gets mean 0, variance 1.
+    no_stats = {k: v for k, v in state.items() if not k.endswith("stem.conv1.norm.running_var")}
+    stem_norm = DensePoseRCNN.from_state_dict(no_stats).backbone.bottom_up.stem.conv1.norm
+    assert torch.equal(stem_norm.running_var, torch.ones(8))
     missing = dict(state)
     del missing["roi_heads.densepose_predictor.u_lowres.bias"]
     with pytest.raises(PreprocessModelError, match="lacks"):
@@ -541,3 +562,22 @@ def test_render_keeps_only_the_last_instance_like_the_demo():
     assert (canvas[10:14, 20:24] == part_labels_to_rgb(np.array(1))).all()
     with pytest.raises(NoPersonFoundError):
         render_densepose(np.zeros((30, 40, 3), np.uint8), _result(np.zeros((0, 4)), []))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("IDM_VTON_SLOW") != "1", reason="set IDM_VTON_SLOW=1")
+def test_real_sized_checkpoint_layout_runs(tmp_path, photo):
+    """The real R50-FPN shapes (random values) go through inference at the demo's size."""
+    path = _write_pickle(tmp_path / "real.pkl", {"model": tiny_densepose_state(sizes=REAL_SIZES)})
+    config = DensePoseRCNNConfig(detections_per_image=2)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    real = DensePosePredictor(path, device=device, config=config)
+    assert [len(getattr(real.model.backbone.bottom_up, f"res{i}")) for i in (2, 3, 4, 5)] == [
+        3,
+        4,
+        6,
+        3,
+    ]
+    assert real.model.roi_heads.densepose_head.n_stacked_convs == 8
+    picture = real.densepose_image(photo)
+    assert picture.size == photo.size and np.asarray(picture).any()

@@ -588,6 +588,7 @@ class DensePoseRCNN(nn.Module):
         ignored, e.g. training-only buffers or heads of other tasks.
         """
         own = self.state_dict()
+        state_dict = with_default_frozen_bn_stats(state_dict)
         missing = sorted(set(own) - set(state_dict))
         if missing:
             raise PreprocessModelError(
@@ -667,6 +668,21 @@ class DensePoseRCNN(nn.Module):
             labels.append(instance_labels.cpu())
             uv.append(instance_uv.cpu())
         return DensePoseResult((height, width), boxes.cpu(), scores.cpu(), labels, uv)
+
+
+def with_default_frozen_bn_stats(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Add identity statistics to frozen BN layers saved without them (returns a new dict).
+
+    Early detectron2 checkpoints stored only ``norm.weight``/``norm.bias``; detectron2's
+    ``FrozenBatchNorm2d`` then uses running mean 0 and variance 1, as done here.
+    """
+    filled = dict(state_dict)
+    for key, value in state_dict.items():
+        if key.startswith("backbone.bottom_up.") and key.endswith(".norm.weight"):
+            prefix = key[: -len("weight")]
+            filled.setdefault(prefix + "running_mean", torch.zeros_like(value))
+            filled.setdefault(prefix + "running_var", torch.ones_like(value))
+    return filled
 
 
 def chart_outputs_to_box(
