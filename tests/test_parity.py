@@ -19,7 +19,7 @@ import idm_vton.pipeline as pipeline_module
 from idm_vton.pipeline import TryOnPipeline
 from idm_vton.tryon_net import garment_features, tryon_forward
 
-from .conftest import SHARED
+from .conftest import SHARED, require_shared
 
 GOLDEN = Path(os.environ.get("IDM_VTON_GOLDEN", SHARED / "golden"))
 MODULE_RTOL = 2e-5
