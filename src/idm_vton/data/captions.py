@@ -15,9 +15,19 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from enum import Enum
 from pathlib import Path
 from typing import Any
+
+from ..categories import GarmentCategory
+
+__all__ = [
+    "GarmentCategory",
+    "describe_vitonhd",
+    "garment_prompt",
+    "load_dresscode_captions",
+    "load_vitonhd_tags",
+    "tryon_prompt",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -26,28 +36,6 @@ VITONHD_TAG_ORDER: tuple[str, ...] = ("sleeveLength", "neckLine", "item")
 
 #: Description used for a VITON-HD garment that has no entry in the tag file.
 VITONHD_FALLBACK_DESCRIPTION = "shirts"
-
-
-class GarmentCategory(str, Enum):
-    """Garment category: the DressCode sub-folders, and the mask regions of SPEC section 6."""
-
-    UPPER_BODY = "upper_body"
-    LOWER_BODY = "lower_body"
-    DRESSES = "dresses"
-
-    def __str__(self) -> str:
-        return self.value
-
-    @classmethod
-    def parse(cls, value: GarmentCategory | str) -> GarmentCategory:
-        """Validate a user-given category, with a one-line error listing the valid values."""
-        try:
-            return cls(value)
-        except ValueError:
-            valid = ", ".join(c.value for c in cls)
-            raise ValueError(
-                f"unknown garment category {value!r}; expected one of: {valid}"
-            ) from None
 
 
 def describe_vitonhd(tag_entry: Mapping[str, Any] | None) -> str:

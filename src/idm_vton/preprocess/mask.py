@@ -18,25 +18,16 @@ Everything here is a pure function of arrays; the parser and pose models live el
 
 from __future__ import annotations
 
-from enum import Enum
-
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from ..categories import GarmentCategory
+
 __all__ = ["GarmentCategory", "agnostic_mask"]
 
 
-class GarmentCategory(str, Enum):
-    """Which part of the outfit is replaced (the VITON-HD / DressCode categories)."""
-
-    UPPER_BODY = "upper_body"
-    LOWER_BODY = "lower_body"
-    DRESSES = "dresses"
-
-
-# ATR label ids (SCHP ATR parser), plus NECK taken from the LIP parser.
 BACKGROUND = 0
 HAT = 1
 HAIR = 2
