@@ -24,8 +24,11 @@ not install from PyPI. This module re-implements exactly the inference path that
 
 Module sizes (channels, blocks per stage, stacked convs, decoder, pooler resolution of the box
 head) are read off the checkpoint's weight shapes, so a scaled-down checkpoint with the real
-key names runs too. Thresholds and other settings that weights cannot tell are in
-:class:`DensePoseRCNNConfig`, defaulting to the values the demo runs with.
+key names runs too. The decoder is used when the checkpoint has ``roi_heads.decoder.*`` weights
+(``model_final_162be9.pkl`` was published after detectron2 made ``DECODER_ON`` the default, so
+it should); without them the DensePose head pools P2..P5 by FPN level like the box head.
+Thresholds and other settings that weights cannot tell are in :class:`DensePoseRCNNConfig`,
+defaulting to the values the demo runs with.
 """
 
 from __future__ import annotations
