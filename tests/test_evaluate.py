@@ -1,0 +1,364 @@
+"""evaluate_folders end to end on a tiny synthetic folder with random-weight metric networks."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+import idm_vton.evaluate as evaluate_module
+from idm_vton.evaluate import (
+    EvaluationError,
+    add_evaluate_arguments,
+    evaluate_folders,
+    format_table,
+    run_evaluate,
+)
+from idm_vton.metrics.clip_score import CLIPImageScorer, _image_processor_class
+from idm_vton.metrics.fid import (
+    FIDInceptionV3,
+    inception_features,
+    kid_from_features,
+)
+from idm_vton.metrics.lpips import LPIPS, LPIPS_CHANNELS, AlexNetFeatures
+
+RESOLUTION = (48, 40)  # (height, width)
+STEMS = ["00001_00", "00002_00", "00003_00", "00004_00"]
+
+
+def random_alexnet_files(folder, seed=0):
+    torch.manual_seed(seed)
+    trunk = AlexNetFeatures().state_dict()
+    heads = {
+        f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1)
+        for k, c in enumerate(LPIPS_CHANNELS["alex"])
+    }
+    torch.save(trunk, folder / "alexnet-owt-7be5be79.pth")
+    torch.save(heads, folder / "alex.pth")
+    return trunk, heads
+
+
+def random_inception_file(folder, seed=0):
+    # He-initialised convolutions and identity BatchNorm keep the random features dependent on
+    # the input (PyTorch's default init makes them collapse to a near-constant vector).
+    torch.manual_seed(seed)
+    state = FIDInceptionV3().state_dict()
+    for key, value in state.items():
+        if key.endswith("conv.weight"):
+            value.normal_(0, (2.0 / value[0].numel()) ** 0.5)
+    state["fc.weight"] = torch.zeros(1008, 2048)
+    state["fc.bias"] = torch.zeros(1008)
+    torch.save(state, folder / "pt_inception-2015-12-05-6726825d.pth")
+    return state
+
+
+def tiny_clip(folder):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=16,
+    )
+    CLIPVisionModelWithProjection(config).save_pretrained(folder)
+    _image_processor_class()(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    weights = root / "weights"
+    weights.mkdir()
+    trunk, heads = random_alexnet_files(weights)
+    random_inception_file(weights)
+    tiny_clip(weights / "clip")
+
+    rng = np.random.default_rng(0)
+    pred_dir, gt_dir, garment_dir = root / "pred", root / "gt", root / "garment"
+    for folder in (pred_dir, gt_dir, garment_dir):
+        folder.mkdir()
+    height, width = RESOLUTION
+    for index, stem in enumerate(STEMS):
+        # Smooth ground truth of different brightness per image, so a wrong pairing shows.
+        gt = np.clip(rng.normal(60 * index + 40, 20, (height, width, 3)), 0, 255).astype(np.uint8)
+        pred = np.clip(gt + rng.normal(0, 25, gt.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pred).save(pred_dir / f"{stem}.png")
+        if index == 0:  # stored at another size: must be resized to the evaluation resolution
+            Image.fromarray(gt).resize((width * 2, height * 2)).save(gt_dir / f"{stem}.png")
+        else:
+            Image.fromarray(gt).save(gt_dir / f"{stem}.png")
+        garment = rng.integers(0, 256, (30, 24, 3), dtype=np.uint8)
+        Image.fromarray(garment).save(garment_dir / f"{stem}.jpg")
+    # A ground-truth image without an output: ignored and counted.
+    Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(gt_dir / "99999_00.png")
+    return {
+        "root": root,
+        "weights": weights,
+        "pred": pred_dir,
+        "gt": gt_dir,
+        "garment": garment_dir,
+        "trunk": trunk,
+        "heads": heads,
+    }
+
+
+@pytest.fixture(scope="module")
+def full_result(dataset):
+    # A 2048x2048 scipy sqrtm costs 15-80 s on two cores, so the end-to-end run swaps in the
+    # exact low-rank formula below and records the features it was given; frechet_distance itself
+    # is checked against direct computations in test_metrics.py (and at 2048-d in a slow test).
+    seen = {}
+
+    def spy_fid(pred_features, gt_features):
+        seen["pred"], seen["gt"] = pred_features, gt_features
+        return low_rank_fid(pred_features, gt_features)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evaluate_module, "fid_from_features", spy_fid)
+        result = evaluate_folders(
+            dataset["pred"],
+            dataset["gt"],
+            garments_dir=dataset["garment"],
+            weights_dir=dataset["weights"],
+            resolution=RESOLUTION,
+            batch_size=3,
+            verify_weights=False,
+            kid_subsets=5,
+            progress=False,
+        )
+    result["_fid_inputs"] = seen
+    return result
+
+
+def low_rank_fid(x: np.ndarray, y: np.ndarray) -> float:
+    """FID for N << D without a 2048x2048 square root: the non-zero eigenvalues of S1 S2 are the
+    squared singular values of Xc Yc^T / sqrt((n-1)(m-1)), so Tr sqrt(S1 S2) is its nuclear norm."""
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    cross = xc @ yc.T / np.sqrt((len(x) - 1) * (len(y) - 1))
+    tr_sqrt = np.linalg.svd(cross, compute_uv=False).sum()
+    tr_x = (xc**2).sum() / (len(x) - 1)
+    tr_y = (yc**2).sum() / (len(y) - 1)
+    return float(((x.mean(0) - y.mean(0)) ** 2).sum() + tr_x + tr_y - 2 * tr_sqrt)
+
+
+def loaded(folder, stem):
+    """The image exactly as the evaluation sees it (resized with PIL bicubic if needed)."""
+    image = Image.open(next(folder.glob(f"{stem}.*"))).convert("RGB")
+    if image.size != (RESOLUTION[1], RESOLUTION[0]):
+        image = image.resize((RESOLUTION[1], RESOLUTION[0]), Image.BICUBIC)
+    return np.asarray(image)
+
+
+def test_evaluate_folders_end_to_end(dataset, full_result):
+    metrics, per_image = full_result["metrics"], full_result["per_image"]
+    assert set(metrics) == {"ssim", "lpips", "fid", "kid", "kid_std", "clip_i"}
+    assert sorted(per_image) == STEMS
+
+    preds = [loaded(dataset["pred"], s) for s in STEMS]
+    gts = [loaded(dataset["gt"], s) for s in STEMS]
+    # SSIM per pair against scikit-image: also proves the files were paired by name.
+    for stem, pred, gt in zip(STEMS, preds, gts, strict=True):
+        reference = structural_similarity(
+            pred / 255.0,
+            gt / 255.0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+            channel_axis=-1,
+        )
+        assert per_image[stem]["ssim"] == pytest.approx(reference, abs=1e-6)
+    assert metrics["ssim"] == pytest.approx(np.mean([per_image[s]["ssim"] for s in STEMS]))
+
+    def as_tensor(images):
+        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+
+    lpips = LPIPS.from_state_dicts("alex", dataset["trunk"], dataset["heads"])
+    expected_lpips = lpips(as_tensor(preds), as_tensor(gts)).numpy()
+    got_lpips = [per_image[s]["lpips"] for s in STEMS]
+    np.testing.assert_allclose(got_lpips, expected_lpips, rtol=1e-5)
+    assert all(v > 0 for v in got_lpips)
+
+    inception = FIDInceptionV3.from_state_dict(
+        torch.load(dataset["weights"] / "pt_inception-2015-12-05-6726825d.pth", weights_only=True)
+    )
+    pred_features = inception_features(inception, preds)
+    gt_features = inception_features(inception, gts)
+    # FID got the Inception features of the outputs and of the ground truth, in that order.
+    # (float32 convolutions differ in the last bits between batch sizes 3 and 4.)
+    scale = np.abs(gt_features).max()
+    np.testing.assert_allclose(full_result["_fid_inputs"]["pred"], pred_features, atol=1e-5 * scale)
+    np.testing.assert_allclose(full_result["_fid_inputs"]["gt"], gt_features, atol=1e-5 * scale)
+    assert np.abs(pred_features - gt_features).max() > 0.1 * scale
+    assert metrics["fid"] == low_rank_fid(*full_result["_fid_inputs"].values())
+    kid = kid_from_features(pred_features, gt_features, num_subsets=5, seed=0)
+    assert metrics["kid"] == pytest.approx(kid.mean, rel=1e-3, abs=1e-9)
+
+    scorer = CLIPImageScorer.from_pretrained(dataset["weights"] / "clip")
+    garments = [
+        np.asarray(Image.open(dataset["garment"] / f"{s}.jpg").convert("RGB")) for s in STEMS
+    ]
+    expected_clip = scorer.similarity(preds, garments)
+    np.testing.assert_allclose([per_image[s]["clip_i"] for s in STEMS], expected_clip, atol=1e-6)
+
+
+def test_protocol_is_recorded(dataset, full_result):
+    protocol = full_result["protocol"]
+    assert protocol["resolution"] == list(RESOLUTION)
+    assert protocol["num_pairs"] == 4
+    assert protocol["num_gt_images"] == 5 and protocol["num_gt_unused"] == 1
+    assert protocol["num_resized"] == {"pred": 0, "gt": 1}
+    assert protocol["kid"] == {"num_subsets": 5, "subset_size": 4, "seed": 0}
+    assert protocol["lpips_net"] == "alex"
+    assert set(protocol["implementations"]) == {"ssim", "lpips", "fid", "kid", "clip_i"}
+    assert protocol["weights_verified"] is False
+    for key, filename in (
+        ("alexnet", "alexnet-owt-7be5be79.pth"),
+        ("lpips_alex", "alex.pth"),
+        ("fid_inception", "pt_inception-2015-12-05-6726825d.pth"),
+    ):
+        record = protocol["weights"][key]
+        digest = hashlib.sha256((dataset["weights"] / filename).read_bytes()).hexdigest()
+        assert record["file"] == filename and record["sha256"] == digest
+        assert record["verified"] is False
+    clip_weights = protocol["clip_model"]["weights_sha256"]
+    digest = hashlib.sha256((dataset["weights"] / "clip" / "model.safetensors").read_bytes())
+    assert clip_weights == {"model.safetensors": digest.hexdigest()}
+    assert any("FID from 4 images" in note for note in protocol["notes"])
+    json.dumps({k: v for k, v in full_result.items() if k != "_fid_inputs"})  # serialisable
+
+    table = format_table(full_result)
+    for text in (
+        "SSIM",
+        "LPIPS (alex)",
+        "FID",
+        "KID",
+        "CLIP-I",
+        "4 pairs at 48x40",
+        "NOT verified",
+    ):
+        assert text in table
+    assert f"{full_result['metrics']['ssim']:.4f}" in table
+
+
+def test_clip_i_is_skipped_without_garments_and_pairs_file_is_used(dataset, tmp_path):
+    result = evaluate_folders(
+        dataset["pred"],
+        dataset["gt"],
+        metrics=("ssim", "clip_i"),
+        weights_dir=dataset["weights"],
+        resolution=RESOLUTION,
+        progress=False,
+    )
+    assert set(result["metrics"]) == {"ssim"}
+    assert result["skipped"] == {"clip_i": "no garments_dir given"}
+    assert "skipped clip_i" in format_table(result)
+
+    # Unpaired setting: each output is scored against the garment the pairs file names.
+    pairs = tmp_path / "test_pairs.txt"
+    pairs.write_text("".join(f"{s}.jpg {STEMS[(i + 1) % 4]}.jpg\n" for i, s in enumerate(STEMS)))
+    unpaired = evaluate_folders(
+        dataset["pred"],
+        dataset["gt"],
+        garments_dir=dataset["garment"],
+        pairs_file=pairs,
+        metrics=("clip_i",),
+        weights_dir=dataset["weights"],
+        resolution=RESOLUTION,
+        progress=False,
+    )
+    scorer = CLIPImageScorer.from_pretrained(dataset["weights"] / "clip")
+    pred = loaded(dataset["pred"], STEMS[0])
+    garment = np.asarray(Image.open(dataset["garment"] / f"{STEMS[1]}.jpg").convert("RGB"))
+    expected = scorer.similarity([pred], [garment])[0]
+    assert unpaired["per_image"][STEMS[0]]["clip_i"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_missing_pairs_and_unreadable_images_are_named(dataset, tmp_path):
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    for stem in STEMS[:2]:
+        (pred_dir / f"{stem}.png").write_bytes((dataset["pred"] / f"{stem}.png").read_bytes())
+    Image.fromarray(np.zeros((48, 40, 3), np.uint8)).save(pred_dir / "55555_00.png")
+    with pytest.raises(EvaluationError, match="no counterpart.*55555_00"):
+        evaluate_folders(pred_dir, dataset["gt"], metrics=("ssim",), progress=False)
+
+    (pred_dir / "55555_00.png").unlink()
+    (pred_dir / f"{STEMS[1]}.png").write_bytes(b"this is not a png")
+    with pytest.raises(EvaluationError, match=f"cannot read image .*{STEMS[1]}.png"):
+        evaluate_folders(
+            pred_dir, dataset["gt"], metrics=("ssim",), resolution=RESOLUTION, progress=False
+        )
+
+    garments = tmp_path / "garments"
+    garments.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(garments / f"{STEMS[0]}.jpg")
+    with pytest.raises(EvaluationError, match=f"garment folder.*{STEMS[1]}"):
+        evaluate_folders(
+            dataset["pred"],
+            dataset["gt"],
+            garments_dir=garments,
+            metrics=("clip_i",),
+            progress=False,
+        )
+    with pytest.raises(EvaluationError, match="unknown_metric"):
+        evaluate_folders(dataset["pred"], dataset["gt"], metrics=("unknown_metric",))
+
+
+def parse(argv):
+    parser = add_evaluate_arguments(argparse.ArgumentParser())
+    return parser.parse_args(argv)
+
+
+def test_run_evaluate_prints_table_and_writes_json(dataset, tmp_path, capsys):
+    out = tmp_path / "reports" / "result.json"
+    args = parse(
+        [
+            str(dataset["pred"]),
+            str(dataset["gt"]),
+            "--metrics",
+            "ssim,lpips",
+            "--weights-dir",
+            str(dataset["weights"]),
+            "--resolution",
+            "48x40",
+            "--no-verify-weights",
+            "--no-progress",
+            "--json",
+            str(out),
+        ]
+    )
+    assert args.resolution == (48, 40) and args.metrics == ("ssim", "lpips")
+    assert run_evaluate(args) == 0
+    printed = capsys.readouterr().out
+    written = json.loads(out.read_text())
+    assert set(written["metrics"]) == {"ssim", "lpips"}
+    assert f"{written['metrics']['ssim']:.4f}" in printed
+    assert written["protocol"]["resolution"] == [48, 40]
+    assert [p.name for p in out.parent.iterdir()] == ["result.json"]  # no temp file left
+
+    # Weight files are verified by default: random weights are refused with a one-line error.
+    args = parse([str(dataset["pred"]), str(dataset["gt"]), "--metrics", "lpips"])
+    args.weights_dir = dataset["weights"]
+    assert run_evaluate(args) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "alexnet-owt-7be5be79.pth" in error
+    assert error.count("\n") == 1
+
+    with pytest.raises(SystemExit):
+        parse(["a", "b", "--resolution", "big"])
+    with pytest.raises(SystemExit):
+        parse(["a", "b", "--metrics", "ssim,psnr"])
