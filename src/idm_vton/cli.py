@@ -79,8 +79,25 @@ def cmd_tryon(args) -> int:
         ("--mask", args.mask),
         ("--pose", args.pose),
     ):
-        if not Path(value).is_file():
+        if value != "auto" and not Path(value).is_file():
             raise UsageError(f"{flag}: file not found: {value}")
+    if "auto" in (args.person, args.garment):
+        raise UsageError("only --mask and --pose can be 'auto'")
+    mask, pose = args.mask, args.pose
+    if "auto" in (mask, pose):
+        from PIL import Image
+
+        from .images import load_image
+        from .preprocess.commands import Preprocessor
+
+        photo = load_image(args.person, "person image")
+        pre = Preprocessor(args.preprocess_models, device=args.preprocess_device)
+        if mask == "auto":
+            mask = Image.fromarray(
+                pre.mask(photo, args.category, args.mask_type).astype("uint8") * 255
+            )
+        if pose == "auto":
+            pose = pre.densepose(photo)
     pipe = _load_model(args.model, dtype, device)
     if args.offload:
         if device.type != "cuda":
@@ -90,8 +107,8 @@ def cmd_tryon(args) -> int:
     result = pipe(
         person_image=args.person,
         garment_image=args.garment,
-        mask_image=args.mask,
-        pose_image=args.pose,
+        mask_image=mask,
+        pose_image=pose,
         garment_description=args.description,
         negative_prompt=args.negative_prompt,
         num_inference_steps=args.steps,
@@ -179,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="return the raw H x W render, not the full photo",
     )
+    from .preprocess.commands import add_preprocess_model_arguments
+
+    add_preprocess_model_arguments(p)
     p.set_defaults(func=cmd_tryon)
 
     p = sub.add_parser(
@@ -198,11 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
 # ``run(args) -> int``; a module that is not importable (an optional dependency missing) leaves
 # its command out with a note in ``--help``.
 OPTIONAL_COMMANDS = (
-    ("evaluate", "idm_vton.evaluate:evaluate", "score try-on results (LPIPS, SSIM, FID, KID, CLIP-I)"),
+    (
+        "evaluate",
+        "idm_vton.evaluate:evaluate",
+        "score try-on results (LPIPS, SSIM, FID, KID, CLIP-I)",
+    ),
     ("infer-dataset", "idm_vton.infer_dataset", "batch try-on over a dataset's test split"),
     ("train", "idm_vton.train", "train or fine-tune TryonNet"),
     ("customize", "idm_vton.customize", "fine-tune on one person photo (paper Sec. 3.3)"),
-    ("preprocess", "idm_vton.preprocess.commands", "build a VITON-HD-layout folder from your photos"),
+    (
+        "preprocess",
+        "idm_vton.preprocess.commands",
+        "build a VITON-HD-layout folder from your photos",
+    ),
     ("mask", "idm_vton.preprocess.commands:mask", "compute and preview the automatic inpaint mask"),
 )
 
@@ -257,11 +285,19 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .images import ImageInputError
     from .pipeline import NonFiniteOutputError
+    from .preprocess.errors import PreprocessModelError
 
     try:
         _fill_defaults(args)
         return int(args.func(args) or 0)
-    except (UsageError, CheckpointError, ImageInputError, NonFiniteOutputError, ValueError) as err:
+    except (
+        UsageError,
+        CheckpointError,
+        ImageInputError,
+        NonFiniteOutputError,
+        PreprocessModelError,
+        ValueError,
+    ) as err:
         if args.verbose:
             raise
         print(f"idm-vton {args.command}: error: {err}", file=sys.stderr)

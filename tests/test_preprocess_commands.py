@@ -1,0 +1,201 @@
+"""Automatic mask / DensePose from a photo: Preprocessor, `idm-vton mask|preprocess`, `tryon --mask auto`.
+
+The three models are small random-weight files in the real formats and the demo's ckpt/ layout.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from idm_vton.cli import main
+from idm_vton.preprocess.commands import MODEL_FILES, Preprocessor, dataset_paths, mask_preview
+from idm_vton.preprocess.errors import PreprocessModelError
+from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE
+
+from .test_densepose import tiny_densepose_state
+from .test_openpose import make_body_state_dict
+from .test_parsing import make_random_schp
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    for key in MODEL_FILES.values():
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+    make_random_schp(root / MODEL_FILES["parsing_atr"], ATR_INPUT_SIZE, 18, seed=1)
+    make_random_schp(root / MODEL_FILES["parsing_lip"], LIP_INPUT_SIZE, 20, seed=2)
+    torch.save(make_body_state_dict(), root / MODEL_FILES["openpose"])
+    with open(root / MODEL_FILES["densepose"], "wb") as f:
+        pickle.dump({"model": tiny_densepose_state(), "__author__": "test"}, f, protocol=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def photo_paths(shared_dir, tmp_path_factory):
+    people = sorted((shared_dir / "examples" / "person").glob("*.jpg"))
+    root = tmp_path_factory.mktemp("photos")
+    odd = Image.open(people[0]).convert("RGB").crop((0, 100, 700, 900))  # 700 x 800, not 3:4
+    odd.save(root / "odd.jpg")
+    return [people[1], root / "odd.jpg"]
+
+
+def test_preprocessor_outputs_match_the_photo(models_dir, photo_paths):
+    pre = Preprocessor(models_dir)
+    for path in photo_paths:
+        photo = Image.open(path).convert("RGB")
+        result = pre.analyse(photo, "upper_body", "hd")
+        assert result.mask.shape == (photo.height, photo.width) and result.mask.dtype == bool
+        assert 0 < result.mask.mean() < 1
+        assert result.parse.shape == (photo.height, photo.width) and result.parse.max() <= 18
+        assert result.keypoints.shape == (18, 2)
+        assert result.densepose.size == photo.size
+        # the models run at 512 high with the photo's aspect (the demo's 384 x 512 for 3:4)
+        w, h = Preprocessor.work_size(photo)
+        assert h == 512 and abs(w / h - photo.width / photo.height) < 0.01
+    assert Preprocessor.work_size(Image.new("RGB", (768, 1024))) == (384, 512)
+
+
+def test_mask_equals_the_mask_function_on_the_work_size(models_dir, photo_paths):
+    from idm_vton.preprocess.mask import agnostic_mask
+
+    pre = Preprocessor(models_dir)
+    photo = Image.open(photo_paths[0]).convert("RGB")
+    parse, keypoints = pre.parse_and_pose(photo)
+    small = agnostic_mask(parse, keypoints, "dresses", "dc")
+    full = pre.mask(photo, "dresses", "dc")
+    expected = np.asarray(
+        Image.fromarray(small.astype(np.uint8) * 255).resize(photo.size, Image.Resampling.NEAREST)
+    )
+    assert np.array_equal(full, expected >= 128)
+
+
+def test_missing_models_are_explained(tmp_path, models_dir):
+    with pytest.raises(PreprocessModelError, match="not found"):
+        Preprocessor(tmp_path / "nothing")
+    (tmp_path / "ckpt" / "humanparsing").mkdir(parents=True)
+    (tmp_path / "ckpt" / "humanparsing" / "parsing_atr.onnx").write_text("put the model here\n")
+    pre = Preprocessor(tmp_path / "ckpt")
+    with pytest.raises(PreprocessModelError):
+        pre.parser  # noqa: B018
+
+
+def test_mask_command_writes_mask_and_preview(models_dir, photo_paths, tmp_path, capsys):
+    out = tmp_path / "mask.png"
+    code = main(
+        [
+            "mask",
+            "--person",
+            str(photo_paths[1]),
+            "--out",
+            str(out),
+            "--preprocess-models",
+            str(models_dir),
+        ]
+    )
+    assert code == 0
+    mask = np.asarray(Image.open(out)) >= 128
+    photo = Image.open(photo_paths[1]).convert("RGB")
+    assert mask.shape == (photo.height, photo.width)
+    preview = np.asarray(Image.open(tmp_path / "mask.preview.png"))
+    assert np.array_equal(preview, np.asarray(mask_preview(photo, mask)))
+    assert (preview[mask][:, 0].astype(int) >= np.asarray(photo)[mask][:, 0]).all()  # tinted red
+    assert np.array_equal(preview[~mask], np.asarray(photo)[~mask])
+
+
+def test_preprocess_command_writes_the_vitonhd_layout_and_resumes(
+    models_dir, photo_paths, tmp_path, capsys
+):
+    from idm_vton.preprocess.openpose import load_openpose_json
+
+    args = [
+        "preprocess",
+        "--input",
+        *map(str, photo_paths),
+        "--output",
+        str(tmp_path / "ds"),
+        "--preprocess-models",
+        str(models_dir),
+    ]
+    assert main(args) == 0
+    for path in photo_paths:
+        files = dataset_paths(tmp_path / "ds", path.stem)
+        assert all(p.is_file() for p in files.values()), files
+        size = Image.open(path).size
+        assert (
+            Image.open(files["mask"]).size == size and Image.open(files["densepose"]).size == size
+        )
+        assert load_openpose_json(files["keypoints"]).shape == (18, 2)
+    assert not [p for p in (tmp_path / "ds").rglob("*") if p.name.startswith(".")]  # no temp files
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "0 photos written, 2 already done" in capsys.readouterr().out
+
+
+def test_tryon_with_auto_mask_and_pose(models_dir, photo_paths, tmp_path):
+    out = tmp_path / "out.png"
+    code = main(
+        [
+            "tryon",
+            "--model",
+            "tiny",
+            "--person",
+            str(photo_paths[1]),
+            "--garment",
+            str(photo_paths[0]),
+            "--mask",
+            "auto",
+            "--pose",
+            "auto",
+            "--description",
+            "t-shirts",
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+            "--height",
+            "64",
+            "--width",
+            "48",
+            "--device",
+            "cpu",
+            "--preprocess-models",
+            str(models_dir),
+        ]
+    )
+    assert code == 0
+    photo = np.asarray(Image.open(photo_paths[1]).convert("RGB"))
+    mask = Preprocessor(models_dir).mask(Image.fromarray(photo))
+    result = np.asarray(Image.open(out))
+    assert np.array_equal(result[~mask], photo[~mask])
+
+
+def test_tryon_auto_without_models_is_one_line(photo_paths, tmp_path, capsys):
+    code = main(
+        [
+            "tryon",
+            "--model",
+            "tiny",
+            "--person",
+            str(photo_paths[1]),
+            "--garment",
+            str(photo_paths[0]),
+            "--mask",
+            "auto",
+            "--pose",
+            str(photo_paths[0]),
+            "--description",
+            "t-shirts",
+            "--out",
+            str(tmp_path / "o.png"),
+            "--preprocess-models",
+            str(tmp_path / "none"),
+        ]
+    )
+    assert code == 2
+    assert "preprocessing models folder not found" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
