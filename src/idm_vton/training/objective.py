@@ -1,0 +1,303 @@
+"""The IDM-VTON training objective (paper Sec. 3, SPEC section 4), shared by training and customization.
+
+One training example is a person photo, its inpainting mask, its DensePose image and the garment.
+The loss is the epsilon-prediction MSE of TryonNet at a timestep drawn uniformly from the DDPM
+schedule (``rescale_betas_zero_snr=True``), optionally min-SNR-gamma weighted:
+
+* TryonNet input = ``[noisy person latent | mask at H/8 x W/8 | masked-person latent | pose latent]``;
+* GarmentNet (frozen, no grad) sees the *clean* garment latent at the same timestep and hands its
+  self-attention inputs to TryonNet;
+* the Resampler (trainable) turns CLIP ``hidden_states[-2]`` of the garment into image tokens;
+* SDXL time ids are ``(H, W, 0, 0, H, W)`` as at inference (the official trainer's
+  ``(H, H, 0, 0, H, H)`` is a bug, SPEC section 4);
+* the VAE runs in fp32 (the official trainer's fp16 VAE overflows).
+
+Every random draw of a step (VAE posterior samples, noise, timesteps, condition dropout) comes from
+one ``torch.Generator`` the caller passes, so a step is reproducible from its seed alone: a resumed
+run draws exactly what the uninterrupted run drew.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, SchedulerMixin, UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..tryon_net import ImageProjection, garment_features, tryon_forward
+
+__all__ = [
+    "Conditioner",
+    "ObjectiveConfig",
+    "TryonTrainable",
+    "diffusion_loss",
+    "min_snr_weights",
+    "step_generator",
+    "training_noise_scheduler",
+]
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """Loss options (SPEC section 4).
+
+    ``snr_gamma``: min-SNR-gamma weighting (Hang et al. 2023), ``None`` = plain MSE.
+    ``noise_offset``: per-channel offset noise scale (0 = off).
+    ``condition_dropout``: probability, per example and per condition, of replacing the text
+    (empty prompt), the image prompt (tokens of an all-zero CLIP image, as the pipeline's
+    unconditional branch) and the garment features (zero garment tokens, as the pipeline's
+    unconditional branch) for classifier-free guidance training. 0 = off, as in the paper.
+    """
+
+    snr_gamma: float | None = None
+    noise_offset: float = 0.0
+    condition_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.snr_gamma is not None and not self.snr_gamma > 0:
+            raise ValueError(f"snr_gamma must be > 0, got {self.snr_gamma}")
+        if self.noise_offset < 0:
+            raise ValueError(f"noise_offset must be >= 0, got {self.noise_offset}")
+        if not 0.0 <= self.condition_dropout <= 1.0:
+            raise ValueError(f"condition_dropout must be in [0, 1], got {self.condition_dropout}")
+
+
+def training_noise_scheduler(scheduler: SchedulerMixin) -> DDPMScheduler:
+    """The training DDPM schedule: the pipeline's betas with ``rescale_betas_zero_snr=True``.
+
+    The pipeline's own (inference) scheduler is left as it is, so checkpoints sample exactly as
+    the published model does.
+    """
+    config = dict(scheduler.config)
+    config.update(rescale_betas_zero_snr=True, prediction_type="epsilon")
+    return DDPMScheduler.from_config(config)
+
+
+def min_snr_weights(
+    scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for epsilon prediction: ``min(SNR, gamma) / SNR``.
+
+    With zero terminal SNR the last timestep has SNR = 0 exactly; the weight's limit there is 1
+    (for SNR < gamma it is 1 everywhere), and ``clamp(gamma / SNR, max=1)`` gives that limit
+    without a 0/0 (``gamma / 0 = inf`` clamps to 1).
+    """
+    alphas_cumprod = scheduler.alphas_cumprod.to(device=timesteps.device, dtype=torch.float64)
+    a = alphas_cumprod[timesteps]
+    snr = a / (1.0 - a)
+    return (gamma / snr).clamp(max=1.0).float()
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The CPU generator of one micro-batch: a pure function of (seed, micro-batch index, rank)."""
+    state = np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
+
+
+class TryonTrainable(torch.nn.Module):
+    """The trainable parts in one module (for ``accelerator.prepare``): TryonNet + Resampler.
+
+    Its forward turns CLIP hidden states into image tokens and runs TryonNet with the garment
+    features; going through this module is what lets DDP/DeepSpeed/FSDP see every trainable use.
+    """
+
+    def __init__(self, unet: UNet2DConditionModel, image_projection: ImageProjection) -> None:
+        super().__init__()
+        self.unet = unet
+        self.image_projection = image_projection
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timesteps: torch.Tensor,
+        text: torch.Tensor,
+        pooled: torch.Tensor,
+        time_ids: torch.Tensor,
+        clip_hidden: torch.Tensor,
+        garment: dict[str, torch.Tensor],
+        null_garment_rows: int = 0,
+        image_dropped: torch.Tensor | None = None,
+        null_clip_hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        tokens = self.image_projection(clip_hidden)
+        if image_dropped is not None:
+            null_tokens = self.image_projection(null_clip_hidden)
+            tokens = torch.where(image_dropped[:, None, None], null_tokens, tokens)
+        return tryon_forward(
+            self.unet,
+            sample,
+            timesteps,
+            text,
+            pooled,
+            time_ids,
+            tokens,
+            garment=garment,
+            null_rows=null_garment_rows,
+        )
+
+
+class Conditioner:
+    """The frozen parts (VAE in fp32, text encoders, image encoder, GarmentNet), all under no-grad.
+
+    Text embeddings are cached per caption (least recently used first out): datasets repeat a
+    small set of garment descriptions, so the text encoders rarely run after the first steps.
+    """
+
+    def __init__(self, pipe, device: torch.device, text_cache_size: int = 512) -> None:
+        self.pipe = pipe
+        self.device = torch.device(device)
+        self.text_cache_size = int(text_cache_size)
+        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._null_clip: torch.Tensor | None = None
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return self.pipe.garment_unet.dtype
+
+    @torch.no_grad()
+    def text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDXL prompt embeddings (B, 77, C) and pooled embeddings (B, P) of ``captions``."""
+        missing = list(dict.fromkeys(c for c in captions if c not in self._cache))
+        if missing:
+            embeds, pooled = self.pipe.encode_prompt(missing, self.device)
+            for caption, e, p in zip(missing, embeds, pooled, strict=True):
+                self._cache[caption] = (e, p)
+        rows = []
+        for caption in captions:
+            self._cache.move_to_end(caption)
+            rows.append(self._cache[caption])
+        embeds = torch.stack([r[0] for r in rows])
+        pooled = torch.stack([r[1] for r in rows])
+        while len(self._cache) > max(self.text_cache_size, len(set(captions))):
+            self._cache.popitem(last=False)
+        return embeds, pooled
+
+    @torch.no_grad()
+    def clip_hidden(self, clip_pixels: torch.Tensor) -> torch.Tensor:
+        """Penultimate CLIP hidden states of the garment (the Resampler's input)."""
+        encoder = self.pipe.image_encoder
+        pixels = clip_pixels.to(device=self.device, dtype=encoder.dtype)
+        return encoder(pixels, output_hidden_states=True).hidden_states[-2]
+
+    def null_clip_hidden(self, clip_pixels: torch.Tensor) -> torch.Tensor:
+        """CLIP hidden states of an all-zero image (the pipeline's unconditional image prompt)."""
+        if self._null_clip is None:
+            self._null_clip = self.clip_hidden(torch.zeros_like(clip_pixels[:1]))
+        return self._null_clip
+
+    @torch.no_grad()
+    def vae_encode(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Scaled VAE posterior samples of images in [-1, 1], in fp32 (the VAE is kept in fp32)."""
+        vae = self.pipe.vae
+        assert vae.dtype == torch.float32, "the VAE must stay in fp32 for training"
+        dist = vae.encode(images.to(device=vae.device, dtype=torch.float32)).latent_dist
+        eps = randn_tensor(dist.mean.shape, generator=generator, device=dist.mean.device)
+        return (dist.mean + dist.std * eps) * vae.config.scaling_factor
+
+    @torch.no_grad()
+    def garment_features(
+        self, garment_latents: torch.Tensor, timesteps: torch.Tensor, garment_text: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        dtype = self.weight_dtype
+        return garment_features(
+            self.pipe.garment_unet, garment_latents.to(dtype), timesteps, garment_text.to(dtype)
+        )
+
+
+def _to(batch: dict, key: str, device) -> torch.Tensor:
+    return batch[key].to(device=device, dtype=torch.float32)
+
+
+def diffusion_loss(
+    model: torch.nn.Module,
+    conditioner: Conditioner,
+    scheduler: DDPMScheduler,
+    batch: dict,
+    generator: torch.Generator,
+    config: ObjectiveConfig,
+    timesteps: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The IDM-VTON loss of one batch (see the module docstring); ``model`` is a TryonTrainable.
+
+    ``batch`` holds dataset items (``person``, ``garment``, ``pose`` in [0, 1], ``mask`` in
+    {0, 1}, ``garment_clip``, ``caption``, ``garment_caption``). ``timesteps`` overrides the
+    uniform draw (for evaluation at fixed timesteps); every other draw comes from ``generator``.
+    """
+    device = conditioner.device
+    person = _to(batch, "person", device)
+    mask = (_to(batch, "mask", device) >= 0.5).float()
+    pose = _to(batch, "pose", device)
+    garment = _to(batch, "garment", device)
+    bsz, _, height, width = person.shape
+
+    # Frozen encoders. The masked person is grey (0) inside the mask, as at inference.
+    person_pm = 2.0 * person - 1.0
+    latents, masked, pose_latents, garment_latents = conditioner.vae_encode(
+        torch.cat([person_pm, person_pm * (mask < 0.5), 2.0 * pose - 1.0, 2.0 * garment - 1.0]),
+        generator,
+    ).chunk(4)
+    mask_latent = F.interpolate(mask, size=latents.shape[-2:], mode="nearest")
+    text, pooled = conditioner.text(list(batch["caption"]))
+    garment_text, _ = conditioner.text(list(batch["garment_caption"]))
+    clip_hidden = conditioner.clip_hidden(batch["garment_clip"])
+
+    # Noise, timesteps and condition dropout, all from the step's generator.
+    noise = randn_tensor(latents.shape, generator=generator, device=device)
+    if config.noise_offset:
+        offset = randn_tensor((bsz, latents.shape[1], 1, 1), generator=generator, device=device)
+        noise = noise + config.noise_offset * offset
+    drawn = torch.randint(0, scheduler.config.num_train_timesteps, (bsz,), generator=generator)
+    timesteps = (drawn if timesteps is None else timesteps.cpu()).to(device=device).long()
+    drop = torch.rand((3, bsz), generator=generator) < config.condition_dropout
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+
+    garment_feats = conditioner.garment_features(garment_latents, timesteps, garment_text)
+
+    image_dropped = null_clip = None
+    null_rows = 0
+    if config.condition_dropout > 0:
+        text_dropped, image_drop, garment_dropped = (d.to(device) for d in drop)
+        empty_text, empty_pooled = conditioner.text([""])
+        text = torch.where(text_dropped[:, None, None], empty_text.to(text.dtype), text)
+        pooled = torch.where(text_dropped[:, None], empty_pooled.to(pooled.dtype), pooled)
+        image_dropped, null_clip = image_drop, conditioner.null_clip_hidden(batch["garment_clip"])
+        # Rows without garment come first: TryonNet's garment attention serves its first
+        # ``null_rows`` rows with the pipeline's zero garment tokens. The loss is a mean over
+        # rows, so the order does not matter.
+        order = torch.argsort((~garment_dropped).int(), stable=True)
+        null_rows = int(garment_dropped.sum())
+        noisy, mask_latent, masked, pose_latents, noise, timesteps = (
+            t[order] for t in (noisy, mask_latent, masked, pose_latents, noise, timesteps)
+        )
+        text, pooled, clip_hidden, image_dropped = (
+            t[order] for t in (text, pooled, clip_hidden, image_dropped)
+        )
+        # (All rows without garment: the features are not read, one row satisfies the check.)
+        keep = slice(null_rows, None) if null_rows < bsz else slice(0, 1)
+        garment_feats = {k: v[order][keep] for k, v in garment_feats.items()}
+
+    sample = torch.cat([noisy, mask_latent, masked, pose_latents], dim=1)
+    time_ids = torch.tensor(
+        [height, width, 0, 0, height, width], device=device, dtype=torch.float32
+    ).expand(bsz, -1)
+    dtype = conditioner.weight_dtype
+    pred = model(
+        sample,
+        timesteps,
+        text.to(dtype),
+        pooled.to(dtype),
+        time_ids,
+        clip_hidden,
+        garment_feats,
+        null_garment_rows=null_rows,
+        image_dropped=image_dropped,
+        null_clip_hidden=null_clip,
+    )
+    per_example = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    if config.snr_gamma is not None:
+        per_example = per_example * min_snr_weights(scheduler, timesteps, config.snr_gamma)
+    return per_example.mean()
