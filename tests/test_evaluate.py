@@ -180,7 +180,7 @@ def test_evaluate_folders_end_to_end(dataset, full_result):
             data_range=1.0,
             channel_axis=-1,
         )
-        assert per_image[stem]["ssim"] == pytest.approx(reference, abs=1e-6)
+        assert per_image[stem]["ssim"] == pytest.approx(reference, abs=1e-10)
     assert metrics["ssim"] == pytest.approx(np.mean([per_image[s]["ssim"] for s in STEMS]))
 
     def as_tensor(images):
@@ -280,6 +280,17 @@ def test_clip_i_is_skipped_without_garments_and_pairs_file_is_used(dataset, tmp_
         resolution=RESOLUTION,
         progress=False,
     )
+    pairs.write_text(f"{STEMS[0]}.jpg {STEMS[1]}.jpg\n")
+    with pytest.raises(EvaluationError, match=f"pairs file.*{STEMS[1]}"):
+        evaluate_folders(
+            dataset["pred"],
+            dataset["gt"],
+            garments_dir=dataset["garment"],
+            pairs_file=pairs,
+            metrics=("clip_i",),
+            weights_dir=dataset["weights"],
+            progress=False,
+        )
     scorer = CLIPImageScorer.from_pretrained(dataset["weights"] / "clip")
     pred = loaded(dataset["pred"], STEMS[0])
     garment = np.asarray(Image.open(dataset["garment"] / f"{STEMS[1]}.jpg").convert("RGB"))

@@ -258,7 +258,15 @@ def evaluate_folders(
             skipped[Metric.CLIP_I.value] = "no garments_dir given"
         else:
             garments = _list_images(Path(garments_dir), "garment")
-            pairs = _read_pairs_file(Path(pairs_file)) if pairs_file is not None else {}
+            if pairs_file is not None:
+                pairs = _read_pairs_file(Path(pairs_file))
+                not_listed = [s for s in stems if s not in pairs]
+                if not_listed:
+                    raise EvaluationError(
+                        _missing_message(not_listed, f"the pairs file {pairs_file}")
+                    )
+            else:
+                pairs = {}
             unpaired = [s for s in stems if pairs.get(s, s) not in garments]
             if unpaired:
                 raise EvaluationError(
@@ -309,14 +317,16 @@ def evaluate_folders(
                 gt_images.append(image)
                 resized["gt"] += was_resized
             if Metric.SSIM in wanted or Metric.LPIPS in wanted:
-                pred_t = torch.from_numpy(np.stack(pred_images)).permute(0, 3, 1, 2).to(device)
-                gt_t = torch.from_numpy(np.stack(gt_images)).permute(0, 3, 1, 2).to(device)
-                pred_t, gt_t = pred_t.float() / 255, gt_t.float() / 255
+                pred_u8 = torch.from_numpy(np.stack(pred_images)).permute(0, 3, 1, 2).to(device)
+                gt_u8 = torch.from_numpy(np.stack(gt_images)).permute(0, 3, 1, 2).to(device)
                 if Metric.SSIM in wanted:
-                    for stem, value in zip(batch, ssim(pred_t, gt_t).tolist(), strict=True):
+                    # float64 from the uint8 values, as scikit-image would see them.
+                    values = ssim(pred_u8.double() / 255, gt_u8.double() / 255).tolist()
+                    for stem, value in zip(batch, values, strict=True):
                         per_image[stem]["ssim"] = value
                 if Metric.LPIPS in wanted:
-                    for stem, value in zip(batch, lpips_model(pred_t, gt_t).tolist(), strict=True):
+                    values = lpips_model(pred_u8.float() / 255, gt_u8.float() / 255).tolist()
+                    for stem, value in zip(batch, values, strict=True):
                         per_image[stem]["lpips"] = value
             if needs_features:
                 pred_features.append(inception_features(inception, pred_images, device=device))
