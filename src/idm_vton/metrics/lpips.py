@@ -65,27 +65,8 @@ _ALEXNET_CLASSIFIER = {
 }
 
 
-# torchvision VGG configuration "D" (VGG16): conv widths, "M" = 2x2 max pool.
-_VGG16_CONFIG = (
-    64,
-    64,
-    "M",
-    128,
-    128,
-    "M",
-    256,
-    256,
-    256,
-    "M",
-    512,
-    512,
-    512,
-    "M",
-    512,
-    512,
-    512,
-    "M",
-)
+# torchvision VGG configuration "D" (VGG16): conv widths per stage, each stage then a 2x2 max pool.
+_VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 
 class _TappedFeatures(nn.Module):
@@ -116,12 +97,11 @@ class VGG16Features(_TappedFeatures):
     def __init__(self) -> None:
         layers: list[nn.Module] = []
         in_channels = 3
-        for width in _VGG16_CONFIG:
-            if width == "M":
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
+        for stage in _VGG16_STAGES:
+            for width in stage:
                 layers += [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU()]
                 in_channels = width
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         super().__init__(layers)
 
 

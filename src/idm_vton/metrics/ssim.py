@@ -29,7 +29,7 @@ def gaussian_kernel_1d(
 def _gaussian_valid(images: torch.Tensor, taps: list[float]) -> torch.Tensor:
     """Separable Gaussian filter of (..., H, W) maps, keeping only fully-covered pixels.
 
-    Written as in-place shifted sums: on CPU this is several times faster than ``conv2d`` with a
+    Written as in-place shifted sums: on CPU this is about twice as fast as ``conv2d`` with a
     one-channel 11x1 kernel, and it is exact in any dtype.
     """
     size = len(taps)
