@@ -72,9 +72,11 @@ def training_noise_scheduler(scheduler: SchedulerMixin) -> DDPMScheduler:
     The pipeline's own (inference) scheduler is left as it is, so checkpoints sample exactly as
     the published model does.
     """
-    config = dict(scheduler.config)
-    config.update(rescale_betas_zero_snr=True, prediction_type="epsilon")
-    return DDPMScheduler.from_config(config)
+    trained = DDPMScheduler.from_config(
+        scheduler.config, rescale_betas_zero_snr=True, prediction_type="epsilon"
+    )
+    assert trained.alphas_cumprod[-1] == 0, "zero terminal SNR expected"
+    return trained
 
 
 def min_snr_weights(
