@@ -118,7 +118,6 @@ def build_from_sdxl(
 ):
     """A :class:`~idm_vton.pipeline.TryOnPipeline` initialised as for training from scratch."""
     from transformers import (
-        CLIPImageProcessor,
         CLIPTextModel,
         CLIPTextModelWithProjection,
         CLIPTokenizer,
@@ -171,5 +170,16 @@ def build_from_sdxl(
         text_encoder_2=CLIPTextModelWithProjection.from_pretrained(inpaint / "text_encoder_2"),
         tokenizer=CLIPTokenizer.from_pretrained(inpaint / "tokenizer"),
         tokenizer_2=CLIPTokenizer.from_pretrained(inpaint / "tokenizer_2"),
-        feature_extractor=CLIPImageProcessor(),
+        feature_extractor=_clip_processor(Path(image_encoder), encoder.config.image_size),
+    )
+
+
+def _clip_processor(folder: Path, size: int):
+    """The encoder folder's CLIP preprocessing if it has one, else CLIP's at the encoder's size."""
+    from transformers import CLIPImageProcessor
+
+    if (folder / "preprocessor_config.json").is_file():
+        return CLIPImageProcessor.from_pretrained(folder)
+    return CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
     )
