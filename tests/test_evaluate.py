@@ -373,3 +373,48 @@ def test_run_evaluate_prints_table_and_writes_json(dataset, tmp_path, capsys):
         parse(["a", "b", "--resolution", "big"])
     with pytest.raises(SystemExit):
         parse(["a", "b", "--metrics", "ssim,psnr"])
+
+
+def test_infer_dataset_names_pair_with_ground_truth_and_garment(dataset, tmp_path):
+    """``{person}_{garment}.png`` (infer-dataset's naming) pairs with ``{person}`` and names its garment."""
+    import shutil
+
+    renamed = tmp_path / "pred"
+    renamed.mkdir()
+    for i, stem in enumerate(STEMS):
+        shutil.copy(dataset["pred"] / f"{stem}.png", renamed / f"{stem}_{STEMS[(i + 1) % 4]}.png")
+    by_name = evaluate_folders(
+        renamed,
+        dataset["gt"],
+        garments_dir=dataset["garment"],
+        metrics=("ssim", "clip_i"),
+        weights_dir=dataset["weights"],
+        resolution=RESOLUTION,
+        progress=False,
+    )
+    plain = evaluate_folders(
+        dataset["pred"],
+        dataset["gt"],
+        metrics=("ssim",),
+        weights_dir=dataset["weights"],
+        resolution=RESOLUTION,
+        progress=False,
+    )
+    for i, stem in enumerate(STEMS):
+        key = f"{stem}_{STEMS[(i + 1) % 4]}"
+        assert by_name["per_image"][key]["ssim"] == plain["per_image"][stem]["ssim"]
+    scorer = CLIPImageScorer.from_pretrained(dataset["weights"] / "clip")
+    garment = np.asarray(Image.open(dataset["garment"] / f"{STEMS[1]}.jpg").convert("RGB"))
+    expected = scorer.similarity([loaded(dataset["pred"], STEMS[0])], [garment])[0]
+    assert by_name["per_image"][f"{STEMS[0]}_{STEMS[1]}"]["clip_i"] == pytest.approx(
+        expected, abs=1e-6
+    )
+    (renamed / "nobody_x.png").write_bytes((renamed / f"{STEMS[0]}_{STEMS[1]}.png").read_bytes())
+    with pytest.raises(EvaluationError, match="nobody_x"):
+        evaluate_folders(
+            renamed,
+            dataset["gt"],
+            metrics=("ssim",),
+            weights_dir=dataset["weights"],
+            progress=False,
+        )

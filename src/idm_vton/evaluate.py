@@ -1,7 +1,9 @@
 """Evaluate try-on outputs against ground truth folders (SPEC section 7, paper section 4).
 
 :func:`evaluate_folders` pairs ``pred_dir`` and ``gt_dir`` by file name (stem, so ``x.png``
-pairs with ``x.jpg``), brings every image to the evaluation resolution, and computes
+pairs with ``x.jpg``; an output named ``{person}_{garment}.png``, as ``idm-vton infer-dataset``
+writes them, pairs with ``{person}.jpg`` and names its garment), brings every image to the
+evaluation resolution, and computes
 
 * paired metrics against the ground-truth photo: SSIM, LPIPS;
 * distribution metrics between the two folders: FID, KID (clean-fid resizing, FID Inception);
@@ -116,6 +118,39 @@ def _list_images(folder: Path, what: str) -> dict[str, Path]:
     if not images:
         raise EvaluationError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {folder}")
     return images
+
+
+def _match_ground_truth(
+    preds: dict[str, Path], gts: dict[str, Path], gt_dir: Path
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Prediction stem -> ground-truth stem, and -> garment stem where the file name gives one.
+
+    ``x`` pairs with ``x``; otherwise ``{person}_{garment}`` pairs with the single ground-truth
+    stem ``person`` that prefixes it (the naming of ``idm-vton infer-dataset``).
+    """
+    gt_of: dict[str, str] = {}
+    garment_of: dict[str, str] = {}
+    missing = []
+    for stem in preds:
+        if stem in gts:
+            gt_of[stem] = stem
+            continue
+        candidates = [g for g in gts if stem.startswith(g + "_")]
+        if len(candidates) > 1:
+            raise EvaluationError(
+                f"prediction {preds[stem].name} could belong to several ground-truth images "
+                f"({', '.join(sorted(candidates)[:3])}); rename it to the person's name"
+            )
+        if not candidates:
+            missing.append(stem)
+            continue
+        gt_of[stem] = candidates[0]
+        garment_of[stem] = stem[len(candidates[0]) + 1 :]
+    if missing:
+        raise EvaluationError(
+            _missing_message(sorted(missing), f"the ground-truth folder {gt_dir}")
+        )
+    return gt_of, garment_of
 
 
 def _read_pairs_file(path: Path) -> dict[str, str]:
@@ -245,9 +280,7 @@ def evaluate_folders(
 
     preds = _list_images(pred_dir, "prediction")
     gts = _list_images(gt_dir, "ground-truth")
-    missing = sorted(set(preds) - set(gts))
-    if missing:
-        raise EvaluationError(_missing_message(missing, f"the ground-truth folder {gt_dir}"))
+    gt_of, garment_of = _match_ground_truth(preds, gts, gt_dir)
     stems = sorted(preds)
 
     skipped: dict[str, str] = {}
@@ -267,12 +300,13 @@ def evaluate_folders(
                     )
             else:
                 pairs = {}
-            unpaired = [s for s in stems if pairs.get(s, s) not in garments]
+            wanted_garment = {s: pairs.get(s, garment_of.get(s, s)) for s in stems}
+            unpaired = [s for s in stems if wanted_garment[s] not in garments]
             if unpaired:
                 raise EvaluationError(
                     _missing_message(unpaired, f"the garment folder {garments_dir}")
                 )
-            garment_paths = {s: garments[pairs.get(s, s)] for s in stems}
+            garment_paths = {s: garments[wanted_garment[s]] for s in stems}
     needs_features = Metric.FID in wanted or Metric.KID in wanted
     if needs_features and len(stems) < 2:
         raise EvaluationError(f"FID/KID need at least 2 image pairs, found {len(stems)}")
@@ -313,7 +347,7 @@ def evaluate_folders(
                 image, was_resized = _load_rgb(preds[stem], (height, width))
                 pred_images.append(image)
                 resized["pred"] += was_resized
-                image, was_resized = _load_rgb(gts[stem], (height, width))
+                image, was_resized = _load_rgb(gts[gt_of[stem]], (height, width))
                 gt_images.append(image)
                 resized["gt"] += was_resized
             if Metric.SSIM in wanted or Metric.LPIPS in wanted:
@@ -387,7 +421,7 @@ def evaluate_folders(
         "num_pairs": len(stems),
         "num_pred_images": len(preds),
         "num_gt_images": len(gts),
-        "num_gt_unused": len(gts) - len(stems),
+        "num_gt_unused": len(gts) - len(set(gt_of.values())),
         "num_resized": resized,
         "metrics": [m.value for m in wanted],
         "implementations": implementations,
