@@ -204,11 +204,14 @@ def full_run(vitonhd, tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
     extra = ["--max-steps", "4", "--batch-size", "2", "--gradient-accumulation-steps", "2",
              "--lr", "1e-3", "--checkpointing-steps", "2", "--lr-scheduler", "cosine"]  # fmt: skip
+    # Validation renders at step 2 in this run only: the resume comparison also shows that
+    # rendering does not disturb training.
+    validation = ["--validation-steps", "2", "--validation-inference-steps", "2"]
     # Module fixtures run outside conftest's one-thread setting; the comparison runs need it.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        trainer = make_trainer(*train_args(vitonhd, out, *extra))
+        trainer = make_trainer(*train_args(vitonhd, out, *extra, *validation))
         history = trainer.train()
     finally:
         torch.set_num_threads(threads)
@@ -220,6 +223,8 @@ def test_checkpoints_are_complete_and_counted_once_per_optimizer_step(full_run):
     assert [m.step for m in history] == [1, 2, 3, 4]
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert not list(out.glob(".checkpoint-*"))  # no temporary folder left behind
+    renders = sorted(p.name for p in (out / "validation").glob("*.png"))
+    assert renders == ["step-0000002-0.png", "step-0000004-0.png"]
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and state["consumed_micro_batches"] == 8
     assert all(m.grad_norm is not None and m.grad_norm > 0 for m in history)
