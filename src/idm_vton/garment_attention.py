@@ -127,7 +127,8 @@ class GarmentAttentionProcessor:
 
     Without garment tokens in the store (or with ``enabled=False``) it is plain self-attention.
     ``naive=True`` computes the reference formulation literally (materialised zero tokens,
-    attention for all queries, keep the person rows); it exists for tests and benchmarks.
+    attention and output projection for all rows of the concatenation, then keep the person
+    rows); it exists for tests and benchmarks.
     """
 
     def __init__(self, name: str, store: GarmentFeatureStore, naive: bool = False) -> None:
@@ -154,9 +155,10 @@ class GarmentAttentionProcessor:
         assert attention_mask is None and encoder_hidden_states is None
         assert attn.residual_connection is False and attn.rescale_output_factor == 1.0
         if self.naive:
-            out = self._naive(attn, hidden_states, tokens)
-        else:
-            out = self._exact(attn, hidden_states, tokens)
+            # The reference projects every row of the concatenation, then keeps the person rows.
+            out = attn.to_out[1](attn.to_out[0](self._naive(attn, hidden_states, tokens)))
+            return out[:, : hidden_states.shape[1]]
+        out = self._exact(attn, hidden_states, tokens)
         out = attn.to_out[0](out)
         return attn.to_out[1](out)
 
@@ -179,8 +181,7 @@ class GarmentAttentionProcessor:
         if attn.norm_q is not None:
             q, k = attn.norm_q(q), attn.norm_k(k)
         out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(1, 2).flatten(2)
-        return out[:, : h.shape[1]]
+        return out.transpose(1, 2).flatten(2)
 
     def _exact(self, attn: Attention, h: torch.Tensor, tokens: GarmentTokens) -> torch.Tensor:
         batch = h.shape[0]

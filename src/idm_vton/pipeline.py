@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from .garment_attention import GarmentAttentionProcessor
+from .garment_cache import GarmentCache, GarmentKey
 from .images import (
     ImageInputError,
     Region,
@@ -52,6 +53,14 @@ DEFAULT_NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low q
 
 class NonFiniteOutputError(RuntimeError):
     """The denoising produced NaN/inf values (typically fp16 overflow)."""
+
+
+@dataclass
+class TwoPhaseGarment:
+    """Settings of the two-phase mode (:meth:`TryOnPipeline.enable_two_phase_garment`)."""
+
+    features_on_host: bool = False
+    swap_unets: bool = True
 
 
 @dataclass
@@ -158,6 +167,8 @@ class TryOnPipeline(DiffusionPipeline):
 
             self.garment_store = GarmentFeatureStore()
             install_garment_attention(unet, garment_unet, self.garment_store)
+        self.two_phase: TwoPhaseGarment | None = None
+        self.garment_cache: GarmentCache | None = None
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -189,6 +200,78 @@ class TryOnPipeline(DiffusionPipeline):
             raise ValueError("idm-vton writes safetensors only")
         super().save_pretrained(save_directory, safe_serialization=True, **kwargs)
         save_ip_adapter_config(self.unet, f"{save_directory}/unet")
+
+    # ------------------------------------------------------------------ memory and speed options
+    def enable_two_phase_garment(
+        self, features_on_host: bool = False, swap_unets: bool = True
+    ) -> None:
+        """Run GarmentNet for every timestep first, then the TryonNet loop (same result).
+
+        GarmentNet's inputs (clean garment latent, garment caption, timestep) do not depend on the
+        denoising state, so its per-step features can be computed before the loop. On an
+        accelerator, ``swap_unets`` keeps only one UNet there at a time (GarmentNet during phase
+        1, TryonNet during phase 2; skipped when model CPU offload manages placement), so peak
+        memory holds one UNet plus the features: about ``steps x 158 MB`` in bf16 at
+        1024 x 768 for SDXL, on the device or, with ``features_on_host``, in pinned host memory
+        (copied in step by step). Works on repeated calls; :meth:`disable_two_phase_garment` undoes.
+        """
+        self.two_phase = TwoPhaseGarment(features_on_host=features_on_host, swap_unets=swap_unets)
+
+    def disable_two_phase_garment(self) -> None:
+        self.two_phase = None
+
+    def enable_fp8_weight_storage(
+        self,
+        compute_dtype: torch.dtype | None = None,
+        storage_dtype: torch.dtype = torch.float8_e4m3fn,
+        components: Sequence[str] = ("unet", "garment_unet"),
+    ) -> None:
+        """Store the UNet weights in fp8, compute in ``compute_dtype`` (default: current dtype).
+
+        diffusers' layerwise casting: each layer's weights are upcast just before it runs, so the
+        two UNets take half the memory of bf16 (norms, ``proj_in``/``proj_out`` and embeddings
+        stay in the compute dtype). The weights are rounded to fp8 once: outputs differ from the
+        bf16 model by that rounding, and from a model whose weights were rounded to fp8 up front
+        only by floating-point noise.
+        """
+        for name in components:
+            model = getattr(self, name)
+            dtype = compute_dtype or model.dtype
+            model.enable_layerwise_casting(storage_dtype=storage_dtype, compute_dtype=dtype)
+
+    def enable_vae_tiling(self, tile_size: int | None = 512, overlap: float = 0.25) -> None:
+        """Encode/decode with the VAE in overlapping tiles of ``tile_size`` pixels (less memory).
+
+        Approximate: tiles are blended over their overlap, so pixels near tile seams differ
+        slightly from the untiled VAE (diffusers' ``AutoencoderKL`` tiling). SDXL's VAE tiles at
+        its 1024 px sample size by default, which would not tile a 1024 x 768 image at all; the
+        default here is 512. ``tile_size=None`` keeps the VAE's own.
+        """
+        self.vae.enable_tiling()
+        if tile_size is not None:
+            if tile_size % self.vae_scale_factor:
+                raise ValueError(f"tile_size must be a multiple of {self.vae_scale_factor}")
+            self.vae.tile_sample_min_size = tile_size
+            self.vae.tile_latent_min_size = tile_size // self.vae_scale_factor
+        self.vae.tile_overlap_factor = overlap
+
+    def disable_vae_tiling(self) -> None:
+        self.vae.disable_tiling()
+
+    def enable_vae_slicing(self) -> None:
+        """Decode a batch one image at a time (exact; lower peak memory for batches > 1)."""
+        self.vae.enable_slicing()
+
+    def compile(self, **compile_kwargs) -> None:
+        """``torch.compile`` the TryonNet (``nn.Module.compile``, in place); same results.
+
+        The TryonNet forward, garment attention included, traces without graph breaks
+        (``fullgraph=True`` is the default here; checked in ``tests/test_performance.py``).
+        GarmentNet is left eager: it ends early by raising once its last feature is captured.
+        Keyword arguments go to ``torch.compile`` (``mode="max-autotune"``, ``backend=...``).
+        """
+        compile_kwargs.setdefault("fullgraph", True)
+        self.unet.compile(**compile_kwargs)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -236,8 +319,17 @@ class TryOnPipeline(DiffusionPipeline):
         tokens = self.image_projection(hidden.to(self.image_projection.dtype))
         return tokens[:1], tokens[1:]
 
-    def _vae_encode(self, images: torch.Tensor, generator) -> torch.Tensor:
-        """Scaled latent sample ``sf * (mean + std * eps)``, ``eps`` drawn from ``generator``."""
+    def _vae_compute_dtype(self) -> torch.dtype:
+        vae = self.vae
+        return (
+            torch.float32 if vae.dtype == torch.float16 and vae.config.force_upcast else vae.dtype
+        )
+
+    def _vae_encode(
+        self, images: torch.Tensor, generator, eps: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Scaled latent sample ``sf * (mean + std * eps)``, ``eps`` drawn from ``generator``
+        (or given: the garment-cache path draws it before deciding whether to encode)."""
         vae = self.vae
         upcast = vae.dtype == torch.float16 and vae.config.force_upcast
         dtype = torch.float32 if upcast else vae.dtype
@@ -248,9 +340,11 @@ class TryOnPipeline(DiffusionPipeline):
         finally:
             if upcast:
                 vae.to(torch.float16)
-        eps = randn_tensor(
-            dist.mean.shape, generator=generator, device=dist.mean.device, dtype=dist.mean.dtype
-        )
+        if eps is None:
+            eps = randn_tensor(
+                dist.mean.shape, generator=generator, device=dist.mean.device, dtype=dist.mean.dtype
+            )
+        eps = eps.to(device=dist.mean.device, dtype=dist.mean.dtype)
         return (dist.mean + dist.std * eps) * vae.config.scaling_factor
 
     def _vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -382,6 +476,130 @@ class TryOnPipeline(DiffusionPipeline):
             self.scheduler.set_begin_index(start * self.scheduler.order)
         return timesteps
 
+    # ------------------------------------------------------------------ denoising pieces
+    def _garment_step_features(
+        self,
+        garment_latents: torch.Tensor,
+        t: torch.Tensor,
+        garment_text: torch.Tensor,
+        garment_index: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """GarmentNet features of one step at batch G; with G > 1, rows picked per TryonNet row
+        (``garment_index``), with G = 1 kept at batch 1 and shared by every row."""
+        features = garment_features(self.garment_unet, garment_latents, t, garment_text)
+        if garment_latents.shape[0] > 1:
+            features = {k: v[garment_index.to(v.device)] for k, v in features.items()}
+        return features
+
+    def _predict_noise(
+        self, model_input, t, text, pooled, time_ids, image_tokens, features, null_rows: int
+    ) -> torch.Tensor:
+        """One TryonNet pass; the first ``null_rows`` rows get the reference's zero garment tokens."""
+        return tryon_forward(
+            self.unet,
+            model_input,
+            t,
+            text,
+            pooled,
+            time_ids,
+            image_tokens,
+            garment=features,
+            null_rows=null_rows,
+        )
+
+    def _garment_schedule(
+        self,
+        garment_pixels: torch.Tensor,
+        garment_text: torch.Tensor,
+        timesteps: torch.Tensor,
+        generator,
+        cache: GarmentCache | None,
+        key_fields: dict,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Garment features for every step up front, batch G (two-phase mode / garment cache).
+
+        The garment's VAE posterior draw is taken from ``generator`` at the same point of the
+        stream as in the per-step path, so the result is the same; it is part of the cache key.
+        """
+        vae = self.vae
+        g = garment_pixels.shape[0]
+        latent_hw = (
+            garment_pixels.shape[-2] // self.vae_scale_factor,
+            garment_pixels.shape[-1] // self.vae_scale_factor,
+        )
+        eps = randn_tensor(
+            (g, vae.config.latent_channels, *latent_hw),
+            generator=generator,
+            device=self._execution_device,
+            dtype=self._vae_compute_dtype(),
+        )
+        keys: list[GarmentKey | None] = [None] * g
+        entries: list[list[dict[str, torch.Tensor]] | None] = [None] * g
+        if cache is not None:
+            for i in range(g):
+                keys[i] = GarmentKey.build(
+                    garment_pixels[i],
+                    garment_text[i],
+                    eps[i],
+                    timesteps,
+                    self.scheduler.config,
+                    dtype=self.garment_unet.dtype,
+                    **{k: (v[i] if isinstance(v, list) else v) for k, v in key_fields.items()},
+                )
+                entries[i] = cache.get(keys[i])
+        missing = [i for i in range(g) if entries[i] is None]
+        if missing:
+            dtype = self.garment_unet.dtype
+            latents = self._vae_encode(garment_pixels[missing], None, eps=eps[missing]).to(dtype)
+            computed = self._run_garment_net(latents, garment_text[missing], timesteps)
+            for j, i in enumerate(missing):
+                # Slices of a batch are cloned so a cached entry does not pin the whole batch.
+                entries[i] = [
+                    {k: v[j : j + 1].clone() if len(missing) > 1 else v for k, v in step.items()}
+                    for step in computed
+                ]
+                if cache is not None:
+                    cache.put(keys[i], entries[i])
+        if g == 1:
+            return entries[0]
+        return [
+            {name: torch.cat([entries[i][s][name] for i in range(g)]) for name in entries[0][s]}
+            for s in range(len(timesteps))
+        ]
+
+    def _run_garment_net(
+        self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor
+    ) -> list[dict[str, torch.Tensor]]:
+        """GarmentNet for all timesteps (phase 1); with two-phase swapping only it is on the device."""
+        device = self._execution_device
+        swap = (
+            self.two_phase is not None
+            and self.two_phase.swap_unets
+            and device.type != "cpu"
+            and not hasattr(self.garment_unet, "_hf_hook")
+            and not hasattr(self.unet, "_hf_hook")
+        )
+        on_host = self.two_phase is not None and self.two_phase.features_on_host
+        pin = on_host and device.type == "cuda"
+        if swap:
+            self.unet.to("cpu")
+            self.garment_unet.to(device)
+        steps = []
+        for t in timesteps:
+            features = garment_features(self.garment_unet, latents, t, text)
+            if on_host and device.type != "cpu":
+                features = {
+                    k: torch.empty(v.shape, dtype=v.dtype, pin_memory=pin).copy_(v)
+                    for k, v in features.items()
+                }
+            steps.append(features)
+        if swap:
+            self.garment_unet.to("cpu")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.unet.to(device)
+        return steps
+
     # ------------------------------------------------------------------ call
     @torch.no_grad()
     def __call__(
@@ -410,6 +628,7 @@ class TryOnPipeline(DiffusionPipeline):
         crop_margin: float = 0.1,
         output_type: str = "pil",
         return_dict: bool = True,
+        garment_cache: GarmentCache | None = None,
     ):
         """Render each person wearing the garment.
 
@@ -433,6 +652,9 @@ class TryOnPipeline(DiffusionPipeline):
                 instead of the raw H x W render. Ignored for tensor inputs.
             crop_margin: margin around the mask when choosing the work region.
             output_type: "pil", "np" (float [0, 1]), "pt" (tensor in [0, 1]) or "latent".
+            garment_cache: a :class:`~idm_vton.garment_cache.GarmentCache` (default:
+                ``self.garment_cache``): the garment's per-step GarmentNet features are looked
+                up / stored there (one garment, many people or requests), same result.
         """
         height = height or self.default_height
         width = width or self.default_width
@@ -554,7 +776,26 @@ class TryOnPipeline(DiffusionPipeline):
         mask_latent = F.interpolate(mask, size=latent_shape[-2:], mode="nearest")
         masked_latents = self._vae_encode(init_image * (mask < 0.5), generator)
         pose_latents = self._vae_encode(2.0 * pose - 1.0, generator)
-        garment_latents = self._vae_encode(2.0 * prep.garment.to(device) - 1.0, generator).to(dtype)
+        garment_pixels = 2.0 * prep.garment.to(device) - 1.0
+        cache = garment_cache if garment_cache is not None else self.garment_cache
+        schedule = None
+        # Under model CPU offload GarmentNet always runs in phase 1: per step, both UNets would
+        # be moved in and out of the device.
+        offloaded = hasattr(self.garment_unet, "_hf_hook")
+        if cache is not None or self.two_phase is not None or offloaded:
+            # 6a. Phase 1: GarmentNet for every step (or from the cache) before the TryonNet loop.
+            key_fields = dict(
+                description=descriptions
+                if len(descriptions) == garments
+                else descriptions * garments,
+                num_inference_steps=num_inference_steps,
+                strength=strength,
+            )
+            schedule = self._garment_schedule(
+                garment_pixels, garment_text, timesteps, generator, cache, key_fields
+            )
+        else:
+            garment_latents = self._vae_encode(garment_pixels, generator).to(dtype)
         condition = torch.cat([mask_latent, masked_latents, pose_latents], dim=1).to(dtype)
 
         if do_cfg:
@@ -565,24 +806,30 @@ class TryOnPipeline(DiffusionPipeline):
         size = torch.tensor([height, width, 0, 0, height, width], device=device, dtype=dtype)
         time_ids = size.expand(text.shape[0], -1)
 
-        # 6. Denoising loop.
+        # 6. Denoising loop: GarmentNet once per step at batch G (shared by all rows; or from the
+        #    phase-1 schedule), TryonNet on [uncond ; cond].
+        row_index = garment_index if garments > 1 else None
         with self.progress_bar(total=len(timesteps)) as progress:
-            for t in timesteps:
-                features = garment_features(self.garment_unet, garment_latents, t, garment_text)
-                if garments > 1:
-                    features = {k: v[garment_index.to(v.device)] for k, v in features.items()}
+            for i, t in enumerate(timesteps):
+                if schedule is None:
+                    features = self._garment_step_features(
+                        garment_latents, t, garment_text, garment_index
+                    )
+                else:
+                    features = {k: v.to(device, non_blocking=True) for k, v in schedule[i].items()}
+                    if row_index is not None:
+                        features = {k: v[row_index.to(device)] for k, v in features.items()}
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)
                 model_input = torch.cat([model_input.to(dtype), condition], dim=1)
-                noise_pred = tryon_forward(
-                    self.unet,
+                noise_pred = self._predict_noise(
                     model_input,
                     t,
                     text,
                     pooled,
                     time_ids,
                     image_tokens,
-                    garment=features,
+                    features,
                     null_rows=batch if do_cfg else 0,
                 ).float()
                 if do_cfg:

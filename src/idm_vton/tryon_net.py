@@ -163,6 +163,7 @@ def garment_features(
     sample: torch.Tensor,
     timestep: torch.Tensor | int,
     encoder_hidden_states: torch.Tensor,
+    run_to_end: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Run GarmentNet up to its last self-attention; return ``{layer name: attn1 input}``.
 
@@ -170,11 +171,13 @@ def garment_features(
     capture processor of the last transformer block ends it once that block's input is recorded:
     the rest of the up path, ``conv_norm_out`` and ``conv_out`` never influence IDM-VTON's output.
     GarmentNet has no added (text-time) conditioning. Requires :func:`install_garment_attention`.
+    ``run_to_end=True`` runs the whole network as the reference does (same features, more work;
+    used by the benchmark's reference path).
     """
     store = garment_store(garment_unet)
     layers = garment_attention_layers(garment_unet)
     recording: dict[str, torch.Tensor] = {}
-    store.recording, store.stop_after = recording, layers[-1]
+    store.recording, store.stop_after = recording, None if run_to_end else layers[-1]
     try:
         garment_unet(
             sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False
