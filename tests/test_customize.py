@@ -150,6 +150,17 @@ def test_cli_writes_a_delta(tmp_path):
     )  # fmt: skip
     assert rc == 0 and out.is_file()
     assert apply_customization(tiny_pipeline(seed=0), out).method == "lora"
+    # `idm-vton tryon --customization` applies it: the render changes, the untouched pixels do not
+    tryon = ["tryon", "--model", "tiny", "--person", str(tmp_path / "p.png"), "--garment", str(tmp_path / "g.png"),
+             "--mask", str(tmp_path / "m.png"), "--pose", str(tmp_path / "d.png"), "--description", "t-shirts",
+             "--steps", "1", "--height", str(H), "--width", str(W), "--device", "cpu", "--no-paste-back"]  # fmt: skip
+    assert cli_main([*tryon, "--out", str(tmp_path / "base.png")]) == 0
+    assert cli_main([*tryon, "--out", str(tmp_path / "custom.png"), "--customization", str(out)]) == 0
+    base_img = np.asarray(Image.open(tmp_path / "base.png"))
+    custom_img = np.asarray(Image.open(tmp_path / "custom.png"))
+    assert not np.array_equal(base_img, custom_img)
+    assert cli_main([*tryon, "--out", str(tmp_path / "x.png"), "--customization", str(tmp_path / "no.st")]) == 2
+    assert not (tmp_path / "x.png").exists()
     bad = cli_main(
         ["customize", "--model", "tiny", "--person", str(tmp_path / "missing.png"),
          "--garment", "x", "--mask", "x", "--pose", "x", "--description", "x", "--out", str(out)]

@@ -99,6 +99,10 @@ def cmd_tryon(args) -> int:
         if pose == "auto":
             pose = pre.densepose(photo)
     pipe = _load_model(args.model, dtype, device)
+    if args.customization:
+        from .customize import apply_customization
+
+        apply_customization(pipe, args.customization)
     if args.offload:
         if device.type != "cuda":
             raise UsageError("--offload needs a CUDA device")
@@ -187,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dtype", default=None, help="fp32, bf16 or fp16 (default: bf16 on GPU, fp32 on CPU)"
+    )
+    p.add_argument(
+        "--customization",
+        default=None,
+        help="customization delta (.safetensors) from `idm-vton customize` to apply to the model",
     )
     p.add_argument(
         "--offload", action="store_true", help="model CPU offload (less GPU memory, slower)"
