@@ -585,19 +585,21 @@ class TryOnPipeline(DiffusionPipeline):
             self.unet.to("cpu")
             self.garment_unet.to(device)
         steps = []
-        for t in timesteps:
-            features = garment_features(self.garment_unet, latents, t, text)
-            if on_host and device.type != "cpu":
-                features = {
-                    k: torch.empty(v.shape, dtype=v.dtype, pin_memory=pin).copy_(v)
-                    for k, v in features.items()
-                }
-            steps.append(features)
-        if swap:
-            self.garment_unet.to("cpu")
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            self.unet.to(device)
+        try:
+            for t in timesteps:
+                features = garment_features(self.garment_unet, latents, t, text)
+                if on_host and device.type != "cpu":
+                    features = {
+                        k: torch.empty(v.shape, dtype=v.dtype, pin_memory=pin).copy_(v)
+                        for k, v in features.items()
+                    }
+                steps.append(features)
+        finally:
+            if swap:
+                self.garment_unet.to("cpu")
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.unet.to(device)
         return steps
 
     # ------------------------------------------------------------------ call
