@@ -163,3 +163,12 @@ def test_convert_command(tmp_path, capsys):
     assert (tmp_path / "out" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert main(["convert", str(src), str(tmp_path / "out")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_memory_flags(inputs, tmp_path):
+    default, two_phase, light = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+    assert main(tryon_args(inputs, default)) == 0
+    assert main(tryon_args(inputs, two_phase) + ["--two-phase", "--vae-slicing"]) == 0
+    assert np.array_equal(np.asarray(Image.open(default)), np.asarray(Image.open(two_phase)))
+    assert main(tryon_args(inputs, light) + ["--fp8-weights", "--vae-tiling", "--vae-tile-size", "32"]) == 0
+    assert Image.open(light).size == Image.open(default).size

@@ -103,10 +103,11 @@ def cmd_tryon(args) -> int:
         from .customize import apply_customization
 
         apply_customization(pipe, args.customization)
-    if args.offload:
-        if device.type != "cuda":
-            raise UsageError("--offload needs a CUDA device")
-        pipe.enable_model_cpu_offload(device=device)
+    from .performance import apply_memory_options
+
+    if args.offload and device.type != "cuda":
+        raise UsageError("--offload needs a CUDA device")
+    apply_memory_options(pipe, args, device)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     result = pipe(
         person_image=args.person,
@@ -198,9 +199,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="customization delta (.safetensors) from `idm-vton customize` to apply to the model",
     )
     p.add_argument(
-        "--offload", action="store_true", help="model CPU offload (less GPU memory, slower)"
-    )
-    p.add_argument(
         "--no-paste-back",
         action="store_true",
         help="return the raw H x W render, not the full photo",
@@ -208,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .preprocess.commands import add_preprocess_model_arguments
 
     add_preprocess_model_arguments(p)
+    from .performance import add_memory_arguments
+
+    add_memory_arguments(p)
     p.set_defaults(func=cmd_tryon)
 
     p = sub.add_parser(
