@@ -42,6 +42,7 @@ import torch
 
 from idm_vton.performance import reference_formulation
 from idm_vton.pipeline import TryOnPipeline
+from idm_vton.sdxl_shapes import sdxl_pipeline
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PATHS = ("reference", "ours")
@@ -49,124 +50,6 @@ MODES = ("default", "two_phase", "fp8", "vae_tiling", "offload")
 
 
 # ---------------------------------------------------------------------------- models
-def _sdxl_unet_config(in_channels: int, tryon: bool) -> dict:
-    config = dict(
-        sample_size=128,
-        in_channels=in_channels,
-        out_channels=4,
-        block_out_channels=(320, 640, 1280),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=2,
-        transformer_layers_per_block=(1, 2, 10),
-        attention_head_dim=(5, 10, 20),
-        cross_attention_dim=2048,
-        use_linear_projection=True,
-        norm_num_groups=32,
-    )
-    if tryon:
-        config.update(
-            addition_embed_type="text_time",
-            addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816,
-        )
-    return config
-
-
-def _fill_random(model: torch.nn.Module, seed: int) -> None:
-    """Materialise a meta-built model with cheap random values (norms 1/0, weights ~ 1/sqrt(fan_in))."""
-    pool = torch.randn(1 << 22, generator=torch.Generator().manual_seed(seed))
-    offset = 0
-    norms = (torch.nn.GroupNorm, torch.nn.LayerNorm)
-    with torch.no_grad():
-        for module in model.modules():
-            for name, p in module.named_parameters(recurse=False):
-                if isinstance(module, norms):
-                    p.fill_(1.0 if name == "weight" else 0.0)
-                    continue
-                flat = p.view(-1)
-                scale = p[0].numel() ** -0.5 if p.ndim >= 2 else 0.02
-                for start in range(0, flat.numel(), pool.numel()):
-                    n = min(pool.numel(), flat.numel() - start)
-                    offset = (offset + 7919) % (pool.numel() - n + 1)
-                    flat[start : start + n].copy_(pool[offset : offset + n])
-                flat.mul_(scale)
-            for name, b in module.named_buffers(recurse=False):
-                if name == "position_ids":
-                    b.copy_(torch.arange(b.shape[-1]).expand_as(b))
-                else:
-                    raise AssertionError(f"unhandled buffer {name} in {type(module).__name__}")
-
-
-def sdxl_pipeline(dtype: torch.dtype, seed: int = 0) -> TryOnPipeline:
-    """IDM-VTON at the real SDXL shapes with random weights (no text encoders)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    from idm_vton.tryon_net import ImageProjection, attach_ip_adapter
-
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**_sdxl_unet_config(13, tryon=True))
-        attach_ip_adapter(unet, num_tokens=16, scale=1.0)
-        garment_unet = UNet2DConditionModel(**_sdxl_unet_config(4, tryon=False))
-        projection = ImageProjection(
-            dim=1280,
-            depth=4,
-            dim_head=64,
-            heads=20,
-            num_queries=16,
-            embedding_dim=1280,
-            output_dim=2048,
-            ff_mult=4,
-        )
-        image_encoder = CLIPVisionModelWithProjection(
-            CLIPVisionConfig(
-                hidden_size=1280,
-                intermediate_size=5120,
-                num_hidden_layers=32,
-                num_attention_heads=16,
-                image_size=224,
-                patch_size=14,
-                projection_dim=1024,
-                hidden_act="gelu",
-            )
-        )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            latent_channels=4,
-            norm_num_groups=32,
-            sample_size=1024,
-            scaling_factor=0.13025,
-            force_upcast=True,
-        )
-    models = dict(
-        unet=unet,
-        garment_unet=garment_unet,
-        image_projection=projection,
-        image_encoder=image_encoder,
-        vae=vae,
-    )
-    for i, model in enumerate(models.values()):
-        model.to(dtype).to_empty(device="cpu")
-        _fill_random(model, seed + i)
-        model.eval().requires_grad_(False)
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        clip_sample=False,
-        timestep_spacing="leading",
-    )
-    return TryOnPipeline(**models, scheduler=scheduler)
-
-
 def build(preset: str, dtype: torch.dtype, device: str) -> TryOnPipeline:
     if preset == "tiny":
         from idm_vton.tiny import tiny_pipeline

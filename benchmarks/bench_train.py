@@ -34,6 +34,7 @@ import time
 
 import torch
 
+from idm_vton.sdxl_shapes import sdxl_pipeline
 from idm_vton.tiny import tiny_pipeline
 from idm_vton.training.objective import (
     Conditioner,
@@ -45,93 +46,6 @@ from idm_vton.training.objective import (
 )
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _fill(module: torch.nn.Module, seed: int = 0) -> None:
-    """Cheap deterministic init of an ``to_empty`` module: norms 1/0, other weights ~ N(0, 0.02)."""
-    gen = torch.Generator().manual_seed(seed)
-    pool = torch.randn(1 << 20, generator=gen) * 0.02
-    with torch.no_grad():
-        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-            if not tensor.is_floating_point():
-                continue
-            norm = any(k in name for k in ("norm", "ln_", "layer_norm", "ln0", "ln1"))
-            if norm and name.endswith("weight"):
-                tensor.fill_(1.0)
-            elif norm and name.endswith("bias"):
-                tensor.zero_()
-            else:
-                n = tensor.numel()
-                reps = -(-n // pool.numel())
-                tensor.copy_(pool.repeat(reps)[:n].view_as(tensor).to(tensor.device))
-
-
-def sdxl_pipeline(device: torch.device):
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    from idm_vton.pipeline import TryOnPipeline
-    from idm_vton.tryon_net import ImageProjection, attach_ip_adapter
-
-    unet_config = dict(
-        sample_size=128,
-        out_channels=4,
-        block_out_channels=(320, 640, 1280),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=2,
-        transformer_layers_per_block=(1, 2, 10),
-        attention_head_dim=(5, 10, 20),
-        cross_attention_dim=2048,
-        use_linear_projection=True,
-    )
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(
-            in_channels=13,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816,
-            **unet_config,
-        )
-        attach_ip_adapter(unet, num_tokens=16)
-        garment_unet = UNet2DConditionModel(in_channels=4, **unet_config)
-        projection = ImageProjection()
-        encoder = CLIPVisionModelWithProjection(
-            CLIPVisionConfig(
-                hidden_size=1280,
-                intermediate_size=5120,
-                num_hidden_layers=32,
-                num_attention_heads=16,
-                image_size=224,
-                patch_size=14,
-                projection_dim=1024,
-                hidden_act="gelu",
-            )
-        )
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=1024,
-            scaling_factor=0.13025,
-        )
-    modules = [unet, garment_unet, projection, encoder, vae]
-    for i, module in enumerate(modules):
-        module.to_empty(device=device)
-        _fill(module, seed=i)
-    return TryOnPipeline(
-        vae=vae,
-        unet=unet,
-        garment_unet=garment_unet,
-        image_projection=projection,
-        image_encoder=encoder,
-        scheduler=DDPMScheduler(
-            beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1
-        ),
-        feature_extractor=CLIPImageProcessor(),
-    )
 
 
 class FixedTextConditioner(Conditioner):
@@ -152,7 +66,9 @@ def run(args) -> dict:
         pipe = tiny_pipeline().to(device)
         conditioner_cls = Conditioner
     else:
-        pipe = sdxl_pipeline(device)
+        pipe = sdxl_pipeline(torch.float32, device=device)
+        pipe.unet.requires_grad_(True)  # built frozen for inference; TryonNet + Resampler train
+        pipe.image_projection.requires_grad_(True)
         conditioner_cls = FixedTextConditioner
     for module in (pipe.garment_unet, pipe.image_encoder, pipe.text_encoder, pipe.text_encoder_2):
         if module is not None:
