@@ -21,7 +21,7 @@ class UsageError(Exception):
     """A user mistake found by the CLI itself (exit 2)."""
 
 
-def _device(name: str):
+def resolve_device(name: str):
     import torch
 
     try:
@@ -39,7 +39,7 @@ def _device(name: str):
     return device
 
 
-def _dtype(name: str):
+def resolve_dtype(name: str):
     import torch
 
     if name not in DTYPES:
@@ -47,7 +47,7 @@ def _dtype(name: str):
     return getattr(torch, DTYPES[name])
 
 
-def _load_model(model: str, dtype, device):
+def load_model(model: str, dtype, device):
     from .pipeline import TryOnPipeline
     from .tiny import TINY_MODEL_NOTE, tiny_pipeline
 
@@ -70,7 +70,7 @@ def cmd_tryon(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise UsageError(f"--out must end in .png, .jpg or .webp, got '{out.name}'")
-    device, dtype = _device(args.device), _dtype(args.dtype)
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     if dtype == torch.float16 and device.type == "cpu":
         raise UsageError("fp16 is not supported on the CPU: use --dtype bf16 or fp32")
     for flag, value in (
@@ -98,7 +98,7 @@ def cmd_tryon(args) -> int:
             )
         if pose == "auto":
             pose = pre.densepose(photo)
-    pipe = _load_model(args.model, dtype, device)
+    pipe = load_model(args.model, dtype, device)
     if args.customization:
         from .customize import apply_customization
 
@@ -132,7 +132,7 @@ def cmd_tryon(args) -> int:
 def cmd_convert(args) -> int:
     from .convert import convert_checkpoint
 
-    dtype = _dtype(args.dtype)
+    dtype = resolve_dtype(args.dtype)
     path = convert_checkpoint(args.src, args.dst, dtype=dtype, overwrite=args.overwrite)
     print(f"wrote {path}")
     return 0

@@ -312,10 +312,10 @@ def infer_dataset(config: DatasetInferenceConfig, pipe=None) -> InferenceSummary
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    from .cli import DTYPES, _device, _dtype
+    from .cli import DTYPES, resolve_device, resolve_dtype
 
     _validate(config)
-    device = _device(config.device) if config.device is not None else None
+    device = resolve_device(config.device) if config.device is not None else None
     # Without ``cpu=True`` accelerate treats a launch on a machine without GPUs as one process.
     cpu = (
         (device is not None and device.type == "cpu")
@@ -329,7 +329,7 @@ def infer_dataset(config: DatasetInferenceConfig, pipe=None) -> InferenceSummary
     else:
         device = device or state.device
         dtype_name = config.dtype or ("bf16" if device.type == "cuda" else "fp32")
-        dtype = _dtype(dtype_name)
+        dtype = resolve_dtype(dtype_name)
     if dtype == torch.float16 and device.type == "cpu":
         raise ValueError("fp16 is not supported on the CPU: use --dtype bf16 or fp32")
     out = Path(config.out)
@@ -404,9 +404,9 @@ def _render(config, pipe, mine, device, dtype, protocol, out, state) -> int:
     from .images import save_image_atomic
 
     if pipe is None:
-        from .cli import _load_model
+        from .cli import load_model
 
-        pipe = _load_model(config.model, dtype, device)
+        pipe = load_model(config.model, dtype, device)
     pipe.set_progress_bar_config(disable=True)
     # The dataset's CLIP view must match the image encoder's input size.
     dataset = _build_dataset(config, clip_size=pipe.image_encoder.config.image_size)

@@ -28,6 +28,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from .data.captions import garment_prompt, tryon_prompt
 from .garment_attention import GarmentAttentionProcessor
 from .garment_cache import GarmentCache, GarmentKey
 from .images import (
@@ -68,16 +69,6 @@ class TryOnPipelineOutput(BaseOutput):
     """``images``: one per person and sample (PIL, numpy or tensor as asked)."""
 
     images: list[Image.Image] | np.ndarray | torch.Tensor
-
-
-def tryon_prompt(description: str) -> str:
-    """TryonNet caption (SPEC section 3, training form)."""
-    return "model is wearing " + description
-
-
-def garment_prompt(description: str) -> str:
-    """GarmentNet caption (SPEC section 3)."""
-    return "a photo of " + description
 
 
 @dataclass
