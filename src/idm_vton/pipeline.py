@@ -403,11 +403,12 @@ class TryOnPipeline(DiffusionPipeline):
                 pose_img = pose_img.resize(photo.size, Image.Resampling.BICUBIC)
             region = mask_region(m_bool, height, width, crop_margin)
             size = (width, height)
+            # Bicubic, like PIL's default resize in the official demo.
             person_t.append(
-                _to_tensor(crop_region(photo, region).resize(size, Image.Resampling.LANCZOS))
+                _to_tensor(crop_region(photo, region).resize(size, Image.Resampling.BICUBIC))
             )
             pose_t.append(
-                _to_tensor(crop_region(pose_img, region).resize(size, Image.Resampling.LANCZOS))
+                _to_tensor(crop_region(pose_img, region).resize(size, Image.Resampling.BICUBIC))
             )
             crop_m = crop_region(Image.fromarray(m_bool.astype(np.uint8) * 255), region)
             mask_t.append(
@@ -418,7 +419,7 @@ class TryOnPipeline(DiffusionPipeline):
             regions.append(region)
         garment_images = [load_image(g, "garment image") for g in garments]
         garment_t = [
-            _to_tensor(g.resize((width, height), Image.Resampling.LANCZOS)) for g in garment_images
+            _to_tensor(g.resize((width, height), Image.Resampling.BICUBIC)) for g in garment_images
         ]
         return _Prepared(
             person=torch.stack(person_t),
