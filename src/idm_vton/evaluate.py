@@ -19,10 +19,8 @@ the command-line entry (``idm-vton evaluate``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from enum import Enum
 from importlib import metadata
@@ -33,6 +31,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from .files import write_json_atomic
 from .metrics.fid import (
     fid_from_features,
     inception_features,
@@ -487,22 +486,6 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_json_atomically(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    ) as stream:
-        json.dump(data, stream, indent=2, sort_keys=True)
-        stream.write("\n")
-        stream.flush()
-        os.fsync(stream.fileno())
-    try:
-        os.replace(stream.name, path)
-    except OSError:
-        os.unlink(stream.name)
-        raise
-
-
 # --------------------------------------------------------------------------- command line
 
 
@@ -599,6 +582,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return 2
     print(format_table(result))
     if args.json is not None:
-        _write_json_atomically(args.json, result)
+        write_json_atomic(args.json, result)
         print(f"wrote {args.json}")
     return 0

@@ -8,12 +8,13 @@ back inside the mask only, so every pixel outside it is returned unchanged.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from .files import atomic_path
 
 __all__ = [
     "ImageInputError",
@@ -218,11 +219,6 @@ def save_image_atomic(image: Image.Image, path: str | Path) -> Path:
     fmt = Image.registered_extensions().get(suffix)
     if fmt is None:
         raise ImageInputError(f"unknown output image extension '{path.suffix}' (use .png or .jpg)")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         image.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

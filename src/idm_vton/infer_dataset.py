@@ -41,14 +41,14 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
+
+from .files import write_json_atomic
 
 __all__ = [
     "DatasetKind",
@@ -195,22 +195,6 @@ def is_finished_image(path: Path, size: tuple[int, int]) -> bool:
     return True
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    ) as stream:
-        json.dump(data, stream, indent=2)
-        stream.write("\n")
-        stream.flush()
-        os.fsync(stream.fileno())
-    try:
-        os.replace(stream.name, path)
-    except OSError:
-        os.unlink(stream.name)
-        raise
-
-
 # ------------------------------------------------------------------------------- the run
 
 
@@ -353,7 +337,7 @@ def infer_dataset(config: DatasetInferenceConfig, pipe=None) -> InferenceSummary
         for pattern in (".*.png.*.tmp", f".{MANIFEST_NAME}.*.tmp"):  # left by a killed run
             for stale in out.glob(pattern):
                 stale.unlink(missing_ok=True)
-        _write_json_atomic(
+        write_json_atomic(
             manifest_path,
             {
                 **protocol,
@@ -375,7 +359,7 @@ def infer_dataset(config: DatasetInferenceConfig, pipe=None) -> InferenceSummary
     finished = None
     if state.is_main_process:
         finished = sum(is_finished_image(out / n, size) for n in index_of)
-        _write_json_atomic(
+        write_json_atomic(
             manifest_path,
             {
                 **protocol,

@@ -9,7 +9,6 @@ aspect otherwise. The ``idm-vton preprocess`` and ``idm-vton mask`` commands are
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..categories import GarmentCategory
+from ..files import atomic_path, write_json_atomic
 from ..images import ImageInputError, load_image, save_image_atomic
 from .errors import PreprocessModelError
 
@@ -262,13 +262,6 @@ def _photos(inputs: list[str]) -> list[Path]:
     return photos
 
 
-def _write_json_atomic(data, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def run(args) -> int:
     from tqdm import tqdm
 
@@ -294,18 +287,16 @@ def run(args) -> int:
         save_image_atomic(Image.fromarray(result.mask.astype(np.uint8) * 255), outputs["mask"])
         save_image_atomic(result.densepose, outputs["densepose"])
         save_image_atomic(Image.fromarray(result.parse), outputs["parse"])
-        tmp = outputs["keypoints"].with_name(f".{outputs['keypoints'].name}.tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        write_openpose_json(tmp, result.keypoints)
-        os.replace(tmp, outputs["keypoints"])
+        with atomic_path(outputs["keypoints"]) as tmp:
+            write_openpose_json(tmp, result.keypoints)
         done += 1
-    _write_json_atomic(
+    write_json_atomic(
+        root / "preprocess.json",
         {
             "labels": "image-parse-v3 holds ATR labels 0-17 plus 18 = neck (SPEC section 6), not VITON-HD's",
             "category": args.category,
             "mask_type": args.mask_type,
         },
-        root / "preprocess.json",
     )
     print(f"{done} photos written, {skipped} already done, {len(failed)} failed -> {root}")
     for line in failed:

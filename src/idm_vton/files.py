@@ -1,0 +1,42 @@
+"""Atomic file writes: a reader never sees a half-written output, a killed run leaves none."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["atomic_path", "write_json_atomic"]
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
+
+    The temporary name is ``.{name}.<random>.tmp`` in the same folder (so the rename is atomic
+    and leftovers of a killed process are easy to recognise); it is removed on failure.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(path: str | os.PathLike[str], data, sort_keys: bool = False) -> Path:
+    """Write ``data`` as indented JSON to ``path`` atomically (flushed to disk before the rename)."""
+    with atomic_path(path) as tmp, open(tmp, "w") as stream:
+        json.dump(data, stream, indent=2, sort_keys=sort_keys)
+        stream.write("\n")
+        stream.flush()
+        os.fsync(stream.fileno())
+    return Path(path)
