@@ -25,9 +25,11 @@ GOLDEN = Path(os.environ.get("IDM_VTON_GOLDEN", SHARED / "golden"))
 MODULE_RTOL = 2e-5
 PIPE_RTOL = 2e-4
 
-pytestmark = pytest.mark.skipif(
-    not (GOLDEN / "cases.json").is_file(), reason=f"no golden cases in {GOLDEN}"
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def _golden_present():
+    """Skip without the fixture folder, but fail in CI, where ../shared is always present."""
+    require_shared(GOLDEN / "cases.json")
 
 
 def assert_close(out: torch.Tensor, ref: torch.Tensor, name: str, rtol: float) -> None:
@@ -154,17 +156,13 @@ def test_tryon_net(golden, pipe, case):
         assert_close(guided, t[f"{case}.out.noise_pred_guided"], "tryon_cfg guided", MODULE_RTOL)
 
 
-def test_end_to_end_pipeline(golden, pipe, monkeypatch):
-    """The whole pipeline, driven by the recorded noise draws, against every recorded tensor."""
-    meta, t = golden
-    spec = meta["spec"]
-    steps = sorted(
-        int(k.split(".")[1][4:]) for k in t if k.startswith("pipe.step") and k.endswith(".timestep")
-    )
-    assert len(steps) == spec["num_inference_steps"]
+def replay_recorded_noise(monkeypatch, t: dict, steps: list[int]) -> list[torch.Tensor]:
+    """Make the pipeline's and the DDPM scheduler's noise draws return the recorded ones, in order.
+
+    Returns the list of draws still to come (empty when the pipeline used every one).
+    """
     draws = [t["pipe.rng.masked_image_eps"], t["pipe.rng.pose_eps"], t["pipe.rng.cloth_eps"]]
     draws += [t[f"pipe.rng.step{k}_eps"] for k in steps if f"pipe.rng.step{k}_eps" in t]
-    draws = list(draws)
 
     def replay(shape, generator=None, device=None, dtype=None, layout=None):
         assert draws, "the pipeline drew more noise than the reference"
@@ -178,6 +176,41 @@ def test_end_to_end_pipeline(golden, pipe, monkeypatch):
 
     monkeypatch.setattr(pipeline_module, "randn_tensor", replay)
     monkeypatch.setattr(ddpm, "randn_tensor", replay)
+    return draws
+
+
+def golden_pipe_call(t: dict, spec: dict) -> dict:
+    """Pipeline arguments of the end-to-end golden case (reference pose/garment in [-1, 1] -> [0, 1])."""
+    return dict(
+        person_image=t["pipe.in.image"],
+        garment_image=(t["pipe.in.cloth"] + 1) / 2,
+        mask_image=t["pipe.in.mask_image"],
+        pose_image=(t["pipe.in.pose_img"] + 1) / 2,
+        garment_clip_pixels=t["pipe.in.ip_adapter_image"],
+        latents=t["pipe.in.latents"],
+        prompt_embeds=t["pipe.in.prompt_embeds"],
+        pooled_prompt_embeds=t["pipe.in.pooled_prompt_embeds"],
+        negative_prompt_embeds=t["pipe.in.negative_prompt_embeds"],
+        negative_pooled_prompt_embeds=t["pipe.in.negative_pooled_prompt_embeds"],
+        garment_prompt_embeds=t["pipe.in.text_embeds_cloth"],
+        num_inference_steps=spec["num_inference_steps"],
+        guidance_scale=spec["guidance_scale"],
+        strength=spec["strength"],
+        height=spec["height"],
+        width=spec["width"],
+        output_type="pt",
+    )
+
+
+def test_end_to_end_pipeline(golden, pipe, monkeypatch):
+    """The whole pipeline, driven by the recorded noise draws, against every recorded tensor."""
+    meta, t = golden
+    spec = meta["spec"]
+    steps = sorted(
+        int(k.split(".")[1][4:]) for k in t if k.startswith("pipe.step") and k.endswith(".timestep")
+    )
+    assert len(steps) == spec["num_inference_steps"]
+    draws = replay_recorded_noise(monkeypatch, t, steps)
 
     record: dict[str, list] = {
         "features": [],
@@ -223,25 +256,7 @@ def test_end_to_end_pipeline(golden, pipe, monkeypatch):
     )
 
     # The reference takes the pose and garment in [-1, 1]; this pipeline takes every image in [0, 1].
-    out = pipe(
-        person_image=t["pipe.in.image"],
-        garment_image=(t["pipe.in.cloth"] + 1) / 2,
-        mask_image=t["pipe.in.mask_image"],
-        pose_image=(t["pipe.in.pose_img"] + 1) / 2,
-        garment_clip_pixels=t["pipe.in.ip_adapter_image"],
-        latents=t["pipe.in.latents"],
-        prompt_embeds=t["pipe.in.prompt_embeds"],
-        pooled_prompt_embeds=t["pipe.in.pooled_prompt_embeds"],
-        negative_prompt_embeds=t["pipe.in.negative_prompt_embeds"],
-        negative_pooled_prompt_embeds=t["pipe.in.negative_pooled_prompt_embeds"],
-        garment_prompt_embeds=t["pipe.in.text_embeds_cloth"],
-        num_inference_steps=spec["num_inference_steps"],
-        guidance_scale=spec["guidance_scale"],
-        strength=spec["strength"],
-        height=spec["height"],
-        width=spec["width"],
-        output_type="pt",
-    ).images
+    out = pipe(**golden_pipe_call(t, spec)).images
     assert not draws, f"{len(draws)} recorded noise draws were not used"
     sched = pipe.scheduler
     assert_close(sched.alphas_cumprod, t["pipe.mid.alphas_cumprod"], "alphas_cumprod", MODULE_RTOL)

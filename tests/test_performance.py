@@ -32,6 +32,7 @@ from idm_vton.tiny import tiny_pipeline
 from idm_vton.tryon_net import garment_features, tryon_forward
 
 from .conftest import SHARED
+from .test_parity import golden_pipe_call, replay_recorded_noise
 
 GOLDEN = Path(os.environ.get("IDM_VTON_GOLDEN", SHARED / "golden"))
 MODULE_RTOL = 2e-5
@@ -218,37 +219,8 @@ def test_golden_end_to_end(golden, golden_pipe, monkeypatch, path):
     meta, t = golden
     spec = meta["spec"]
     steps = spec["num_inference_steps"]
-    draws = [t["pipe.rng.masked_image_eps"], t["pipe.rng.pose_eps"], t["pipe.rng.cloth_eps"]]
-    draws += [t[f"pipe.rng.step{k}_eps"] for k in range(steps) if f"pipe.rng.step{k}_eps" in t]
-
-    def replay(shape, generator=None, device=None, dtype=None, layout=None):
-        eps = draws.pop(0)
-        assert tuple(eps.shape) == tuple(shape)
-        return eps.to(device=device, dtype=dtype)
-
-    import diffusers.schedulers.scheduling_ddpm as ddpm
-
-    monkeypatch.setattr(pipeline_module, "randn_tensor", replay)
-    monkeypatch.setattr(ddpm, "randn_tensor", replay)
-    call = dict(
-        person_image=t["pipe.in.image"],
-        garment_image=(t["pipe.in.cloth"] + 1) / 2,
-        mask_image=t["pipe.in.mask_image"],
-        pose_image=(t["pipe.in.pose_img"] + 1) / 2,
-        garment_clip_pixels=t["pipe.in.ip_adapter_image"],
-        latents=t["pipe.in.latents"],
-        prompt_embeds=t["pipe.in.prompt_embeds"],
-        pooled_prompt_embeds=t["pipe.in.pooled_prompt_embeds"],
-        negative_prompt_embeds=t["pipe.in.negative_prompt_embeds"],
-        negative_pooled_prompt_embeds=t["pipe.in.negative_pooled_prompt_embeds"],
-        garment_prompt_embeds=t["pipe.in.text_embeds_cloth"],
-        num_inference_steps=steps,
-        guidance_scale=spec["guidance_scale"],
-        strength=spec["strength"],
-        height=spec["height"],
-        width=spec["width"],
-        output_type="pt",
-    )
+    draws = replay_recorded_noise(monkeypatch, t, list(range(steps)))
+    call = golden_pipe_call(t, spec)
     if path == "reference":
         with reference_formulation(golden_pipe):
             out = golden_pipe(**call).images
