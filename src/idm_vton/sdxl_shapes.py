@@ -70,10 +70,11 @@ def sdxl_pipeline(
     dtype: torch.dtype = torch.float32, seed: int = 0, device: str | torch.device = "cpu"
 ):
     """A :class:`~idm_vton.pipeline.TryOnPipeline` at SDXL shapes with random weights."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     from .pipeline import TryOnPipeline
+    from .tiny import reference_scheduler
     from .tryon_net import ImageProjection, attach_ip_adapter
 
     with torch.device("meta"):
@@ -126,13 +127,6 @@ def sdxl_pipeline(
         model.to(dtype).to_empty(device=device)
         fill_random(model, seed + i)
         model.eval().requires_grad_(False)
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        clip_sample=False,
-        timestep_spacing="leading",
+    return TryOnPipeline(
+        **models, scheduler=reference_scheduler(), feature_extractor=CLIPImageProcessor()
     )
-    return TryOnPipeline(**models, scheduler=scheduler, feature_extractor=CLIPImageProcessor())

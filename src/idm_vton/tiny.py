@@ -26,7 +26,7 @@ from transformers import (
 
 from .tryon_net import ImageProjection, attach_ip_adapter
 
-__all__ = ["TINY_MODEL_NOTE", "tiny_components", "tiny_pipeline"]
+__all__ = ["TINY_MODEL_NOTE", "reference_scheduler", "tiny_components", "tiny_pipeline"]
 
 TINY_MODEL_NOTE = "tiny random model: its output is noise (for testing the plumbing only)"
 
@@ -57,6 +57,19 @@ def _unet_config(in_channels: int, tryon: bool) -> dict:
             projection_class_embeddings_input_dim=_POOLED_DIM + 6 * _TIME_DIM,
         )
     return config
+
+
+def reference_scheduler() -> DDPMScheduler:
+    """The DDPM scheduler of the published checkpoint (SDXL's scaled-linear betas, leading spacing)."""
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        clip_sample=False,
+        timestep_spacing="leading",
+    )
 
 
 def _byte_level_tokenizer() -> CLIPTokenizer:
@@ -125,15 +138,7 @@ def tiny_components(seed: int = 0, text_encoders: bool = True) -> dict:
             "image_projection": projection.eval(),
             "image_encoder": image_encoder.eval(),
             "vae": vae.eval(),
-            "scheduler": DDPMScheduler(
-                num_train_timesteps=1000,
-                beta_start=0.00085,
-                beta_end=0.012,
-                beta_schedule="scaled_linear",
-                steps_offset=1,
-                clip_sample=False,
-                timestep_spacing="leading",
-            ),
+            "scheduler": reference_scheduler(),
             "feature_extractor": CLIPImageProcessor(
                 size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
             ),
