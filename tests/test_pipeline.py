@@ -155,6 +155,16 @@ def test_save_and_reload_give_the_same_image(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "saved")
     assert not list((tmp_path / "saved").rglob("*.bin"))
     reloaded = TryOnPipeline.from_pretrained(tmp_path / "saved")
+    # safetensors maps tensors at unaligned offsets; CPU kernels then round differently, so the
+    # loader must hand every component aligned memory for the reload to be bit-exact.
+    unaligned = [
+        f"{name}.{key}"
+        for name, component in reloaded.components.items()
+        if isinstance(component, torch.nn.Module)
+        for key, tensor in [*component.named_parameters(), *component.named_buffers()]
+        if tensor.data_ptr() % 64
+    ]
+    assert unaligned == []
     assert np.array_equal(run(reloaded), run(pipe))
 
 

@@ -67,11 +67,38 @@ def _unet_config(folder: Path) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
+# CPU allocations from torch are 64-byte aligned; SIMD kernels take other paths otherwise.
+_ALIGNMENT = 64
+
+
+def realign_parameters(module: torch.nn.Module) -> torch.nn.Module:
+    """Move every CPU parameter and buffer that sits at an unaligned address into fresh memory.
+
+    safetensors (ours, diffusers' and transformers' loaders alike) hands out zero-copy views into
+    the file mapping at whatever byte offset the header leaves, often 8 or 24 bytes past a
+    64-byte boundary. CPU kernels take their unaligned paths on such tensors, which round
+    differently (about 1e-7 per op), so a reloaded model would not reproduce the model that was
+    saved. A copy in torch-allocated memory is aligned and also releases the file mapping.
+    """
+    for sub in module.modules():
+        for table in (sub._parameters, sub._buffers):
+            for name, tensor in table.items():
+                if tensor is None or tensor.device.type != "cpu" or tensor.numel() == 0:
+                    continue
+                if tensor.data_ptr() % _ALIGNMENT:
+                    if isinstance(tensor, torch.nn.Parameter):
+                        tensor.data = tensor.data.clone()
+                    else:
+                        table[name] = tensor.clone()
+    return module
+
+
 def _load_into(module: torch.nn.Module, state: dict, what: str, dtype: torch.dtype | None) -> None:
     check_state_dict(module, state, what)
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     module.load_state_dict(state, strict=True, assign=True)
+    realign_parameters(module)
 
 
 def _resampler_config(folder: Path, unet_config: dict, projection_state: dict) -> dict:
@@ -129,7 +156,9 @@ def load_tryon_unet(
     if projection_folder is not None:
         if projection_state:
             raise CheckpointError(f"{folder} and {projection_folder} both hold a Resampler")
-        projection = ImageProjection.from_pretrained(projection_folder, torch_dtype=dtype)
+        projection = realign_parameters(
+            ImageProjection.from_pretrained(projection_folder, torch_dtype=dtype)
+        )
     else:
         if not projection_state:
             raise CheckpointError(f"{folder} holds no IP-Adapter Resampler (encoder_hid_proj.*)")
@@ -217,12 +246,15 @@ def _hf_component(loader, folder: Path, what: str, **kwargs):
     for path in files:
         check_weight_file(path)
     try:
-        return loader(folder, **kwargs)
+        component = loader(folder, **kwargs)
     except CheckpointError:
         raise
     except Exception as err:  # noqa: BLE001 - library loaders raise many kinds
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"cannot load {what} from {folder}: {first}") from err
+    if isinstance(component, torch.nn.Module):
+        realign_parameters(component)
+    return component
 
 
 def load_pipeline(
