@@ -3,22 +3,35 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+#: Reference cases shipped with the tests (reference tensors and masks, see their READMEs).
+FIXTURES = REPO / "tests" / "fixtures"
+GOLDEN = Path(os.environ.get("IDM_VTON_GOLDEN", FIXTURES / "golden"))
+GOLDEN_MASK = FIXTURES / "golden_mask"
+#: The repository's own example inputs (public-domain photo, drawings made here).
+EXAMPLES = REPO / "examples"
+#: Optional extra: VITON-HD example photos beside the clone (non-commercial, never committed).
 SHARED = Path(os.environ.get("IDM_VTON_SHARED", REPO.parent / "shared"))
 
 
-def require_shared(path: Path) -> None:
-    """Skip when a fixture folder is absent, but fail in CI, where ../shared is always present."""
-    if not path.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"fixture folder {path} is missing in CI")
-        pytest.skip(f"fixtures not found at {path}")
+def example_person() -> Image.Image:
+    """The repository's example person photo (512 x 512, square)."""
+    return Image.open(EXAMPLES / "person.jpg").convert("RGB")
+
+
+def example_person_3x4() -> Image.Image:
+    """The example photo cropped to the 3:4 shape of try-on datasets, at VITON-HD's 768 x 1024."""
+    photo = example_person()
+    return photo.crop((64, 0, 448, 512)).resize((768, 1024), Image.Resampling.BICUBIC)
 
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    require_shared(SHARED)
+    """The optional VITON-HD example photos; tests that need them skip where they are absent."""
+    if not (SHARED / "examples").is_dir():
+        pytest.skip(f"optional VITON-HD examples not found at {SHARED}/examples")
     return SHARED
 
 

@@ -48,8 +48,33 @@ def published_tryon_state(pipe) -> dict[str, torch.Tensor]:
     return state
 
 
-def write_published_checkpoint(pipe, root: Path, fmt: str = "bin", dtype=torch.float32) -> Path:
-    """Write ``pipe`` as the published yisol/IDM-VTON folder would hold it."""
+# EMA bookkeeping the published unet/config.json inherits from SDXL-inpainting (written out here
+# by hand, not taken from the library, so the loader is checked against the file as published).
+PUBLISHED_EMA_KEYS = {
+    "decay": 0.9999,
+    "inv_gamma": 1.0,
+    "min_decay": 0.0,
+    "optimization_step": 37000,
+    "power": 0.6666666666666666,
+    "update_after_step": 0,
+    "use_ema_warmup": False,
+}
+
+
+def write_published_checkpoint(
+    pipe,
+    root: Path,
+    fmt: str = "bin",
+    dtype=torch.float32,
+    garment_addition_embed_type: str | None = None,
+) -> Path:
+    """Write ``pipe`` as the published yisol/IDM-VTON folder would hold it.
+
+    ``unet/config.json`` carries the EMA keys. ``unet_encoder/config.json`` has
+    ``addition_embed_type: null`` as published (the official trainer sets it at run time) while
+    the weights still hold SDXL's four ``add_embedding.*`` tensors; pass
+    ``garment_addition_embed_type="text_time"`` for the older form that names them in the config.
+    """
     root = Path(root)
     unet_dir = root / "unet"
     unet_dir.mkdir(parents=True)
@@ -57,6 +82,7 @@ def write_published_checkpoint(pipe, root: Path, fmt: str = "bin", dtype=torch.f
     config.update(
         encoder_hid_dim_type="ip_image_proj", encoder_hid_dim=pipe.image_encoder.config.hidden_size
     )
+    config.update(PUBLISHED_EMA_KEYS)
     config["_class_name"] = "UNet2DConditionModel"
     (unet_dir / "config.json").write_text(json.dumps(config))
     state = {k: v.to(dtype) for k, v in published_tryon_state(pipe).items()}
@@ -66,19 +92,24 @@ def write_published_checkpoint(pipe, root: Path, fmt: str = "bin", dtype=torch.f
         json.dumps({"heads": rc.heads, "dim_head": rc.dim_head})
     )
     _write(state, unet_dir, fmt)
-    # The published unet_encoder config is SDXL base's (text_time) and carries add_embedding weights.
+    # The published unet_encoder is SDXL base's UNet: its config keeps the text_time sizes and
+    # its weights the add_embedding MLP (time embedding width -> pooled + 6 time ids).
     garment_dir = root / "unet_encoder"
     garment_dir.mkdir()
     gconfig = dict(pipe.garment_unet.config)
     gconfig.update(
-        addition_embed_type="text_time",
+        addition_embed_type=garment_addition_embed_type,
         addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=64,
     )
+    gconfig["_class_name"] = "UNet2DConditionModel"
     (garment_dir / "config.json").write_text(json.dumps(gconfig))
     gstate = {k: v.to(dtype).clone() for k, v in pipe.garment_unet.state_dict().items()}
-    gstate["add_embedding.linear_1.weight"] = torch.randn(48, 64).to(dtype)
-    gstate["add_embedding.linear_1.bias"] = torch.randn(48).to(dtype)
+    width = pipe.garment_unet.config.block_out_channels[0] * 4
+    generator = torch.Generator().manual_seed(0)
+    for name, shape in (("linear_1", (width, 64)), ("linear_2", (width, width))):
+        gstate[f"add_embedding.{name}.weight"] = torch.randn(*shape, generator=generator).to(dtype)
+        gstate[f"add_embedding.{name}.bias"] = torch.randn(shape[0], generator=generator).to(dtype)
     _write(gstate, garment_dir, "safetensors")
     pipe.vae.save_pretrained(root / "vae")
     pipe.image_encoder.save_pretrained(root / "image_encoder")

@@ -1,4 +1,4 @@
-"""``idm-vton`` end to end with the tiny model on the real example photos."""
+"""``idm-vton`` end to end with the tiny model on the repository's example photos."""
 
 from __future__ import annotations
 
@@ -12,28 +12,30 @@ from PIL import Image
 
 from idm_vton.cli import main
 
+from .conftest import EXAMPLES, example_person
+
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory, shared_dir):
+def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    people = sorted((shared_dir / "examples" / "person").glob("*.jpg"))
-    garments = sorted((shared_dir / "examples" / "garment").glob("*.jpg"))
-    photo = Image.open(people[0]).convert("RGB")
-    odd = photo.crop((31, 17, 31 + 517, 17 + 731))  # odd size, not 3:4
+    odd = example_person().crop((31, 17, 31 + 417, 17 + 471))  # odd size, not 3:4
     odd.save(root / "odd.jpg", quality=95)
-    mask = np.zeros((731, 517), np.uint8)
-    mask[250:520, 120:400] = 255
+    mask = np.zeros((471, 417), np.uint8)
+    mask[180:420, 60:330] = 255
     Image.fromarray(mask).save(root / "odd_mask.png")
     Image.fromarray(mask[::2, ::2]).save(root / "half_mask.png")  # another size: resized
-    Image.new("L", (517, 731), 0).save(root / "empty_mask.png")
+    Image.new("L", (417, 471), 0).save(root / "empty_mask.png")
     (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    garment = Image.open(EXAMPLES / "garment.jpg").convert("RGB")
+    square = Image.new("RGB", (800, 800), "white")  # not every garment photo is 3:4
+    square.paste(garment, (100, 0))
+    square.save(root / "square_garment.jpg", quality=95)
     return {
         "root": root,
         "person": str(root / "odd.jpg"),
-        "person_3x4": str(people[1]),
-        "garment": str(next(g for g in garments if g.name == "09166_00.jpg")),  # 640 x 640
+        "garment": str(root / "square_garment.jpg"),
         "mask": str(root / "odd_mask.png"),
-        "pose": str(people[2]),
+        "pose": str(EXAMPLES / "densepose.png"),  # another size than the photo: resized
     }
 
 
@@ -170,5 +172,8 @@ def test_memory_flags(inputs, tmp_path):
     assert main(tryon_args(inputs, default)) == 0
     assert main(tryon_args(inputs, two_phase) + ["--two-phase", "--vae-slicing"]) == 0
     assert np.array_equal(np.asarray(Image.open(default)), np.asarray(Image.open(two_phase)))
-    assert main(tryon_args(inputs, light) + ["--fp8-weights", "--vae-tiling", "--vae-tile-size", "32"]) == 0
+    assert (
+        main(tryon_args(inputs, light) + ["--fp8-weights", "--vae-tiling", "--vae-tile-size", "32"])
+        == 0
+    )
     assert Image.open(light).size == Image.open(default).size

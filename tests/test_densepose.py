@@ -50,6 +50,8 @@ from idm_vton.preprocess.roi_ops import (
     roi_align,
 )
 
+from .conftest import example_person_3x4
+
 # ----------------------------------------------------------------------------------------------
 # RoIAlign
 
@@ -198,6 +200,43 @@ def test_frozen_batch_norm_matches_batch_norm_in_eval():
     assert torch.allclose(frozen(x), reference(x), atol=1e-6)
 
 
+def test_frozen_batch_norm_is_detectron2s_fused_batch_norm_bit_for_bit():
+    """detectron2 runs F.batch_norm at inference; the folded x * scale + bias rounds otherwise."""
+    g = torch.Generator().manual_seed(0)
+    n = 64
+    stats = {
+        "weight": torch.randn(n, generator=g),
+        "bias": torch.randn(n, generator=g),
+        "running_mean": torch.randn(n, generator=g) * 3,
+        "running_var": torch.rand(n, generator=g) * 4 + 0.01,
+    }
+    frozen = FrozenBatchNorm2d(n, eps=1e-5)
+    frozen.load_state_dict(stats)
+    x = torch.randn(2, n, 16, 16, generator=g) * 5
+    reference = torch.nn.functional.batch_norm(
+        x,
+        stats["running_mean"],
+        stats["running_var"],
+        stats["weight"],
+        stats["bias"],
+        training=False,
+        eps=1e-5,
+    )
+    assert torch.equal(frozen(x), reference)
+    with torch.no_grad():
+        assert torch.equal(frozen(x), reference)
+    # The folded form is not bit-identical on these statistics, so the check above is not trivial.
+    scale = stats["weight"] * (stats["running_var"] + 1e-5).rsqrt()
+    shift = stats["bias"] - stats["running_mean"] * scale
+    assert not torch.equal(x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1), reference)
+    # With autograd on, the module still differentiates (detectron2's folded branch).
+    x_grad = x.clone().requires_grad_(True)
+    out = frozen(x_grad)
+    assert torch.allclose(out, reference, rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert torch.allclose(x_grad.grad, scale.view(1, -1, 1, 1).expand_as(x))
+
+
 # ----------------------------------------------------------------------------------------------
 # Weight files
 
@@ -237,6 +276,54 @@ def test_restricted_unpickler_refuses_code(tmp_path):
     with pytest.raises(PreprocessModelError, match="refusing to load global"):
         load_densepose_state_dict(path)
     assert not marker.exists()
+
+
+def _detectron2_like_arrays() -> OrderedDict:
+    return OrderedDict(
+        [
+            ("backbone.conv.weight", np.arange(600, dtype=np.float32).reshape(20, 30) / 7),
+            ("backbone.norm.running_var", np.linspace(0.1, 2.0, 30, dtype=np.float32)),
+            ("head.strides", np.array([4, 8, 16, 32], dtype=np.int64)),
+            ("head.scale", np.array(0.25, dtype=np.float32)),  # 0-d
+            ("head.table", np.arange(12, dtype=np.float64).reshape(3, 4).T),  # not C-contiguous
+            ("head.mask", np.array([[1, 0], [0, 1]], dtype=np.uint8)),
+        ]
+    )
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_detectron2_pickles_of_every_protocol_round_trip(tmp_path, protocol):
+    arrays = _detectron2_like_arrays()
+    payload = {"model": arrays, "__author__": "Detectron2 Model Zoo", "matching_heuristics": True}
+    path = _write_pickle(tmp_path / f"model{protocol}.pkl", payload, protocol)
+    state = load_densepose_state_dict(path)
+    assert list(state) == list(arrays)
+    for key, array in arrays.items():
+        loaded = state[key].numpy()
+        assert loaded.dtype == array.dtype and loaded.shape == array.shape, key
+        assert np.array_equal(loaded, array), key
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_code_and_object_arrays_are_refused_in_one_line(tmp_path, protocol):
+    marker = tmp_path / "pwned"
+    code = {"model": {"w": np.zeros(2000, np.float32)}, "evil": _Exploit(marker)}
+    with pytest.raises(
+        PreprocessModelError, match=r"refusing to load global (posix|nt|os)\.system"
+    ):
+        load_densepose_state_dict(_write_pickle(tmp_path / "code.pkl", code, protocol))
+    assert not marker.exists()
+    objects = np.array([1, "text", None] * 400, dtype=object)
+    for name, value in (
+        ("object", objects),
+        ("field", np.zeros(400, dtype=[("a", "f4"), ("b", "O")])),
+        ("subarray", np.zeros(400, dtype=("O", (2,)))),
+    ):
+        path = _write_pickle(tmp_path / f"{name}.pkl", {"model": {"w": value}}, protocol)
+        with pytest.raises(PreprocessModelError, match="object array") as err:
+            load_densepose_state_dict(path)
+        assert "\n" not in str(err.value), name
+        assert "were not loaded" in str(err.value), name
 
 
 def test_weight_file_problems_are_explained(tmp_path):
@@ -385,8 +472,8 @@ def predictor(tiny_pkl) -> DensePosePredictor:
 
 
 @pytest.fixture(scope="module")
-def photo(shared_dir) -> Image.Image:
-    return Image.open(shared_dir / "examples" / "person" / "00034_00.jpg").convert("RGB")
+def photo() -> Image.Image:
+    return example_person_3x4()
 
 
 def test_architecture_is_read_from_weight_shapes(predictor):

@@ -10,6 +10,8 @@ from PIL import Image
 from idm_vton.preprocess import mask as mask_module
 from idm_vton.preprocess.mask import GarmentCategory, agnostic_mask
 
+from .conftest import GOLDEN_MASK
+
 IOU_THRESHOLD = 0.995
 
 # Synthetic body at 384 x 512, arms hanging with vertical forearms at x = 60 and x = 324.
@@ -90,8 +92,8 @@ def _first_run_length(row: np.ndarray) -> int:
 # --- reference cases ---------------------------------------------------------------------------
 
 
-def test_reference_cases(shared_dir):
-    folder = shared_dir / "golden_mask"
+def test_reference_cases():
+    folder = GOLDEN_MASK
     cases = json.loads((folder / "cases.json").read_text())["cases"]
     assert {c["category"] for c in cases} == {"upper_body", "lower_body", "dresses"}
     ious = {}

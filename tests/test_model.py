@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import pickle
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 
-from idm_vton.checkpoint import CheckpointError, check_state_dict, convert_tryon_state_dict
+from idm_vton.checkpoint import (
+    CheckpointError,
+    check_state_dict,
+    convert_tryon_state_dict,
+    read_state_dict,
+)
 from idm_vton.convert import convert_checkpoint
 from idm_vton.garment_attention import GarmentAttentionProcessor, GarmentFeatureStore
 from idm_vton.loading import load_garment_unet, load_tryon_unet
@@ -18,7 +28,7 @@ from idm_vton.pipeline import TryOnPipeline
 from idm_vton.tiny import tiny_pipeline
 from idm_vton.tryon_net import garment_features, widen_conv_in
 
-from .helpers import published_tryon_state, write_published_checkpoint
+from .helpers import PUBLISHED_EMA_KEYS, published_tryon_state, write_published_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +278,151 @@ def test_resampler_config_from_published_shapes(tmp_path):
     (tmp_path / "resampler_config.json").write_text(json.dumps({"heads": 16, "dim_head": 64}))
     with pytest.raises(CheckpointError, match="16 x 64"):
         _resampler_config(tmp_path, {"cross_attention_dim": 2048}, state)
+
+
+# ---------------------------------------------------------------- published configs, pickles
+@contextmanager
+def diffusers_warnings():
+    """Collect what diffusers logs at WARNING or above (its logger does not propagate)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append
+    diffusers_logger = logging.getLogger("diffusers")
+    level = diffusers_logger.level
+    diffusers_logger.setLevel(logging.WARNING)
+    diffusers_logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        diffusers_logger.removeHandler(handler)
+        diffusers_logger.setLevel(level)
+
+
+def test_published_config_with_ema_keys_loads_without_warnings(tiny, tmp_path):
+    root = write_published_checkpoint(tiny, tmp_path / "published")
+    written = json.loads((root / "unet" / "config.json").read_text())
+    assert PUBLISHED_EMA_KEYS.items() <= written.items()
+    with diffusers_warnings() as records:
+        pipe = TryOnPipeline.from_pretrained(root)
+    assert [r.getMessage() for r in records] == []
+    for unet in (pipe.unet, pipe.garment_unet):
+        assert not PUBLISHED_EMA_KEYS.keys() & dict(unet.config).keys()
+
+
+def test_converted_configs_carry_no_ema_keys_and_reload_silently(tiny, tmp_path):
+    root = write_published_checkpoint(tiny, tmp_path / "published")
+    # A component diffusers loads itself keeps unknown keys in its config: the converter drops them.
+    vae_config = json.loads((root / "vae" / "config.json").read_text())
+    (root / "vae" / "config.json").write_text(json.dumps({**vae_config, **PUBLISHED_EMA_KEYS}))
+    out = convert_checkpoint(root, tmp_path / "converted", dtype=torch.float32)
+    configs = sorted(out.rglob("config.json"))
+    assert {p.parent.name for p in configs} >= {"unet", "garment_unet", "image_projection", "vae"}
+    for path in configs:
+        leftover = PUBLISHED_EMA_KEYS.keys() & json.loads(path.read_text()).keys()
+        assert not leftover, f"{path.relative_to(out)} keeps {sorted(leftover)}"
+    with diffusers_warnings() as records:
+        reloaded = TryOnPipeline.from_pretrained(out)
+    assert [r.getMessage() for r in records] == []
+    for key, value in tiny.unet.state_dict().items():
+        assert torch.equal(reloaded.unet.state_dict()[key], value), key
+
+
+def test_both_unet_encoder_config_forms_give_the_same_garment_net(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    published = write_published_checkpoint(tiny, tmp_path / "published")
+    text_time = write_published_checkpoint(
+        tiny, tmp_path / "text_time", garment_addition_embed_type="text_time"
+    )
+    nets = {}
+    for root, form in ((published, None), (text_time, "text_time")):
+        folder = root / "unet_encoder"
+        assert json.loads((folder / "config.json").read_text())["addition_embed_type"] == form
+        weights = load_file(folder / "diffusion_pytorch_model.safetensors")
+        assert sorted(k for k in weights if k.startswith("add_embedding.")) == [
+            "add_embedding.linear_1.bias",
+            "add_embedding.linear_1.weight",
+            "add_embedding.linear_2.bias",
+            "add_embedding.linear_2.weight",
+        ]
+        with diffusers_warnings() as records:
+            nets[form] = load_garment_unet(folder)
+        assert [r.getMessage() for r in records] == []
+    reference = tiny.garment_unet.state_dict()
+    for net in nets.values():
+        assert net.config.addition_embed_type is None
+        assert net.state_dict().keys() == reference.keys()
+        for key, value in reference.items():
+            assert torch.equal(net.state_dict()[key], value), key
+
+
+def _leave_marker(path: str) -> None:
+    Path(path).write_text("code ran while unpickling")
+
+
+class _RunsCodeOnLoad:
+    """Unpickles to a call of ``_leave_marker``: proof that loading ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (_leave_marker, (self.marker,))
+
+
+def _bin_folder(tmp_path: Path, name: str, payload: dict, legacy: bool) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    torch.save(
+        payload,
+        folder / "diffusion_pytorch_model.bin",
+        _use_new_zipfile_serialization=not legacy,
+    )
+    return folder
+
+
+def test_legacy_format_bin_loads_to_the_same_tensors(tiny, tmp_path):
+    state = {"w": torch.randn(40, 30), "i": torch.arange(10), "h": torch.randn(7).half()}
+    folder = _bin_folder(tmp_path, "legacy", state, legacy=True)
+    assert not zipfile.is_zipfile(folder / "diffusion_pytorch_model.bin")
+    loaded = read_state_dict(folder)
+    assert loaded.keys() == state.keys()
+    for key, value in state.items():
+        assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], value), key
+    # A whole published TryonNet saved in the legacy format loads like the zip one.
+    root = write_published_checkpoint(tiny, tmp_path / "published", fmt="bin")
+    weights = root / "unet" / "diffusion_pytorch_model.bin"
+    torch.save(
+        torch.load(weights, weights_only=True), weights, _use_new_zipfile_serialization=False
+    )
+    unet, _ = load_tryon_unet(root / "unet")
+    for key, value in tiny.unet.state_dict().items():
+        assert torch.equal(unet.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_truncated_bin_is_called_truncated(tmp_path, legacy):
+    folder = _bin_folder(tmp_path, "cut", {"w": torch.randn(100, 100)}, legacy=legacy)
+    path = folder / "diffusion_pytorch_model.bin"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="is truncated or corrupt") as err:
+        read_state_dict(folder)
+    assert "\n" not in str(err.value) and "refused" not in str(err.value)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_bin_with_code_is_refused_for_safety(tmp_path, legacy):
+    proof = tmp_path / "proof"
+    pickle.loads(pickle.dumps(_RunsCodeOnLoad(proof)))
+    assert proof.exists(), "the payload must run code when unpickled normally"
+    marker = tmp_path / "ran"
+    payload = {"w": torch.randn(30, 30), "x": _RunsCodeOnLoad(marker)}
+    folder = _bin_folder(tmp_path, "evil", payload, legacy=legacy)
+    with pytest.raises(CheckpointError) as err:
+        read_state_dict(folder)
+    message = str(err.value)
+    assert "holds objects other than tensors" in message and "refused for safety" in message
+    assert "_leave_marker" in message
+    assert "truncated" not in message and "\n" not in message
+    assert not marker.exists()

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from idm_vton.preprocess.errors import PreprocessModelError
 from idm_vton.preprocess.openpose import (
@@ -24,6 +23,8 @@ from idm_vton.preprocess.openpose import (
     select_person,
     write_openpose_json,
 )
+
+from .conftest import example_person_3x4
 
 # --- a scaled-down body_pose_model.pth ------------------------------------------------------
 
@@ -72,10 +73,6 @@ def body_pth(tmp_path_factory) -> Path:
     return path
 
 
-def _person(shared_dir: Path, name: str = "00034_00.jpg") -> Image.Image:
-    return Image.open(shared_dir / "examples" / "person" / name).convert("RGB")
-
-
 # --- network and end to end -----------------------------------------------------------------
 
 
@@ -99,11 +96,11 @@ def test_network_from_scaled_down_checkpoint(body_pth):
     assert convert_body_pose_state_dict(prefixed).keys() == converted.keys()
 
 
-def test_pose_on_real_photo_uses_demo_geometry(body_pth, shared_dir):
+def test_pose_on_real_photo_uses_demo_geometry(body_pth):
     body = OpenPoseBody(body_pth)
     seen = []
     body.net.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
-    photo = _person(shared_dir)
+    photo = example_person_3x4()
     keypoints = body(photo)
     # 768 x 1024 -> 384 x 512 working image -> scale 0.5 * 368 / 512 -> 138 x 184, padded to 144.
     assert seen == [(1, 3, 184, 144)]
@@ -156,10 +153,10 @@ def _planted_maps(points: np.ndarray, drop: tuple[int, ...] = ()) -> tuple[np.nd
     return pafs, heatmaps
 
 
-def test_planted_person_is_decoded_in_photo_pixels(body_pth, shared_dir):
+def test_planted_person_is_decoded_in_photo_pixels(body_pth):
     body = OpenPoseBody(body_pth)
     body.net = _PlantedNet(*_planted_maps(_PERSON, drop=(4,)))
-    keypoints = body(_person(shared_dir))  # 768 x 1024 photo: twice the working coordinates
+    keypoints = body(example_person_3x4())  # 768 x 1024 photo: twice the working coordinates
     expected = 2 * _PERSON
     expected[4] = 0  # the dropped right wrist is reported missing
     np.testing.assert_allclose(keypoints, expected, atol=4.0)

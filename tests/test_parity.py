@@ -1,14 +1,16 @@
 """Parity with the reference IDM-VTON on the golden fixture folder.
 
-The folder is ``$IDM_VTON_GOLDEN`` (default ``../shared/golden``). Everything case-specific
+The folder is ``$IDM_VTON_GOLDEN`` (default ``tests/fixtures/golden``). Everything case-specific
 (model shapes, step count, guidance, strength, size, scheduler, feature layers, noise draws) is
-read from the folder, so the same test runs on any folder of the same layout.
+read from the folder, so the same test runs on any folder of the same layout. Every case runs
+twice: on the folder as it is, and with its scheduler config naming ``EulerDiscreteScheduler``
+(as SDXL-inpainting's, and so the published checkpoint's, does): the reference builds DDPM from
+that config whatever class it names, and so must the loader.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -19,17 +21,16 @@ import idm_vton.pipeline as pipeline_module
 from idm_vton.pipeline import TryOnPipeline
 from idm_vton.tryon_net import garment_features, tryon_forward
 
-from .conftest import SHARED, require_shared
+from .conftest import GOLDEN
 
-GOLDEN = Path(os.environ.get("IDM_VTON_GOLDEN", SHARED / "golden"))
 MODULE_RTOL = 2e-5
 PIPE_RTOL = 2e-4
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _golden_present():
-    """Skip without the fixture folder, but fail in CI, where ../shared is always present."""
-    require_shared(GOLDEN / "cases.json")
+    """The cases ship with the tests: a missing folder is an error, never a skip."""
+    assert (GOLDEN / "cases.json").is_file(), f"no golden cases in {GOLDEN} (IDM_VTON_GOLDEN)"
 
 
 def assert_close(out: torch.Tensor, ref: torch.Tensor, name: str, rtol: float) -> None:
@@ -49,9 +50,26 @@ def golden():
     return meta, tensors
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    return TryOnPipeline.from_pretrained(GOLDEN, load_text_encoders=False)
+def euler_named_copy(folder: Path, root: Path) -> Path:
+    """``folder`` with its scheduler config naming ``EulerDiscreteScheduler`` (other parts linked)."""
+    root.mkdir()
+    for entry in folder.iterdir():
+        if entry.name != "scheduler":
+            (root / entry.name).symlink_to(entry.resolve())
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    config.update(_class_name="EulerDiscreteScheduler", interpolation_type="linear")
+    config.update(use_karras_sigmas=False)
+    (root / "scheduler").mkdir()
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    return root
+
+
+@pytest.fixture(scope="module", params=["as_shipped", "euler_named_config"])
+def pipe(request, tmp_path_factory):
+    folder = GOLDEN
+    if request.param == "euler_named_config":
+        folder = euler_named_copy(GOLDEN, tmp_path_factory.mktemp("euler") / "golden")
+    return TryOnPipeline.from_pretrained(folder, load_text_encoders=False)
 
 
 def feature_layers(meta: dict, key: str) -> list[str]:

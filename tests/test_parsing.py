@@ -28,6 +28,8 @@ from idm_vton.preprocess.parsing import (
     person_center_scale,
 )
 
+from .conftest import EXAMPLES, example_person_3x4
+
 
 def _quarter(size: tuple[int, int]) -> tuple[int, int]:
     return -(-size[0] // 4), -(-size[1] // 4)
@@ -108,15 +110,11 @@ def parser(random_model_dir) -> HumanParser:
     return HumanParser(random_model_dir)
 
 
-def _person(shared_dir: Path, name: str = "00034_00.jpg") -> Image.Image:
-    return Image.open(shared_dir / "examples" / "person" / name).convert("RGB")
-
-
 # --- end to end on real photos -------------------------------------------------------------
 
 
-def test_parse_real_photo_full_size(parser, shared_dir):
-    photo = _person(shared_dir)
+def test_parse_real_photo_full_size(parser):
+    photo = example_person_3x4()
     labels = parser(photo)
     assert labels.shape == (photo.height, photo.width) == (1024, 768)
     assert labels.dtype == np.uint8
@@ -126,14 +124,14 @@ def test_parse_real_photo_full_size(parser, shared_dir):
     np.testing.assert_array_equal(parser(photo), labels)  # deterministic
 
 
-def test_parse_accepts_arrays_and_demo_size(parser, shared_dir):
-    photo = _person(shared_dir, "00121_00.jpg").resize((384, 512))
+def test_parse_accepts_arrays_and_demo_size(parser):
+    photo = example_person_3x4().resize((384, 512))
     from_pil = parser(photo)
     from_array = parser(np.asarray(photo))
     assert from_pil.shape == (512, 384)
     np.testing.assert_array_equal(from_pil, from_array)
     # A different photo gives a different parse: the image really reaches the network.
-    other = parser(_person(shared_dir, "00055_00.jpg").resize((384, 512)))
+    other = parser(Image.open(EXAMPLES / "garment.jpg").convert("RGB").resize((384, 512)))
     assert (other != from_pil).mean() > 0.05
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -31,17 +30,12 @@ from idm_vton.pipeline import TryOnPipeline
 from idm_vton.tiny import tiny_pipeline
 from idm_vton.tryon_net import garment_features, tryon_forward
 
-from .conftest import SHARED
+from .conftest import GOLDEN
 from .test_parity import golden_pipe_call, replay_recorded_noise
 
-GOLDEN = Path(os.environ.get("IDM_VTON_GOLDEN", SHARED / "golden"))
 MODULE_RTOL = 2e-5
 PIPE_RTOL = 2e-4
 H, W = 64, 48
-
-needs_golden = pytest.mark.skipif(
-    not (GOLDEN / "cases.json").is_file(), reason=f"no golden cases in {GOLDEN}"
-)
 
 
 def assert_close(out, ref, rtol, what=""):
@@ -182,7 +176,6 @@ def _layers(meta):
     return [e["block"] for e in sorted(meta["tryon_feature_consumers"], key=lambda e: e["index"])]
 
 
-@needs_golden
 def test_reference_formulation_golden_tryon_cfg(golden, golden_pipe):
     meta, t = golden
     garment = {n: t[f"tryon_cfg.in.garment_feature.{i:02d}"] for i, n in enumerate(_layers(meta))}
@@ -212,7 +205,6 @@ def test_reference_formulation_golden_tryon_cfg(golden, golden_pipe):
     assert_close(out, ref_out, MODULE_RTOL, "ours")
 
 
-@needs_golden
 @pytest.mark.parametrize("path", ["reference", "ours", "two_phase", "cache"])
 def test_golden_end_to_end(golden, golden_pipe, monkeypatch, path):
     """Each path, driven by the recorded noise, gives the golden image and latents."""

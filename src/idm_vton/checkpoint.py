@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
+import pickletools
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -87,16 +90,79 @@ def weight_files(folder: Path) -> list[Path]:
     )
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _pickles_are_whole(path: Path, zipped: bool) -> bool:
+    """Whether the pickle streams ``torch.load`` reads from ``path`` parse to their end.
+
+    Only the opcodes are parsed (:func:`pickletools.genops`), nothing is built or imported. A
+    zip checkpoint holds one ``data.pkl``; a legacy one starts with up to four pickles (magic
+    number, protocol, system info, the state dict) before raw storage bytes.
+    """
+    try:
+        if zipped:
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                if not names:
+                    return False
+                for _op in pickletools.genops(archive.read(names[0])):
+                    pass
+            return True
+        with open(path, "rb") as stream:
+            for _ in range(4):
+                if not stream.peek(1):  # the file ends after whole pickles
+                    break
+                for _op in pickletools.genops(stream):
+                    pass
+        return True
+    except Exception:  # noqa: BLE001 - any parse failure means an incomplete stream
+        return False
+
+
+def _refused_global(message: str) -> str:
+    """The object ``torch.load(weights_only=True)`` refused, as its message names it."""
+    m = re.search(r"GLOBAL (\S+?)(?: whose|\s|$)", message)
+    if m:
+        return m.group(1)
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    detail = [ln for ln in lines[1:] if not ln.startswith(("Please", "Check the documentation"))]
+    return (detail or lines or ["unsupported content"])[0].removeprefix("WeightsUnpickler error: ")
+
+
 def _read_one(path: Path) -> dict[str, torch.Tensor]:
     check_weight_file(path)
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":
+        try:
             return load_file(str(path))
-        # Pickled checkpoints are read with weights_only=True: tensors only, no code.
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"{path} is truncated or corrupt ({msg}): download it again") from err
+        except (SafetensorError, RuntimeError, OSError, ValueError) as err:
+            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CheckpointError(
+                f"{path} is truncated or corrupt ({msg}): download it again"
+            ) from err
+    with open(path, "rb") as stream:
+        zipped = stream.read(4) == _ZIP_MAGIC
+    try:
+        # Pickled checkpoints are read with weights_only=True: tensors only, no code. Only the
+        # zip format can be memory-mapped; legacy (_use_new_zipfile_serialization=False) files
+        # are read into memory.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+    except pickle.UnpicklingError as err:
+        if _pickles_are_whole(path, zipped):
+            raise CheckpointError(
+                f"{path} holds objects other than tensors ({_refused_global(str(err))}) and was "
+                "refused for safety (only weights are loaded from pickles): use the official "
+                "weights or a safetensors copy"
+            ) from err
+        raise CheckpointError(
+            f"{path} is truncated or corrupt (its pickle data ends early or is malformed): "
+            "download it again"
+        ) from err
+    except Exception as err:  # noqa: BLE001 - torch.load fails in many ways on damaged files
+        msg = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else ""
+        raise CheckpointError(
+            f"{path} is truncated or corrupt ({msg or type(err).__name__}): download it again"
+        ) from err
 
 
 def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ The result has one folder per pipeline component (``unet/``, ``garment_unet/``,
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -18,6 +19,26 @@ import torch
 from .checkpoint import CheckpointError
 
 __all__ = ["convert_checkpoint"]
+
+
+def _drop_ema_keys(folder: Path) -> None:
+    """Remove EMA bookkeeping keys from every diffusers ``config.json`` under ``folder``.
+
+    The UNets are built without them already; this also covers components that diffusers loads
+    itself (it keeps unknown config keys and writes them back out). Transformers configs, which
+    never carry them, are left alone.
+    """
+    from .loading import EMA_CONFIG_KEYS
+
+    for path in sorted(folder.rglob("config.json")):
+        config = json.loads(path.read_text())
+        if (
+            isinstance(config, dict)
+            and "_diffusers_version" in config
+            and EMA_CONFIG_KEYS & config.keys()
+        ):
+            kept = {k: v for k, v in config.items() if k not in EMA_CONFIG_KEYS}
+            path.write_text(json.dumps(kept, indent=2, sort_keys=True) + "\n")
 
 
 def convert_checkpoint(
@@ -39,6 +60,7 @@ def convert_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
         pipe.save_pretrained(tmp)
+        _drop_ema_keys(tmp)
         if dst.exists():
             old = dst.with_name(f".{dst.name}.old")
             os.replace(dst, old)

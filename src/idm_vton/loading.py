@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from accelerate import init_empty_weights
 from diffusers import UNet2DConditionModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .checkpoint import (
     CheckpointError,
@@ -25,6 +26,7 @@ from .checkpoint import (
     read_state_dict,
     weight_files,
 )
+from .schedulers import SchedulerName, build_scheduler
 from .tryon_net import ImageProjection, attach_ip_adapter
 
 logger = logging.getLogger(__name__)
@@ -34,6 +36,20 @@ GARMENT_DIRS = ("garment_unet", "unet_encoder")
 HUB_ID = "yisol/IDM-VTON"
 IP_ADAPTER_CONFIG = "ip_adapter_config.json"
 RESAMPLER_CONFIG = "resampler_config.json"
+
+# EMA bookkeeping that the published unet/config.json inherits from SDXL-inpainting (diffusers'
+# EMAModel writes it into the config it saves); no model takes it, diffusers warns about it.
+EMA_CONFIG_KEYS = frozenset(
+    (
+        "decay",
+        "inv_gamma",
+        "min_decay",
+        "optimization_step",
+        "power",
+        "update_after_step",
+        "use_ema_warmup",
+    )
+)
 
 # IDM-VTON's Resampler (IP-Adapter Plus SDXL ViT-H): dim 1280, depth 4, 20 heads of 64.
 _DEFAULT_RESAMPLER = {
@@ -63,8 +79,9 @@ def _read_json(path: Path) -> dict:
 
 
 def _unet_config(folder: Path) -> dict:
+    """A UNet config.json without private (``_*``) and EMA bookkeeping keys."""
     config = _read_json(folder / "config.json")
-    return {k: v for k, v in config.items() if not k.startswith("_")}
+    return {k: v for k, v in config.items() if not k.startswith("_") and k not in EMA_CONFIG_KEYS}
 
 
 # CPU allocations from torch are 64-byte aligned; SIMD kernels take other paths otherwise.
@@ -262,9 +279,13 @@ def load_pipeline(
     torch_dtype: torch.dtype | None = None,
     local_files_only: bool = False,
     load_text_encoders: bool = True,
+    scheduler: SchedulerName | str | SchedulerMixin = SchedulerName.DDPM,
 ):
-    """Build a :class:`~idm_vton.pipeline.TryOnPipeline` from a checkpoint folder or hub id."""
-    import diffusers
+    """Build a :class:`~idm_vton.pipeline.TryOnPipeline` from a checkpoint folder or hub id.
+
+    ``scheduler``: the sampler, built from the folder's ``scheduler/scheduler_config.json``
+    whatever class that names (DDPM by default, as the reference), or a scheduler object.
+    """
     from diffusers import AutoencoderKL
     from transformers import (
         CLIPImageProcessor,
@@ -295,19 +316,10 @@ def load_pipeline(
         dtype=dtype,
     )
     scheduler_dir = root / "scheduler"
-    scheduler_config = (
-        _read_json(scheduler_dir / "scheduler_config.json") if scheduler_dir.is_dir() else None
-    )
-    if scheduler_config is None:
+    if not (scheduler_dir / "scheduler_config.json").is_file():
         raise CheckpointError(f"missing component folder: {scheduler_dir} (scheduler)")
-    scheduler_cls = getattr(
-        diffusers, str(scheduler_config.get("_class_name", "DDPMScheduler")), None
-    )
-    if scheduler_cls is None or not hasattr(scheduler_cls, "from_pretrained"):
-        raise CheckpointError(
-            f"unknown scheduler class in {scheduler_dir}: {scheduler_config.get('_class_name')}"
-        )
-    scheduler = scheduler_cls.from_pretrained(scheduler_dir)
+    if not isinstance(scheduler, SchedulerMixin):  # else a ready object, as a component override
+        scheduler = build_scheduler(scheduler, _read_json(scheduler_dir / "scheduler_config.json"))
     text = {}
     if load_text_encoders:
         text = {

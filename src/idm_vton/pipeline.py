@@ -9,6 +9,7 @@ step; decode, and paste the generated region back into the original photo.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -169,9 +170,15 @@ class TryOnPipeline(DiffusionPipeline):
         torch_dtype: torch.dtype | None = None,
         local_files_only: bool = False,
         load_text_encoders: bool = True,
+        scheduler="ddpm",
         **kwargs,
     ) -> TryOnPipeline:
-        """Load from a local folder or hub id (published IDM-VTON layout or this project's)."""
+        """Load from a local folder or hub id (published IDM-VTON layout or this project's).
+
+        ``scheduler``: a :class:`~idm_vton.schedulers.SchedulerName` (``"ddpm"``, the reference's
+        sampler, by default; built from the checkpoint's scheduler config whatever class it
+        names) or a scheduler object.
+        """
         from .loading import load_pipeline
 
         if kwargs:
@@ -181,6 +188,7 @@ class TryOnPipeline(DiffusionPipeline):
             torch_dtype=torch_dtype,
             local_files_only=local_files_only,
             load_text_encoders=load_text_encoders,
+            scheduler=scheduler,
         )
 
     def save_pretrained(self, save_directory, safe_serialization: bool = True, **kwargs) -> None:
@@ -803,6 +811,9 @@ class TryOnPipeline(DiffusionPipeline):
         # 6. Denoising loop: GarmentNet once per step at batch G (shared by all rows; or from the
         #    phase-1 schedule), TryonNet on [uncond ; cond].
         row_index = garment_index if garments > 1 else None
+        # Stochastic samplers draw from the generator; deterministic ones (UniPC) take none.
+        takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
+        step_kwargs = {"generator": generator} if takes_generator else {}
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 if schedule is None:
@@ -830,7 +841,7 @@ class TryOnPipeline(DiffusionPipeline):
                     uncond, cond = noise_pred.chunk(2)
                     noise_pred = uncond + guidance_scale * (cond - uncond)
                 latents = self.scheduler.step(
-                    noise_pred, t, latents, generator=generator, return_dict=False
+                    noise_pred, t, latents, return_dict=False, **step_kwargs
                 )[0]
                 if not torch.isfinite(latents).all():
                     self.garment_store.clear()

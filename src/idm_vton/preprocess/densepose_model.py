@@ -115,9 +115,23 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_var", torch.ones(num_features) - eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        bias = self.bias - self.running_mean * scale
-        return x * scale.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+        if x.requires_grad:
+            # detectron2's autograd branch: the folded affine form (no weight/bias gradients).
+            scale = self.weight * (self.running_var + self.eps).rsqrt()
+            bias = self.bias - self.running_mean * scale
+            return x * scale.view(1, -1, 1, 1).to(x.dtype) + bias.view(1, -1, 1, 1).to(x.dtype)
+        # Inference exactly as detectron2: the fused batch-norm op. Its rounding differs from the
+        # folded form by ~1e-5 after 53 layers, enough to reorder near-tied detections.
+        return F.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            training=False,
+            momentum=0.0,
+            eps=self.eps,
+        )
 
 
 class ConvFrozenBN(nn.Conv2d):

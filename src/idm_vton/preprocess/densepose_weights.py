@@ -27,33 +27,82 @@ DENSEPOSE_WEIGHTS_SOURCE = (
 _WHAT = "DensePose R-CNN"
 
 
+class _RefusedPickle(pickle.UnpicklingError):
+    """The pickle asks for something a plain numpy-array checkpoint never needs."""
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickler that can rebuild numpy arrays (and plain containers) and nothing else.
 
     detectron2 checkpoints are pickles of ``{"model": {name: ndarray}, "__author__": ...}``.
     Any global other than numpy's array/dtype/scalar reconstructors is refused, so a
     malicious file cannot make the loader call ``os.system`` or import arbitrary modules.
+    Object dtypes are refused too: an object array holds Python objects, not numbers.
     """
 
     def find_class(self, module: str, name: str):
         target = _ALLOWED_PICKLE_GLOBALS.get((module, name))
         if target is None:
-            raise pickle.UnpicklingError(
+            raise _RefusedPickle(
                 f"refusing to load global {module}.{name}: a DensePose checkpoint holds only "
                 "numpy arrays"
             )
         return target()
 
 
-def _numpy_multiarray(name: str):
-    def resolve():
-        try:
-            from numpy._core import multiarray  # numpy >= 2
-        except ImportError:  # pragma: no cover - numpy 1.x
-            from numpy.core import multiarray
-        return getattr(multiarray, name)
+def _numeric_dtype(dtype) -> np.dtype:
+    """``np.dtype(dtype)``, refusing object dtypes (also inside structured/subarray dtypes)."""
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise _RefusedPickle(
+            "refusing to load a numpy object array: a DensePose checkpoint holds only numbers"
+        )
+    return dtype
 
-    return resolve
+
+def _numeric_dtype_class(*args) -> np.dtype:
+    """Stands in for ``numpy.dtype`` when unpickling (``numpy.dtype("f4", False, True)``)."""
+    return _numeric_dtype(np.dtype(*args))
+
+
+def _numpy_core(module: str, name: str):
+    """A numpy reconstructor under its numpy 2 (``numpy._core``) or numpy 1 location."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(f"numpy._core.{module}"), name)
+    except ImportError:  # pragma: no cover - numpy 1.x
+        return getattr(importlib.import_module(f"numpy.core.{module}"), name)
+
+
+def _checked_reconstruct():
+    reconstruct = _numpy_core("multiarray", "_reconstruct")
+
+    def _reconstruct(subtype, shape, dtype):
+        if subtype is not np.ndarray:
+            raise _RefusedPickle(f"refusing to rebuild a {subtype!r}: only plain numpy arrays")
+        return reconstruct(subtype, shape, _numeric_dtype(dtype))
+
+    return _reconstruct
+
+
+def _checked_scalar():
+    scalar = _numpy_core("multiarray", "scalar")
+
+    def _scalar(dtype, *args):
+        return scalar(_numeric_dtype(dtype), *args)
+
+    return _scalar
+
+
+def _checked_frombuffer():
+    """numpy's protocol-5 array constructor ``_frombuffer(buf, dtype, shape, order)``."""
+    frombuffer = _numpy_core("numeric", "_frombuffer")
+
+    def _frombuffer(buf, dtype, shape, order):
+        return frombuffer(buf, _numeric_dtype(dtype), shape, order)
+
+    return _frombuffer
 
 
 def _codecs_encode():
@@ -68,13 +117,18 @@ def _ordered_dict():
     return OrderedDict
 
 
+# Every global ``pickle.dumps`` of a detectron2 checkpoint references, under numpy 1 and numpy 2
+# names: protocols 2-4 rebuild arrays with ``multiarray._reconstruct`` + ``ndarray.__setstate__``,
+# protocol 5 with ``numeric._frombuffer``; numpy scalars with ``multiarray.scalar``.
 _ALLOWED_PICKLE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_multiarray("_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_multiarray("_reconstruct"),
-    ("numpy.core.multiarray", "scalar"): _numpy_multiarray("scalar"),
-    ("numpy._core.multiarray", "scalar"): _numpy_multiarray("scalar"),
+    ("numpy.core.multiarray", "_reconstruct"): _checked_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _checked_reconstruct,
+    ("numpy.core.multiarray", "scalar"): _checked_scalar,
+    ("numpy._core.multiarray", "scalar"): _checked_scalar,
+    ("numpy.core.numeric", "_frombuffer"): _checked_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _checked_frombuffer,
     ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
+    ("numpy", "dtype"): lambda: _numeric_dtype_class,
     # Protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, "latin1").
     ("_codecs", "encode"): _codecs_encode,
     ("collections", "OrderedDict"): _ordered_dict,
@@ -95,6 +149,11 @@ def _to_tensor_dict(raw: object, path: Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for key, value in raw.items():
         if isinstance(value, np.ndarray):
+            if value.dtype.hasobject:
+                raise PreprocessModelError(
+                    f"{_WHAT} weights at {path}: entry {key!r} is a numpy object array, "
+                    "expected numbers"
+                )
             value = torch.from_numpy(np.array(value))
         if not isinstance(value, torch.Tensor):
             raise PreprocessModelError(
@@ -127,7 +186,7 @@ def load_densepose_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.T
         else:
             raw = _unpickle_numpy_only(data)
     except pickle.UnpicklingError as error:
-        if "refusing to load global" in str(error):
+        if isinstance(error, _RefusedPickle):
             raise PreprocessModelError(
                 f"{_WHAT} weights at {path} are not a plain array checkpoint and were not "
                 f"loaded ({error}); use the official file from {DENSEPOSE_WEIGHTS_SOURCE}"
