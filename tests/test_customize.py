@@ -155,11 +155,18 @@ def test_cli_writes_a_delta(tmp_path):
              "--mask", str(tmp_path / "m.png"), "--pose", str(tmp_path / "d.png"), "--description", "t-shirts",
              "--steps", "1", "--height", str(H), "--width", str(W), "--device", "cpu", "--no-paste-back"]  # fmt: skip
     assert cli_main([*tryon, "--out", str(tmp_path / "base.png")]) == 0
-    assert cli_main([*tryon, "--out", str(tmp_path / "custom.png"), "--customization", str(out)]) == 0
+    assert (
+        cli_main([*tryon, "--out", str(tmp_path / "custom.png"), "--customization", str(out)]) == 0
+    )
     base_img = np.asarray(Image.open(tmp_path / "base.png"))
     custom_img = np.asarray(Image.open(tmp_path / "custom.png"))
     assert not np.array_equal(base_img, custom_img)
-    assert cli_main([*tryon, "--out", str(tmp_path / "x.png"), "--customization", str(tmp_path / "no.st")]) == 2
+    assert (
+        cli_main(
+            [*tryon, "--out", str(tmp_path / "x.png"), "--customization", str(tmp_path / "no.st")]
+        )
+        == 2
+    )
     assert not (tmp_path / "x.png").exists()
     bad = cli_main(
         ["customize", "--model", "tiny", "--person", str(tmp_path / "missing.png"),

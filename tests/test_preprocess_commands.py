@@ -17,9 +17,10 @@ from idm_vton.preprocess.commands import MODEL_FILES, Preprocessor, dataset_path
 from idm_vton.preprocess.errors import PreprocessModelError
 from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE
 
+from .conftest import EXAMPLES, example_person, example_person_3x4
 from .test_densepose import tiny_densepose_state
 from .test_openpose import make_body_state_dict
-from .test_parsing import make_random_schp
+from .test_parsing import make_constant_schp, make_random_schp
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +37,12 @@ def models_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def photo_paths(shared_dir, tmp_path_factory):
-    people = sorted((shared_dir / "examples" / "person").glob("*.jpg"))
+def photo_paths(tmp_path_factory):
     root = tmp_path_factory.mktemp("photos")
-    odd = Image.open(people[0]).convert("RGB").crop((0, 100, 700, 900))  # 700 x 800, not 3:4
-    odd.save(root / "odd.jpg")
-    return [people[1], root / "odd.jpg"]
+    example_person_3x4().save(root / "person_3x4.jpg", quality=95)
+    odd = example_person().crop((40, 30, 390, 430))  # 350 x 400, not 3:4
+    odd.save(root / "odd.jpg", quality=95)
+    return [root / "person_3x4.jpg", root / "odd.jpg"]
 
 
 def test_preprocessor_outputs_match_the_photo(models_dir, photo_paths):
@@ -199,3 +200,95 @@ def test_tryon_auto_without_models_is_one_line(photo_paths, tmp_path, capsys):
     assert code == 2
     assert "preprocessing models folder not found" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
+
+
+# --- two photos in: auto mask and pose by default ------------------------------------------
+
+
+def _tryon(person, out, *extra):
+    return main(
+        [
+            "tryon", "--model", "tiny", "--person", str(person),
+            "--garment", str(EXAMPLES / "garment.jpg"), "--out", str(out), "--steps", "1",
+            "--height", "64", "--width", "48", "--device", "cpu", *extra,
+        ]
+    )  # fmt: skip
+
+
+def test_two_photos_are_enough(models_dir, photo_paths, tmp_path, monkeypatch):
+    """No --mask, --pose or --description: the mask and pose come from the preprocessing models."""
+    monkeypatch.setenv("IDM_VTON_PREPROCESS_MODELS", str(models_dir))
+    person = photo_paths[1]
+    assert _tryon(person, tmp_path / "out.png") == 0
+    photo = Image.open(person).convert("RGB")
+    mask = Preprocessor(models_dir).mask(photo)  # upper_body, the default category
+    assert 0 < mask.mean() < 1
+    result, pixels = np.asarray(Image.open(tmp_path / "out.png")), np.asarray(photo)
+    assert np.array_equal(result[~mask], pixels[~mask])
+    assert (result[mask] != pixels[mask]).mean() > 0.5
+    # --category picks another mask, and the render follows it.
+    assert _tryon(person, tmp_path / "lower.png", "--category", "lower_body") == 0
+    lower = Preprocessor(models_dir).mask(photo, "lower_body")
+    assert not np.array_equal(lower, mask)
+    result = np.asarray(Image.open(tmp_path / "lower.png"))
+    assert np.array_equal(result[~lower], pixels[~lower])
+
+
+def test_a_given_mask_and_pose_win(models_dir, photo_paths, tmp_path, monkeypatch):
+    person = photo_paths[1]
+    photo = np.asarray(Image.open(person).convert("RGB"))
+    given = np.zeros(photo.shape[:2], np.uint8)
+    given[300:380, 20:120] = 255  # a box the automatic mask would not produce
+    Image.fromarray(given).save(tmp_path / "mask.png")
+    # Both given: no preprocessing model is needed at all (this folder does not exist).
+    monkeypatch.setenv("IDM_VTON_PREPROCESS_MODELS", str(tmp_path / "no-models"))
+    pose = str(EXAMPLES / "densepose.png")
+    assert (
+        _tryon(person, tmp_path / "a.png", "--mask", str(tmp_path / "mask.png"), "--pose", pose)
+        == 0
+    )
+    result = np.asarray(Image.open(tmp_path / "a.png"))
+    assert np.array_equal(result[given == 0], photo[given == 0])
+    # Only the mask given: the pose is automatic, the mask is still the user's.
+    monkeypatch.setenv("IDM_VTON_PREPROCESS_MODELS", str(models_dir))
+    assert _tryon(person, tmp_path / "b.png", "--mask", str(tmp_path / "mask.png")) == 0
+    result = np.asarray(Image.open(tmp_path / "b.png"))
+    assert np.array_equal(result[given == 0], photo[given == 0])
+
+
+def test_no_person_found_suggests_a_mask(models_dir, photo_paths, tmp_path, capsys):
+    from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE
+
+    empty = tmp_path / "ckpt"
+    (empty / "humanparsing").mkdir(parents=True)
+    for name in ("openpose", "densepose"):
+        (empty / MODEL_FILES[name]).parent.mkdir(parents=True, exist_ok=True)
+        (empty / MODEL_FILES[name]).write_bytes((models_dir / MODEL_FILES[name]).read_bytes())
+    # Parsers that see background everywhere, whatever the photo.
+    for name, size, labels in (
+        ("parsing_atr", ATR_INPUT_SIZE, 18),
+        ("parsing_lip", LIP_INPUT_SIZE, 20),
+    ):
+        logits = np.zeros((labels, size[0] // 4, size[1] // 4), np.float32)
+        logits[0] = 5.0
+        make_constant_schp(empty / MODEL_FILES[name], size, logits)
+    out = tmp_path / "out.png"
+    code = _tryon(photo_paths[1], out, "--preprocess-models", str(empty))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "no person found" in err[0] and "--mask" in err[0]
+    assert not out.exists()
+
+
+def test_description_is_optional_and_used(models_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("IDM_VTON_PREPROCESS_MODELS", str(models_dir))
+    person = EXAMPLES / "person.jpg"
+    base = ["--mask", str(EXAMPLES / "mask.png"), "--pose", str(EXAMPLES / "densepose.png")]
+    assert _tryon(person, tmp_path / "none.png", *base) == 0
+    assert _tryon(person, tmp_path / "empty.png", *base, "--description", "") == 0
+    assert _tryon(person, tmp_path / "text.png", *base, "--description", "striped t-shirt") == 0
+    none, empty, text = (
+        np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("none", "empty", "text")
+    )
+    assert np.array_equal(none, empty)  # no description = the demo's empty one
+    assert not np.array_equal(none, text)  # the text reaches the model

@@ -47,16 +47,18 @@ def resolve_dtype(name: str):
     return getattr(torch, DTYPES[name])
 
 
-def load_model(model: str, dtype, device):
+def load_model(model: str, dtype, device, scheduler: str = "ddpm"):
     from .pipeline import TryOnPipeline
+    from .schedulers import build_scheduler
     from .tiny import TINY_MODEL_NOTE, tiny_pipeline
 
     if model == "tiny":
         print(f"note: {TINY_MODEL_NOTE}", file=sys.stderr)
         pipe = tiny_pipeline()
         pipe.to(dtype=dtype)
+        pipe.scheduler = build_scheduler(scheduler, dict(pipe.scheduler.config))
     else:
-        pipe = TryOnPipeline.from_pretrained(model, torch_dtype=dtype)
+        pipe = TryOnPipeline.from_pretrained(model, torch_dtype=dtype, scheduler=scheduler)
     return pipe.to(device)
 
 
@@ -89,16 +91,28 @@ def cmd_tryon(args) -> int:
 
         from .images import load_image
         from .preprocess.commands import Preprocessor
+        from .preprocess.errors import NoPersonFoundError
 
         photo = load_image(args.person, "person image")
         pre = Preprocessor(args.preprocess_models, device=args.preprocess_device)
-        if mask == "auto":
-            mask = Image.fromarray(
-                pre.mask(photo, args.category, args.mask_type).astype("uint8") * 255
-            )
-        if pose == "auto":
-            pose = pre.densepose(photo)
-    pipe = load_model(args.model, dtype, device)
+        # Fetch every weight file needed at once: an offline error then lists all missing ones.
+        needed = (["parsing_atr", "parsing_lip", "openpose"] if mask == "auto" else []) + (
+            ["densepose"] if pose == "auto" else []
+        )
+        pre.model_paths(needed)
+        try:
+            if mask == "auto":
+                mask = Image.fromarray(
+                    pre.mask(photo, args.category, args.mask_type).astype("uint8") * 255
+                )
+            if pose == "auto":
+                pose = pre.densepose(photo)
+        except NoPersonFoundError as err:
+            raise UsageError(
+                f"{err}; if the photo does show a person, give the garment area with "
+                "--mask mask.png (and --pose densepose.png)"
+            ) from err
+    pipe = load_model(args.model, dtype, device, args.scheduler)
     if args.customization:
         from .customize import apply_customization
 
@@ -139,6 +153,8 @@ def cmd_convert(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .schedulers import SchedulerName
+
     parser = argparse.ArgumentParser(
         prog="idm-vton",
         description="IDM-VTON virtual try-on (Choi et al., ECCV 2024) on current diffusers.",
@@ -152,11 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--person", required=True, help="photo of the person (any size)")
     p.add_argument("--garment", required=True, help="in-shop photo of the garment")
     p.add_argument(
-        "--mask", required=True, help="inpaint mask, white = garment area to re-generate"
+        "--mask",
+        default="auto",
+        help="inpaint mask, white = garment area to re-generate; 'auto' (default) computes it "
+        "from the photo for --category",
     )
-    p.add_argument("--pose", required=True, help="DensePose image of the person (same framing)")
     p.add_argument(
-        "--description", required=True, help='garment text, e.g. "short sleeve round neck t-shirts"'
+        "--pose",
+        default="auto",
+        help="DensePose image of the person (same framing); 'auto' (default) computes it",
+    )
+    p.add_argument(
+        "--description",
+        default="",
+        help='garment text, e.g. "short sleeve round neck t-shirts" (optional, default empty '
+        "as in the official demo)",
     )
     p.add_argument(
         "--negative-prompt", default=None, help="unconditional caption (reference default)"
@@ -178,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="denoising strength in (0, 1] (default %(default)s)",
     )
     p.add_argument("--seed", type=int, default=42, help="random seed (default %(default)s)")
+    p.add_argument(
+        "--scheduler",
+        default="ddpm",
+        choices=[name.value for name in SchedulerName],
+        help="sampler (default %(default)s, the reference's; the others are faster departures "
+        "from it that give other images, see docs/performance.md)",
+    )
     p.add_argument(
         "--height",
         type=int,
@@ -242,6 +275,7 @@ OPTIONAL_COMMANDS = (
         "build a VITON-HD-layout folder from your photos",
     ),
     ("mask", "idm_vton.preprocess.commands:mask", "compute and preview the automatic inpaint mask"),
+    ("download", "idm_vton.download", "fetch the model and preprocessing weights ahead of use"),
 )
 
 

@@ -1,9 +1,10 @@
 """Automatic inputs for IDM-VTON: the inpaint mask and the DensePose image from a plain photo.
 
 :class:`Preprocessor` runs the three models of the official demo (SCHP human parsing, OpenPose
-body, DensePose R-CNN; weights in the demo's ``ckpt/`` layout) and the mask function, the way the
-demo does for its 3:4 photos (models at 384 x 512) and at the same height with the photo's own
-aspect otherwise. The ``idm-vton preprocess`` and ``idm-vton mask`` commands are defined here too.
+body, DensePose R-CNN; weights in the demo's ``ckpt/`` layout, from a folder or downloaded from the
+hub on first use by :mod:`idm_vton.hub`) and the mask function, the way the demo does for its 3:4
+photos (models at 384 x 512) and at the same height with the photo's own aspect otherwise. The
+``idm-vton preprocess`` and ``idm-vton mask`` commands are defined here too.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from ..images import ImageInputError, load_image, save_image_atomic
 from .errors import PreprocessModelError
 
 __all__ = [
+    "MODELS_DIR_ENV",
     "MODEL_FILES",
     "Preprocessor",
     "PreprocessResult",
     "add_arguments",
     "add_mask_arguments",
+    "add_preprocess_model_arguments",
+    "default_models_dir",
     "mask_preview",
     "run",
     "run_mask",
@@ -42,7 +46,17 @@ MODEL_FILES = {
 }
 #: Height at which the demo runs parsing, pose and DensePose (on its 384 x 512 photo).
 WORK_HEIGHT = 512
-DEFAULT_MODELS_DIR = os.environ.get("IDM_VTON_PREPROCESS_MODELS", "ckpt")
+#: Environment variable naming a weights folder; read when a :class:`Preprocessor` is made.
+MODELS_DIR_ENV = "IDM_VTON_PREPROCESS_MODELS"
+#: ``--preprocess-models`` default: None = ``$IDM_VTON_PREPROCESS_MODELS``, else the hub.
+DEFAULT_MODELS_DIR = None
+_PARSE_AND_POSE = ("parsing_atr", "parsing_lip", "openpose")
+
+
+def default_models_dir() -> Path | None:
+    """``$IDM_VTON_PREPROCESS_MODELS`` as a path (read now), or None when unset or empty."""
+    value = os.environ.get(MODELS_DIR_ENV, "").strip()
+    return Path(value).expanduser() if value else None
 
 
 @dataclass
@@ -56,35 +70,58 @@ class PreprocessResult:
 
 
 class Preprocessor:
-    """The demo's preprocessing models, loaded lazily from ``models_dir``.
+    """The demo's preprocessing models, loaded lazily from ``models_dir`` or the hub.
 
     Args:
-        models_dir: folder in the demo's ``ckpt/`` layout (:data:`MODEL_FILES`).
+        models_dir: folder in the demo's ``ckpt/`` layout (:data:`MODEL_FILES`). ``None``:
+            ``$IDM_VTON_PREPROCESS_MODELS`` if set, else each weight file is downloaded from the
+            hub Space yisol/IDM-VTON (or found in the hub cache) when a model first needs it
+            (:func:`idm_vton.hub.fetch_preprocess_models`), so a mask alone never fetches DensePose.
         device: torch device for OpenPose and DensePose (parsing runs on onnxruntime's CPU).
     """
 
     def __init__(
-        self, models_dir: str | os.PathLike[str] = DEFAULT_MODELS_DIR, device: str = "cpu"
+        self, models_dir: str | os.PathLike[str] | None = DEFAULT_MODELS_DIR, device: str = "cpu"
     ) -> None:
-        self.models_dir = Path(models_dir)
-        if not self.models_dir.is_dir():
+        source = ""
+        if models_dir is None:
+            models_dir = default_models_dir()
+            source = f"${MODELS_DIR_ENV} = "
+        self.models_dir = None if models_dir is None else Path(models_dir)
+        if self.models_dir is not None and not self.models_dir.is_dir():
             raise PreprocessModelError(
-                f"preprocessing models folder not found: {self.models_dir} (expected "
+                f"preprocessing models folder not found: {source}{self.models_dir} (expected "
                 f"{', '.join(MODEL_FILES.values())}; get them from the yisol/IDM-VTON hub repo "
                 "folder ckpt/ and pass --preprocess-models DIR)"
             )
         self.device = device
+        self._files: dict[str, Path] = {}
         self._parser = self._pose = self._densepose = None
+
+    def model_paths(
+        self, names: tuple[str, ...] | list[str] = tuple(MODEL_FILES)
+    ) -> dict[str, Path]:
+        """Paths of the weight files ``names``, downloading from the hub those not known yet.
+
+        One call fetches all of ``names`` together, so an offline error lists every missing file.
+        """
+        todo = [name for name in names if name not in self._files]
+        if todo:
+            if self.models_dir is not None:
+                self._files.update({name: self.models_dir / MODEL_FILES[name] for name in todo})
+            else:
+                from ..hub import fetch_preprocess_models
+
+                self._files.update(fetch_preprocess_models(todo))
+        return {name: self._files[name] for name in names}
 
     @property
     def parser(self):
         if self._parser is None:
             from .parsing import HumanParser
 
-            self._parser = HumanParser(
-                atr_path=self.models_dir / MODEL_FILES["parsing_atr"],
-                lip_path=self.models_dir / MODEL_FILES["parsing_lip"],
-            )
+            paths = self.model_paths(("parsing_atr", "parsing_lip"))
+            self._parser = HumanParser(atr_path=paths["parsing_atr"], lip_path=paths["parsing_lip"])
         return self._parser
 
     @property
@@ -92,7 +129,8 @@ class Preprocessor:
         if self._pose is None:
             from .openpose import OpenPoseBody
 
-            self._pose = OpenPoseBody(self.models_dir / MODEL_FILES["openpose"], device=self.device)
+            path = self.model_paths(("openpose",))["openpose"]
+            self._pose = OpenPoseBody(path, device=self.device)
         return self._pose
 
     @property
@@ -100,9 +138,8 @@ class Preprocessor:
         if self._densepose is None:
             from .densepose import DensePosePredictor
 
-            self._densepose = DensePosePredictor(
-                self.models_dir / MODEL_FILES["densepose"], device=self.device
-            )
+            path = self.model_paths(("densepose",))["densepose"]
+            self._densepose = DensePosePredictor(path, device=self.device)
         return self._densepose
 
     @staticmethod
@@ -112,6 +149,7 @@ class Preprocessor:
 
     def parse_and_pose(self, photo: Image.Image) -> tuple[np.ndarray, np.ndarray]:
         """ATR+neck label map and OpenPose keypoints at :meth:`work_size`."""
+        self.model_paths(_PARSE_AND_POSE)  # fetch together: one error lists all missing files
         small = photo.convert("RGB").resize(self.work_size(photo), Image.Resampling.BICUBIC)
         return self.parser(small), self.pose(small)
 
@@ -140,6 +178,7 @@ class Preprocessor:
         from .mask import agnostic_mask
 
         category = GarmentCategory.parse(category)
+        self.model_paths(tuple(MODEL_FILES) if densepose else _PARSE_AND_POSE)
         parse, keypoints = self.parse_and_pose(photo)
         small_mask = agnostic_mask(parse, keypoints, category, model_type)
         size = photo.size
@@ -173,11 +212,14 @@ def mask_preview(photo: Image.Image, mask: np.ndarray, alpha: float = 0.5) -> Im
 
 # ---------------------------------------------------------------------------- idm-vton mask
 def add_preprocess_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--preprocess-models``, ``--category``, ``--mask-type`` and ``--preprocess-device``."""
     parser.add_argument(
         "--preprocess-models",
         default=DEFAULT_MODELS_DIR,
+        metavar="DIR",
         help="folder with the demo's ckpt/ layout (humanparsing/, openpose/ckpts/, densepose/); "
-        "default $IDM_VTON_PREPROCESS_MODELS or ./ckpt",
+        "default: $IDM_VTON_PREPROCESS_MODELS, else downloaded from the hub Space yisol/IDM-VTON "
+        "on first use",
     )
     parser.add_argument(
         "--category",

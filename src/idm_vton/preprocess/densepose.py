@@ -33,7 +33,6 @@ from idm_vton.preprocess.densepose_model import (
 from idm_vton.preprocess.densepose_render import (
     N_PART_LABELS,
     DensePoseResult,
-    NoPersonFoundError,
     apply_parula,
     part_labels_to_rgb,
     parula_table,
@@ -43,6 +42,7 @@ from idm_vton.preprocess.densepose_weights import (
     DENSEPOSE_WEIGHTS_SOURCE,
     load_densepose_state_dict,
 )
+from idm_vton.preprocess.errors import NoPersonFoundError
 
 __all__ = [
     "DEMO_DETECT_SIZE",

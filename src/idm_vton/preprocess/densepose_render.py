@@ -27,6 +27,8 @@ import cv2
 import numpy as np
 import torch
 
+from .errors import NoPersonFoundError
+
 #: Number of DensePose fine-segmentation part labels (I = 1..24; 0 is background).
 N_PART_LABELS = 24
 
@@ -78,10 +80,6 @@ def part_labels_to_rgb(labels: np.ndarray) -> np.ndarray:
     """
     scaled = np.asarray(labels).astype(np.float32) * np.float32(255.0 / N_PART_LABELS)
     return apply_parula(scaled.clip(0, 255).astype(np.uint8))
-
-
-class NoPersonFoundError(ValueError):
-    """DensePose detected no person (no box above the score threshold) in the image."""
 
 
 @dataclass

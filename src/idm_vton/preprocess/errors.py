@@ -5,7 +5,8 @@ file (``ckpt/humanparsing/parsing_atr.onnx`` contains the 25 bytes ``put parsing
 a clone made without git-lfs leaves pointer files of ~130 bytes instead of the weights. Both then
 fail deep inside onnxruntime or ``torch.load`` with "Protobuf parsing failed" or a zip error,
 which is the most common install failure reported for the demo. :func:`check_weight_file` turns
-those cases into one clear sentence before any framework sees the file.
+those cases into one clear sentence before any framework sees the file; given the expected format
+it also checks the file's first bytes (ONNX protobuf, PyTorch zip / pickle, plain pickle).
 """
 
 from __future__ import annotations
@@ -13,12 +14,26 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["PreprocessModelError", "check_weight_file"]
+__all__ = ["WEIGHT_FORMATS", "NoPersonFoundError", "PreprocessModelError", "check_weight_file"]
 
 # Small text files are placeholders or pointers; real weights are binary (protobuf, zip, pickle).
 _TEXT_SNIFF_BYTES = 512
 _MAX_PLACEHOLDER_BYTES = 64 * 1024
 _GIT_LFS_MAGIC = b"version https://git-lfs"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+#: Formats :func:`check_weight_file` can recognise by their first bytes, with a readable name.
+WEIGHT_FORMATS = {
+    "onnx": "an ONNX model (protobuf)",
+    "torch": "a PyTorch checkpoint (zip archive or pickle)",
+    "pickle": "a pickle file",
+}
+# ModelProto fields (onnx.proto) and their protobuf wire types: 0 = varint, 2 = length-delimited.
+_ONNX_MODEL_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
+
+
+class NoPersonFoundError(ValueError):
+    """The photo shows no person the models can find (parsing or DensePose found nobody)."""
 
 
 class PreprocessModelError(ValueError):
@@ -35,11 +50,37 @@ def _looks_like_text(head: bytes) -> bool:
     return all(ch.isprintable() or ch in "\r\n\t" for ch in text)
 
 
+def _is_pickle(head: bytes) -> bool:
+    # Protocol 2+ pickles open with the PROTO opcode (0x80) and the protocol number.
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _is_onnx(head: bytes) -> bool:
+    # An ONNX file is a serialized ModelProto; serializers write fields in number order, so the
+    # first byte(s) are the varint tag of a ModelProto field (normally 0x08, ir_version).
+    tag = shift = 0
+    for byte in head[:5]:
+        tag |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return _ONNX_MODEL_FIELDS.get(tag >> 3) == tag & 7
+    return False
+
+
+def _has_format(head: bytes, fmt: str) -> bool:
+    if fmt == "onnx":
+        return _is_onnx(head)
+    if fmt == "torch":
+        return head.startswith(_ZIP_MAGIC) or _is_pickle(head)
+    return _is_pickle(head)
+
+
 def check_weight_file(
     path: str | os.PathLike[str],
     what: str,
     where_to_get: str,
     min_bytes: int = 1024,
+    fmt: str | None = None,
 ) -> Path:
     """Check that ``path`` plausibly holds real model weights and return it as a ``Path``.
 
@@ -50,11 +91,17 @@ def check_weight_file(
             ``"the Hugging Face repo yisol/IDM-VTON, folder humanparsing/"``.
         min_bytes: files smaller than this are reported as truncated. Keep it well below the real
             size (hundreds of MB) so small test models still pass.
+        fmt: the expected format, a key of :data:`WEIGHT_FORMATS` (``"onnx"``, ``"torch"`` for
+            ``torch.save`` files, ``"pickle"`` for detectron2 ``.pkl``), checked by the first bytes;
+            ``None`` skips the check.
 
     Raises:
         PreprocessModelError: the file is missing, a directory, a git-lfs pointer, a placeholder
-            text file or shorter than ``min_bytes``. The message names the path and the source.
+            text file, shorter than ``min_bytes`` or not in format ``fmt``. The message names the
+            path and the source.
     """
+    if fmt is not None and fmt not in WEIGHT_FORMATS:
+        raise ValueError(f"unknown weight format {fmt!r} (use {', '.join(WEIGHT_FORMATS)})")
     path = Path(path)
     if not path.exists():
         raise PreprocessModelError(
@@ -82,5 +129,10 @@ def check_weight_file(
         raise PreprocessModelError(
             f"{what} weights at {path} are truncated ({size} bytes, expected at least "
             f"{min_bytes}); download {path.name} again from {where_to_get}"
+        )
+    if fmt is not None and not _has_format(head, fmt):
+        raise PreprocessModelError(
+            f"{what} weights at {path} are not {WEIGHT_FORMATS[fmt]} (the file starts with "
+            f"{head[:8]!r}); download {path.name} again from {where_to_get}"
         )
     return path

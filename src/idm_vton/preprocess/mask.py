@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from ..categories import GarmentCategory
+from .errors import NoPersonFoundError
 
 __all__ = ["GarmentCategory", "agnostic_mask"]
 
@@ -188,7 +189,7 @@ def _check_parse(parse: np.ndarray) -> np.ndarray:
             f"parse labels must lie in 0..{NUM_LABELS - 1} (ATR + neck), got {low}..{high}"
         )
     if high == BACKGROUND:
-        raise ValueError("parse holds only background (label 0): no person found")
+        raise NoPersonFoundError("no person found in the photo (the parse is all background)")
     return labels.astype(np.uint8)
 
 

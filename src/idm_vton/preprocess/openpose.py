@@ -570,7 +570,7 @@ class OpenPoseBody:
         resolution: int | None = 384,
     ) -> None:
         path = check_weight_file(
-            model_path, "OpenPose body model", WEIGHTS_SOURCE, min_bytes=_MIN_PTH_BYTES
+            model_path, "OpenPose body model", WEIGHTS_SOURCE, min_bytes=_MIN_PTH_BYTES, fmt="torch"
         )
         self.device = torch.device(device)
         self.resolution = resolution

@@ -398,10 +398,10 @@ class HumanParser:
             lip_path = Path(model_dir) / LIP_FILENAME
         providers = list(providers) if providers is not None else ["CPUExecutionProvider"]
         atr_path = check_weight_file(
-            atr_path, "SCHP ATR human parser", WEIGHTS_SOURCE, min_bytes=_MIN_ONNX_BYTES
+            atr_path, "SCHP ATR human parser", WEIGHTS_SOURCE, min_bytes=_MIN_ONNX_BYTES, fmt="onnx"
         )
         lip_path = check_weight_file(
-            lip_path, "SCHP LIP human parser", WEIGHTS_SOURCE, min_bytes=_MIN_ONNX_BYTES
+            lip_path, "SCHP LIP human parser", WEIGHTS_SOURCE, min_bytes=_MIN_ONNX_BYTES, fmt="onnx"
         )
         self.atr = _SchpSession(atr_path, "ATR parser", ATR_INPUT_SIZE, len(ATR_LABELS), providers)
         self.lip = _SchpSession(lip_path, "LIP parser", LIP_INPUT_SIZE, len(LIP_LABELS), providers)

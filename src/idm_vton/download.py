@@ -1,0 +1,87 @@
+"""``idm-vton download``: fetch everything a try-on needs ahead of time, e.g. before going offline.
+
+Gets the model (hub id into the Hugging Face cache, or a local folder as is), the four
+preprocessing weight files from the hub Space yisol/IDM-VTON (:mod:`idm_vton.hub`), and with
+``--convert DIR`` writes the model in this project's safetensors layout to ``DIR``. Prints where
+each thing is. Everything fetched is checked; a later ``HF_HUB_OFFLINE=1`` run finds it all in
+the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_arguments", "run"]
+
+_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``idm-vton download``."""
+    parser.add_argument(
+        "--model",
+        default="yisol/IDM-VTON",
+        metavar="ID_OR_DIR",
+        help="hub id or checkpoint folder of the try-on model (default %(default)s)",
+    )
+    parser.add_argument(
+        "--convert",
+        default=None,
+        metavar="DIR",
+        help="also convert the model to this project's safetensors layout into DIR (a new folder)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=list(_DTYPES),
+        help="weights dtype for --convert (default fp16)",
+    )
+    parser.add_argument(
+        "--skip-preprocess",
+        action="store_true",
+        help="do not fetch the preprocessing weights (human parsing, OpenPose, DensePose)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fetch the model, optionally convert it, and fetch the preprocessing weights.
+
+    Raises:
+        CheckpointError: the model cannot be found or fetched, or ``--convert`` is not a new folder.
+        PreprocessModelError: a preprocessing weight file cannot be fetched or is not valid.
+        ValueError: ``--dtype`` without ``--convert``.
+    """
+    from .checkpoint import CheckpointError
+    from .loading import resolve_checkpoint
+
+    if args.dtype is not None and args.convert is None:
+        raise ValueError("--dtype only applies with --convert DIR")
+    convert_dir = Path(args.convert).expanduser() if args.convert is not None else None
+    if convert_dir is not None and convert_dir.exists():
+        raise CheckpointError(f"--convert: {convert_dir} already exists (choose a new folder)")
+
+    model = resolve_checkpoint(args.model)
+    print(f"model: {model}")
+    if convert_dir is not None:
+        import torch
+
+        from .convert import convert_checkpoint
+
+        dtype = getattr(torch, _DTYPES[args.dtype or "fp16"])
+        converted = convert_checkpoint(model, convert_dir, dtype=dtype, overwrite=False)
+        print(f"converted model: {converted} (use --model {converted})")
+    if not args.skip_preprocess:
+        from .hub import fetch_preprocess_models, models_folder
+        from .preprocess.commands import MODELS_DIR_ENV, default_models_dir
+
+        paths = fetch_preprocess_models()
+        for name, path in paths.items():
+            print(f"preprocessing weights {name}: {path}")
+        folder = models_folder(paths)
+        if folder is not None:
+            print(f"preprocessing weights folder (demo ckpt/ layout): {folder}")
+        override = default_models_dir()
+        if override is not None:
+            print(f"note: ${MODELS_DIR_ENV} is set, so try-ons use {override} instead")
+    return 0

@@ -1,0 +1,200 @@
+"""The preprocessing weights, fetched from the Hugging Face hub on first use.
+
+The official demo (the Hugging Face **Space** ``yisol/IDM-VTON``) keeps the weights of its three
+preprocessing models under ``ckpt/`` (:data:`idm_vton.preprocess.commands.MODEL_FILES`).
+:func:`fetch_preprocess_models` gets the ones asked for with ``huggingface_hub.hf_hub_download``
+into the normal hub cache, so huggingface_hub's progress bar, locking, atomic moves and
+``HF_HOME`` / ``HF_HUB_CACHE`` / ``HF_HUB_OFFLINE`` / ``HF_ENDPOINT`` all apply, and checks each
+file before anything loads it: a placeholder, git-lfs pointer, truncated or wrong-format file is
+deleted from the cache and reported, so the next run downloads it again.
+
+This is the one place where preprocessing weights come from the hub; a folder given with
+``--preprocess-models`` or ``$IDM_VTON_PREPROCESS_MODELS`` never reaches this module.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from .preprocess.commands import MODEL_FILES
+from .preprocess.errors import PreprocessModelError, check_weight_file
+
+__all__ = [
+    "PREPROCESS_REPO_ID",
+    "PREPROCESS_REPO_TYPE",
+    "hub_filename",
+    "fetch_preprocess_models",
+    "models_folder",
+]
+
+#: The hub repository holding the demo's ``ckpt/`` folder: the official demo Space.
+PREPROCESS_REPO_ID = "yisol/IDM-VTON"
+PREPROCESS_REPO_TYPE = "space"
+_SUBFOLDER = "ckpt"
+_SOURCE = f"the Hugging Face Space {PREPROCESS_REPO_ID} (folder {_SUBFOLDER}/)"
+_OVERRIDE_ADVICE = (
+    "or pass a folder with the demo's ckpt/ layout (--preprocess-models DIR or "
+    "IDM_VTON_PREPROCESS_MODELS=DIR)"
+)
+# Real files are 100-300 MB; a small minimum keeps tiny test models valid and catches stubs.
+_MIN_BYTES = 1024
+# name -> (model name for messages, format checked by the file's first bytes)
+_CHECKS = {
+    "parsing_atr": ("SCHP ATR human parser", "onnx"),
+    "parsing_lip": ("SCHP LIP human parser", "onnx"),
+    "openpose": ("OpenPose body model", "torch"),
+    "densepose": ("DensePose R-CNN", "pickle"),
+}
+
+
+def hub_filename(name: str) -> str:
+    """Path of a :data:`MODEL_FILES` entry inside the Space, e.g. ``ckpt/openpose/ckpts/...``."""
+    if name not in MODEL_FILES:
+        raise ValueError(f"unknown preprocessing model {name!r} (use {', '.join(MODEL_FILES)})")
+    return f"{_SUBFOLDER}/{MODEL_FILES[name]}"
+
+
+def models_folder(paths: dict[str, Path]) -> Path | None:
+    """The ``ckpt/`` folder holding all of ``paths`` (as fetched), or ``None`` if they differ.
+
+    Files fetched together land in one snapshot folder of the cache, whose ``ckpt/`` subfolder
+    has the demo's layout and can be passed as ``--preprocess-models``.
+    """
+    folders = {
+        Path(*p.parts[: len(p.parts) - len(Path(MODEL_FILES[n]).parts)]) for n, p in paths.items()
+    }
+    return folders.pop() if len(folders) == 1 else None
+
+
+def _cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _first_line(err: BaseException, limit: int = 160) -> str:
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else ""
+    line = line if len(line) <= limit else line[: limit - 3] + "..."
+    return f"{type(err).__name__}: {line}" if line else type(err).__name__
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    """ENOSPC anywhere in the exception chain; hf_xet's Rust errors carry it only as text."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(current) or "os error 28" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _remove_from_cache(path: Path) -> str | None:
+    """Delete a cached file (snapshot entry and the blob it links to); an error text or None."""
+    try:
+        if path.is_symlink():
+            blob = Path(os.path.normpath(path.parent / os.readlink(path)))
+            path.unlink()
+            if blob.parent.name == "blobs":  # never follow a link out of the repo's blob store
+                blob.unlink(missing_ok=True)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as err:
+        return _first_line(err)
+    return None
+
+
+def _checked(name: str, path: Path) -> Path:
+    what, fmt = _CHECKS[name]
+    try:
+        return check_weight_file(path, what, _SOURCE, min_bytes=_MIN_BYTES, fmt=fmt)
+    except PreprocessModelError as err:
+        problem = _remove_from_cache(path)
+        if problem is None:
+            raise PreprocessModelError(
+                f"{err}; it was deleted from the Hugging Face cache, the next run downloads it "
+                "again"
+            ) from None
+        raise PreprocessModelError(
+            f"{err}; deleting it from the Hugging Face cache failed ({problem}): delete {path} "
+            "and run again"
+        ) from None
+
+
+def fetch_preprocess_models(
+    names: Iterable[str] | None = None, local_files_only: bool = False
+) -> dict[str, Path]:
+    """Download (or find in the hub cache) preprocessing weights and return their checked paths.
+
+    Args:
+        names: keys of :data:`MODEL_FILES` to fetch (default: all four). ``idm-vton mask`` needs
+            the parsers and OpenPose only, so DensePose is not downloaded for it.
+        local_files_only: use the cache only, never the network (as ``HF_HUB_OFFLINE=1`` does).
+
+    Returns:
+        ``{name: path}``, paths inside the hub cache's snapshot of the Space (``.../ckpt/...``).
+
+    Raises:
+        PreprocessModelError: a file is not cached and the hub cannot be reached (one message
+            listing every missing file), the disk filled up during a download, the hub refused a
+            file, or a file is a placeholder / git-lfs pointer / truncated / of the wrong format
+            (it is then deleted from the cache so the next run downloads it again).
+    """
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    wanted = list(MODEL_FILES) if names is None else list(dict.fromkeys(names))
+    filenames = {name: hub_filename(name) for name in wanted}
+    paths: dict[str, Path] = {}
+    missing: list[str] = []
+    cache_only = local_files_only
+    for name, filename in filenames.items():
+        try:
+            path = hf_hub_download(
+                PREPROCESS_REPO_ID,
+                filename,
+                repo_type=PREPROCESS_REPO_TYPE,
+                local_files_only=cache_only,
+            )
+        except LocalEntryNotFoundError:
+            # Not cached and the hub is out of reach: list what else is missing from the cache
+            # without waiting on the network again.
+            missing.append(filename)
+            cache_only = True
+            continue
+        except Exception as err:  # noqa: BLE001 - any other hub failure gets the same advice
+            if _is_disk_full(err):
+                raise PreprocessModelError(
+                    f"no space left on the disk while downloading {filename} from {_SOURCE} into "
+                    f"the Hugging Face cache {_cache_dir()}; free some space (or point "
+                    "HF_HUB_CACHE at a larger disk) and run again"
+                ) from err
+            raise _hub_error(filename, err) from err
+        paths[name] = _checked(name, Path(path))
+    if missing:
+        if local_files_only:
+            why = "local_files_only was asked"
+        elif constants.is_offline_mode():
+            why = "HF_HUB_OFFLINE is set"
+        else:
+            why = "the hub cannot be reached"
+        raise PreprocessModelError(
+            f"preprocessing weights not in the Hugging Face cache {_cache_dir()} and {why}: "
+            f"missing {', '.join(missing)} from {_SOURCE}; run `idm-vton download` with network "
+            f"access, {_OVERRIDE_ADVICE}"
+        )
+    return paths
+
+
+def _hub_error(filename: str, err: BaseException) -> PreprocessModelError:
+    return PreprocessModelError(
+        f"cannot download {filename} from {_SOURCE} ({_first_line(err)}); without network, "
+        f"run `idm-vton download` elsewhere and copy the Hugging Face cache, {_OVERRIDE_ADVICE}"
+    )
