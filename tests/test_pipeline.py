@@ -241,3 +241,37 @@ def test_hub_id_without_network_says_how_to_pass_a_folder(monkeypatch, tmp_path)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(CheckpointError, match="pass a local folder"):
         TryOnPipeline.from_pretrained("someone/not-here")
+
+
+def test_step_callback_sees_every_step_and_can_cancel(pipe):
+    seen = []
+
+    def record(p, i, t, kwargs):
+        assert p is pipe
+        seen.append((i, int(t), kwargs["latents"].shape))
+        return None
+
+    plain = run(pipe, num_inference_steps=3)
+    observed = run(pipe, num_inference_steps=3, callback_on_step_end=record)
+    assert np.array_equal(plain, observed)  # a callback that returns nothing changes nothing
+    assert [i for i, _, _ in seen] == [0, 1, 2]
+    assert [t for _, t, _ in seen] == [int(t) for t in pipe.scheduler.timesteps]
+    assert seen[0][2] == (1, 4, H // 8, W // 8)
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(p, i, t, kwargs):
+        if i == 1:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        run(pipe, num_inference_steps=3, callback_on_step_end=cancel)
+    assert np.array_equal(run(pipe, num_inference_steps=3), plain)  # the next call is clean
+    # Returned latents replace the pipeline's.
+    zeroed = run(
+        pipe,
+        num_inference_steps=3,
+        callback_on_step_end=lambda p, i, t, kw: {"latents": kw["latents"] * 0},
+    )
+    assert not np.array_equal(zeroed, plain)

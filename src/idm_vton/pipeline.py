@@ -631,6 +631,7 @@ class TryOnPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         garment_cache: GarmentCache | None = None,
+        callback_on_step_end=None,
     ):
         """Render each person wearing the garment.
 
@@ -657,6 +658,10 @@ class TryOnPipeline(DiffusionPipeline):
             garment_cache: a :class:`~idm_vton.garment_cache.GarmentCache` (default:
                 ``self.garment_cache``): the garment's per-step GarmentNet features are looked
                 up / stored there (one garment, many people or requests), same result.
+            callback_on_step_end: called after every denoising step as
+                ``callback_on_step_end(pipe, step_index, timestep, {"latents": latents})``
+                (diffusers' convention); a returned dict may replace ``latents``. Progress
+                reporting and cancellation (raise from the callback) hook in here.
         """
         height = height or self.default_height
         width = width or self.default_width
@@ -849,6 +854,13 @@ class TryOnPipeline(DiffusionPipeline):
                         f"non-finite values in the latents at timestep {int(t)} "
                         f"(dtype {dtype}): use --dtype bf16 or fp32"
                     )
+                if callback_on_step_end is not None:
+                    try:
+                        update = callback_on_step_end(self, i, t, {"latents": latents})
+                    except BaseException:
+                        self.garment_store.clear()
+                        raise
+                    latents = (update or {}).get("latents", latents)
                 progress.update()
         self.garment_store.clear()
 
