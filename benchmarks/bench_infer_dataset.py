@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from idm_vton.infer_dataset import DatasetInferenceConfig, DatasetKind, infer_dataset
-from idm_vton.tiny import tiny_pipeline
+from idm_vton.evaluation.infer_dataset import DatasetInferenceConfig, DatasetKind, infer_dataset
+from idm_vton.testing.tiny import tiny_pipeline
 
 
 def write_vitonhd(root: Path, n: int, size: tuple[int, int]) -> None:

@@ -22,16 +22,16 @@ import time
 import numpy as np
 import torch
 
-from idm_vton.metrics.clip_score import CLIPImageScorer, _image_processor_class
-from idm_vton.metrics.fid import (
+from idm_vton.evaluation.metrics.clip_score import CLIPImageScorer, _image_processor_class
+from idm_vton.evaluation.metrics.fid import (
     FIDInceptionV3,
     clean_resize,
     fid_from_features,
     inception_features,
     kid_from_features,
 )
-from idm_vton.metrics.lpips import LPIPS
-from idm_vton.metrics.ssim import ssim
+from idm_vton.evaluation.metrics.lpips import LPIPS
+from idm_vton.evaluation.metrics.ssim import ssim
 
 FIGURES = (
     "ssim",

@@ -1,7 +1,7 @@
 """Side-by-side benchmark: the official IDM-VTON computation (``reference``) vs this package (``ours``).
 
 Both paths run in the same process on the same weights and inputs, alternating (ABBA...), and
-their outputs are compared. ``reference`` is :func:`idm_vton.performance.reference_formulation`
+their outputs are compared. ``reference`` is :func:`idm_vton.testing.reference.reference_formulation`
 (concatenated self-attention with all queries then slicing, materialised zero garment tokens,
 GarmentNet run to the end at the TryonNet batch at every step, the IP-Adapter attention map);
 ``ours`` is the default :class:`~idm_vton.TryOnPipeline`.
@@ -40,9 +40,9 @@ import time
 
 import torch
 
-from idm_vton.performance import reference_formulation
-from idm_vton.pipeline import TryOnPipeline
-from idm_vton.sdxl_shapes import sdxl_pipeline
+from idm_vton.pipelines.tryon import TryOnPipeline
+from idm_vton.testing.reference import reference_formulation
+from idm_vton.testing.sdxl_shapes import sdxl_pipeline
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PATHS = ("reference", "ours")
@@ -52,7 +52,7 @@ MODES = ("default", "two_phase", "fp8", "vae_tiling", "offload")
 # ---------------------------------------------------------------------------- models
 def build(preset: str, dtype: torch.dtype, device: str) -> TryOnPipeline:
     if preset == "tiny":
-        from idm_vton.tiny import tiny_pipeline
+        from idm_vton.testing.tiny import tiny_pipeline
 
         pipe = tiny_pipeline(seed=0, text_encoders=False)
         pipe.to(dtype=dtype)

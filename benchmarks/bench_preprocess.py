@@ -25,10 +25,10 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from idm_vton.preprocess.commands import MODEL_FILES, Preprocessor  # noqa: E402
-from idm_vton.preprocess.densepose import DensePosePredictor  # noqa: E402
-from idm_vton.preprocess.densepose_model import DensePoseRCNNConfig  # noqa: E402
+from idm_vton.preprocess.densepose.model import DensePoseRCNNConfig  # noqa: E402
+from idm_vton.preprocess.densepose.predictor import DensePosePredictor  # noqa: E402
 from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE  # noqa: E402
+from idm_vton.preprocess.preprocessor import MODEL_FILES, Preprocessor  # noqa: E402
 from tests.test_densepose import REAL_SIZES, tiny_densepose_state  # noqa: E402
 from tests.test_parsing import make_random_schp  # noqa: E402
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from idm_vton.cli import main
+from idm_vton.commands.main import main
 
 from .conftest import EXAMPLES, example_person
 
@@ -124,7 +124,7 @@ def test_bad_input_is_one_line_exit_2_no_output(inputs, tmp_path, capsys, overri
 
 
 def test_placeholder_checkpoint_is_explained(inputs, tmp_path, capsys):
-    from idm_vton.tiny import tiny_pipeline
+    from idm_vton.testing.tiny import tiny_pipeline
 
     tiny_pipeline().save_pretrained(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "unet" / "diffusion_pytorch_model.safetensors").write_text(
@@ -156,7 +156,7 @@ def test_console_script_and_module_entry_points(inputs, tmp_path):
 
 
 def test_convert_command(tmp_path, capsys):
-    from idm_vton.tiny import tiny_pipeline
+    from idm_vton.testing.tiny import tiny_pipeline
 
     from .helpers import write_published_checkpoint
 

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from idm_vton.customize import (
+from idm_vton.testing.tiny import tiny_pipeline
+from idm_vton.training.customize import (
     CustomizationError,
     CustomizeConfig,
     apply_customization,
@@ -18,7 +19,6 @@ from idm_vton.customize import (
     customize,
     save_customization,
 )
-from idm_vton.tiny import tiny_pipeline
 
 H, W = 64, 48
 UP_ATTN = re.compile(
@@ -136,7 +136,7 @@ def test_same_base_in_bf16_is_accepted(tuned):
 
 
 def test_cli_writes_a_delta(tmp_path):
-    from idm_vton.cli import main as cli_main
+    from idm_vton.commands.main import main as cli_main
 
     for name, img in (("p", image(0)), ("g", image(1)), ("d", image(2)), ("m", mask())):
         img.save(tmp_path / f"{name}.png")
@@ -201,7 +201,7 @@ def _original_resampler_state(projection) -> dict[str, torch.Tensor]:
 def test_init_from_sdxl_widens_conv_in_and_loads_the_ip_adapter(tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from idm_vton.tiny import _unet_config
+    from idm_vton.testing.tiny import _unet_config
     from idm_vton.training.sdxl_init import build_from_sdxl
 
     donor = tiny_pipeline(seed=4)

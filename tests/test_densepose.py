@@ -19,7 +19,13 @@ import pytest
 import torch
 from PIL import Image
 
-from idm_vton.preprocess.densepose import (
+from idm_vton.loaders.weights import PreprocessModelError
+from idm_vton.preprocess.densepose.model import (
+    FrozenBatchNorm2d,
+    RPNHead,
+    _shortest_edge_size,
+)
+from idm_vton.preprocess.densepose.predictor import (
     DensePosePredictor,
     DensePoseRCNN,
     DensePoseRCNNConfig,
@@ -32,13 +38,7 @@ from idm_vton.preprocess.densepose import (
     parula_table,
     render_densepose,
 )
-from idm_vton.preprocess.densepose_model import (
-    FrozenBatchNorm2d,
-    RPNHead,
-    _shortest_edge_size,
-)
-from idm_vton.preprocess.errors import PreprocessModelError
-from idm_vton.preprocess.roi_ops import (
+from idm_vton.preprocess.densepose.roi_ops import (
     apply_deltas,
     assign_boxes_to_levels,
     batched_nms,

@@ -12,21 +12,21 @@ import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-import idm_vton.evaluate as evaluate_module
-from idm_vton.evaluate import (
+import idm_vton.evaluation.evaluate as evaluate_module
+from idm_vton.evaluation.evaluate import (
     EvaluationError,
     add_evaluate_arguments,
     evaluate_folders,
     format_table,
     run_evaluate,
 )
-from idm_vton.metrics.clip_score import CLIPImageScorer, _image_processor_class
-from idm_vton.metrics.fid import (
+from idm_vton.evaluation.metrics.clip_score import CLIPImageScorer, _image_processor_class
+from idm_vton.evaluation.metrics.fid import (
     FIDInceptionV3,
     inception_features,
     kid_from_features,
 )
-from idm_vton.metrics.lpips import LPIPS, LPIPS_CHANNELS, AlexNetFeatures
+from idm_vton.evaluation.metrics.lpips import LPIPS, LPIPS_CHANNELS, AlexNetFeatures
 
 RESOLUTION = (48, 40)  # (height, width)
 STEMS = ["00001_00", "00002_00", "00003_00", "00004_00"]

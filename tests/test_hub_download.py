@@ -30,11 +30,16 @@ from huggingface_hub import constants, file_download
 from PIL import Image
 from safetensors import safe_open
 
-from idm_vton.cli import main
-from idm_vton.hub import PREPROCESS_REPO_ID, fetch_preprocess_models, hub_filename, models_folder
-from idm_vton.preprocess.commands import MODEL_FILES, Preprocessor
-from idm_vton.preprocess.errors import PreprocessModelError, check_weight_file
+from idm_vton.commands.main import main
+from idm_vton.loaders.hub import (
+    PREPROCESS_REPO_ID,
+    fetch_preprocess_models,
+    hub_filename,
+    models_folder,
+)
+from idm_vton.loaders.weights import PreprocessModelError, check_weight_file
 from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE
+from idm_vton.preprocess.preprocessor import MODEL_FILES, Preprocessor
 
 from .test_densepose import tiny_densepose_state
 from .test_openpose import make_body_state_dict
@@ -375,7 +380,7 @@ def test_mask_command_offline_without_weights_is_one_line(
 # ---------------------------------------------------------------------------- idm-vton download
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    from idm_vton.tiny import tiny_pipeline
+    from idm_vton.testing.tiny import tiny_pipeline
 
     folder = tmp_path_factory.mktemp("tiny") / "ckpt"
     tiny_pipeline().save_pretrained(folder)
@@ -384,7 +389,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 def test_download_command_converts_the_model(hub, tiny_checkpoint, tmp_path, capsys):
     from idm_vton import TryOnPipeline
-    from idm_vton.tiny import tiny_pipeline
+    from idm_vton.testing.tiny import tiny_pipeline
 
     out = tmp_path / "converted"
     args = ["download", "--model", str(tiny_checkpoint), "--skip-preprocess", "--convert", str(out)]
@@ -431,7 +436,7 @@ def test_download_command_fetches_the_preprocessing_weights(
 def test_real_environment_variables_in_a_fresh_process(hub, weights, tmp_path):
     """HF_ENDPOINT / HF_HOME / HF_HUB_OFFLINE as users set them (read at import)."""
     code = (
-        "import json; from idm_vton.hub import fetch_preprocess_models; "
+        "import json; from idm_vton.loaders.hub import fetch_preprocess_models; "
         "print(json.dumps({k: str(v) for k, v in fetch_preprocess_models().items()}))"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "IDM_VTON_"))}

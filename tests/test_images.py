@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from idm_vton.images import (
+from idm_vton.pipelines.image_processor import (
     MAX_PIXELS,
     ImageInputError,
     Region,
@@ -76,7 +76,7 @@ def test_exif_orientation_is_honoured(tmp_path):
 
 
 def test_pixel_limit(tmp_path, monkeypatch):
-    import idm_vton.images as images
+    import idm_vton.pipelines.image_processor as images
 
     rgb(100, 100).save(tmp_path / "big.png")
     monkeypatch.setattr(images, "MAX_PIXELS", 5000)

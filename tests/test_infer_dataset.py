@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from idm_vton.cli import main
-from idm_vton.infer_dataset import sample_seed, shard
-from idm_vton.pipeline import TryOnPipeline
+from idm_vton.commands.main import main
+from idm_vton.evaluation.infer_dataset import sample_seed, shard
+from idm_vton.pipelines.tryon import TryOnPipeline
 
 H, W = 64, 48  # work size
 FILE_H, FILE_W = 80, 60  # files on disk (same 3:4 aspect), so the dataset resizes
@@ -163,11 +163,11 @@ class Calls:
 
 @contextlib.contextmanager
 def counting(interrupt_at: int | None = None):
-    import idm_vton.tiny
+    import idm_vton.testing.tiny
 
     calls = Calls(interrupt_at)
     original_call = TryOnPipeline.__call__
-    original_tiny = idm_vton.tiny.tiny_pipeline
+    original_tiny = idm_vton.testing.tiny.tiny_pipeline
 
     def call(self, *args, **kwargs):
         calls.calls += 1
@@ -182,7 +182,7 @@ def counting(interrupt_at: int | None = None):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(TryOnPipeline, "__call__", call)
-        mp.setattr(idm_vton.tiny, "tiny_pipeline", tiny)
+        mp.setattr(idm_vton.testing.tiny, "tiny_pipeline", tiny)
         yield calls
 
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from idm_vton.metrics.clip_score import CLIPImageScorer
-from idm_vton.metrics.fid import (
+from idm_vton.evaluation.metrics.clip_score import CLIPImageScorer
+from idm_vton.evaluation.metrics.fid import (
     FIDInceptionA,
     FIDInceptionE,
     FIDInceptionV3,
@@ -29,9 +29,9 @@ from idm_vton.metrics.fid import (
     load_fid_inception,
     polynomial_mmd2,
 )
-from idm_vton.metrics.lpips import LPIPS, load_lpips
-from idm_vton.metrics.ssim import ssim
-from idm_vton.metrics.weights import (
+from idm_vton.evaluation.metrics.lpips import LPIPS, load_lpips
+from idm_vton.evaluation.metrics.ssim import ssim
+from idm_vton.evaluation.metrics.weights import (
     KNOWN_WEIGHTS,
     StateDictMismatchError,
     WeightFile,
@@ -610,7 +610,7 @@ def test_weight_digest_checks(tmp_path):
 def tiny_clip_folder(path: Path) -> Path:
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from idm_vton.metrics.clip_score import _image_processor_class
+    from idm_vton.evaluation.metrics.clip_score import _image_processor_class
 
     torch.manual_seed(0)
     config = CLIPVisionConfig(

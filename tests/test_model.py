@@ -15,18 +15,18 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 
-from idm_vton.checkpoint import (
+from idm_vton.loaders.checkpoint import (
     CheckpointError,
     check_state_dict,
     convert_tryon_state_dict,
     read_state_dict,
 )
-from idm_vton.convert import convert_checkpoint
-from idm_vton.garment_attention import GarmentAttentionProcessor, GarmentFeatureStore
-from idm_vton.loading import load_garment_unet, load_tryon_unet
-from idm_vton.pipeline import TryOnPipeline
-from idm_vton.tiny import tiny_pipeline
-from idm_vton.tryon_net import garment_features, widen_conv_in
+from idm_vton.loaders.convert import convert_checkpoint
+from idm_vton.loaders.pipeline import load_garment_unet, load_tryon_unet
+from idm_vton.models.garment_attention import GarmentAttentionProcessor, GarmentFeatureStore
+from idm_vton.models.tryon_net import garment_features, widen_conv_in
+from idm_vton.pipelines.tryon import TryOnPipeline
+from idm_vton.testing.tiny import tiny_pipeline
 
 from .helpers import PUBLISHED_EMA_KEYS, published_tryon_state, write_published_checkpoint
 
@@ -255,7 +255,7 @@ def test_convert_roundtrip_is_bit_identical(tiny, tmp_path):
 
 def test_resampler_config_from_published_shapes(tmp_path):
     """Without resampler_config.json the sizes come from the weights (IDM-VTON: 20 heads of 64)."""
-    from idm_vton.loading import _resampler_config
+    from idm_vton.loaders.pipeline import _resampler_config
 
     def meta(*shape):
         return torch.empty(*shape, device="meta")

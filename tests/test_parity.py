@@ -17,9 +17,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import idm_vton.pipeline as pipeline_module
-from idm_vton.pipeline import TryOnPipeline
-from idm_vton.tryon_net import garment_features, tryon_forward
+import idm_vton.pipelines.tryon as pipeline_module
+from idm_vton.models.tryon_net import garment_features, tryon_forward
+from idm_vton.pipelines.tryon import TryOnPipeline
 
 from .conftest import GOLDEN
 
@@ -78,7 +78,7 @@ def feature_layers(meta: dict, key: str) -> list[str]:
 
 def test_feature_layers_match_model(golden, pipe):
     meta, _ = golden
-    from idm_vton.garment_attention import garment_attention_layers
+    from idm_vton.models.garment_attention import garment_attention_layers
 
     assert garment_attention_layers(pipe.garment_unet) == feature_layers(
         meta, "garment_feature_sources"

@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from idm_vton.preprocess.errors import PreprocessModelError, check_weight_file
+from idm_vton.loaders.weights import PreprocessModelError, check_weight_file
 from idm_vton.preprocess.parsing import (
     ATR_INPUT_SIZE,
     LIP_INPUT_SIZE,

@@ -18,17 +18,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import idm_vton.pipeline as pipeline_module
-from idm_vton.garment_cache import GarmentCache
-from idm_vton.performance import (
+import idm_vton.pipelines.tryon as pipeline_module
+from idm_vton.models.tryon_net import garment_features, tryon_forward
+from idm_vton.pipelines.garment_cache import GarmentCache
+from idm_vton.pipelines.tryon import TryOnPipeline
+from idm_vton.testing.reference import (
     OfficialIPAttnProcessor,
     add_memory_arguments,
     apply_memory_options,
     reference_formulation,
 )
-from idm_vton.pipeline import TryOnPipeline
-from idm_vton.tiny import tiny_pipeline
-from idm_vton.tryon_net import garment_features, tryon_forward
+from idm_vton.testing.tiny import tiny_pipeline
 
 from .conftest import GOLDEN
 from .test_parity import golden_pipe_call, replay_recorded_noise
@@ -105,7 +105,7 @@ def test_reference_formulation_is_the_official_one(pipe, monkeypatch):
     """Materialised zero tokens, GarmentNet to the end at the TryonNet batch, naive attention."""
     seen = {"garment": [], "tryon": []}
     real_features, real_forward = garment_features, tryon_forward
-    import idm_vton.performance as perf
+    import idm_vton.testing.reference as perf
 
     def spy_features(unet, sample, *args, **kwargs):
         seen["garment"].append((sample.shape[0], kwargs.get("run_to_end", False)))

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from idm_vton.checkpoint import CheckpointError
-from idm_vton.images import ImageInputError
-from idm_vton.pipeline import NonFiniteOutputError, TryOnPipeline
-from idm_vton.tiny import tiny_pipeline
+from idm_vton.loaders.checkpoint import CheckpointError
+from idm_vton.pipelines.image_processor import ImageInputError
+from idm_vton.pipelines.tryon import NonFiniteOutputError, TryOnPipeline
+from idm_vton.testing.tiny import tiny_pipeline
 
 H, W = 64, 48
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from idm_vton.cli import main
-from idm_vton.preprocess.commands import MODEL_FILES, Preprocessor, dataset_paths, mask_preview
-from idm_vton.preprocess.errors import PreprocessModelError
+from idm_vton.commands.main import main
+from idm_vton.loaders.weights import PreprocessModelError
 from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE
+from idm_vton.preprocess.preprocessor import MODEL_FILES, Preprocessor, dataset_paths, mask_preview
 
 from .conftest import EXAMPLES, example_person, example_person_3x4
 from .test_densepose import tiny_densepose_state

@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from idm_vton.pipeline import TryOnPipeline
-from idm_vton.tiny import tiny_pipeline
-from idm_vton.train import config_from_args, parse_args
+from idm_vton.commands.train import config_from_args, parse_args
+from idm_vton.pipelines.tryon import TryOnPipeline
+from idm_vton.testing.tiny import tiny_pipeline
 from idm_vton.training.config import TrainConfigError
 from idm_vton.training.data import EpochShardSampler, batch_stream
 from idm_vton.training.objective import (
@@ -282,7 +282,7 @@ def test_checkpoint_reloads_into_the_pipeline_and_the_cli(full_run, tmp_path):
 
     from PIL import Image
 
-    from idm_vton.cli import main as cli_main
+    from idm_vton.commands.main import main as cli_main
 
     for name, tensor in (("p", inputs["person_image"]), ("g", inputs["garment_image"])):
         Image.fromarray((tensor[0].permute(1, 2, 0).numpy() * 255).astype("uint8")).save(
@@ -363,6 +363,6 @@ def test_invalid_options_are_reported_clearly(vitonhd, tmp_path):
     except ImportError:
         with pytest.raises(TrainConfigError, match="needs bitsandbytes"):
             make_trainer(*train_args(vitonhd, tmp_path / "o", "--optimizer", "adamw8bit"))
-    from idm_vton.cli import main as cli_main
+    from idm_vton.commands.main import main as cli_main
 
     assert cli_main(["train", "--data", str(vitonhd), "--output", str(tmp_path)]) == 2

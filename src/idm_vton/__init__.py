@@ -12,18 +12,21 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "TryOnPipeline": "pipeline",
-    "TryOnPipelineOutput": "pipeline",
-    "ImageProjection": "tryon_net",
-    "widen_conv_in": "tryon_net",
-    "attach_ip_adapter": "tryon_net",
-    "install_garment_attention": "tryon_net",
-    "GarmentAttentionProcessor": "garment_attention",
-    "GarmentCaptureProcessor": "garment_attention",
-    "GarmentFeatureStore": "garment_attention",
-    "tiny_pipeline": "tiny",
-    "convert_checkpoint": "convert",
-    "CheckpointError": "checkpoint",
+    "TryOnPipeline": "pipelines.tryon",
+    "TryOnPipelineOutput": "pipelines.tryon",
+    "ImageProjection": "models.tryon_net",
+    "widen_conv_in": "models.tryon_net",
+    "attach_ip_adapter": "models.tryon_net",
+    "install_garment_attention": "models.tryon_net",
+    "GarmentAttentionProcessor": "models.garment_attention",
+    "GarmentCaptureProcessor": "models.garment_attention",
+    "GarmentFeatureStore": "models.garment_attention",
+    "tiny_pipeline": "testing.tiny",
+    "convert_checkpoint": "loaders.convert",
+    "CheckpointError": "loaders.checkpoint",
+    "Preprocessor": "preprocess.preprocessor",
+    "load_image": "pipelines.image_processor",
+    "ImageInputError": "pipelines.image_processor",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..categories import GarmentCategory
+from ..enums import GarmentCategory
 
 __all__ = [
     "GarmentCategory",

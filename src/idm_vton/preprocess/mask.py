@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from ..categories import GarmentCategory
-from .errors import NoPersonFoundError
+from ..enums import GarmentCategory
+from ..loaders.weights import NoPersonFoundError
 
 __all__ = ["GarmentCategory", "agnostic_mask"]
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from idm_vton.preprocess.errors import PreprocessModelError, check_weight_file
+from idm_vton.loaders.weights import PreprocessModelError, check_weight_file
 
 __all__ = [
     "ATR_LABELS",

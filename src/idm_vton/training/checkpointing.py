@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..loading import save_ip_adapter_config
+from ..loaders.pipeline import save_ip_adapter_config
 
 __all__ = [
     "FROZEN_CACHE",

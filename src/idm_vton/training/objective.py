@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, SchedulerMixin, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..tryon_net import ImageProjection, garment_features, tryon_forward
+from ..models.tryon_net import ImageProjection, garment_features, tryon_forward
 
 __all__ = [
     "Conditioner",

@@ -1,7 +1,7 @@
 """Build an untrained IDM-VTON from its ingredients, as the paper starts training (Sec. 3.2).
 
 * TryonNet = SDXL-inpainting-0.1 UNet with ``conv_in`` widened 9 -> 13 (new pose channels zero,
-  :func:`~idm_vton.tryon_net.widen_conv_in`), IP-Adapter attention on every ``attn2`` filled with
+  :func:`~idm_vton.models.tryon_net.widen_conv_in`), IP-Adapter attention on every ``attn2`` filled with
   the IP-Adapter Plus SDXL ViT-H key/value weights;
 * Resampler = IP-Adapter Plus ``image_proj`` weights (:func:`convert_resampler_state_dict`);
 * GarmentNet = SDXL base UNet; VAE, text encoders, tokenizers from SDXL-inpainting; image encoder
@@ -19,14 +19,14 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-from ..checkpoint import (
+from ..loaders.checkpoint import (
     CheckpointError,
     check_state_dict,
     convert_resampler_state_dict,
     read_state_dict,
 )
-from ..loading import load_garment_unet
-from ..tryon_net import ImageProjection, attach_ip_adapter, widen_conv_in
+from ..loaders.pipeline import load_garment_unet
+from ..models.tryon_net import ImageProjection, attach_ip_adapter, widen_conv_in
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def build_from_sdxl(
     ip_adapter: str | Path,
     image_encoder: str | Path,
 ):
-    """A :class:`~idm_vton.pipeline.TryOnPipeline` initialised as for training from scratch."""
+    """A :class:`~idm_vton.pipelines.tryon.TryOnPipeline` initialised as for training from scratch."""
     from transformers import (
         CLIPTextModel,
         CLIPTextModelWithProjection,
@@ -124,7 +124,7 @@ def build_from_sdxl(
         CLIPVisionModelWithProjection,
     )
 
-    from ..pipeline import TryOnPipeline
+    from ..pipelines.tryon import TryOnPipeline
 
     inpaint, base = Path(sdxl_inpainting), Path(sdxl_base)
     for folder, what in (

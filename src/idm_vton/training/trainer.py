@@ -59,10 +59,10 @@ def load_base_pipeline(config: TrainConfig):
         s = config.sdxl
         return build_from_sdxl(s.sdxl_inpainting, s.sdxl_base, s.ip_adapter, s.image_encoder)
     if config.model == "tiny":
-        from ..tiny import tiny_pipeline
+        from ..testing.tiny import tiny_pipeline
 
         return tiny_pipeline(seed=config.seed)
-    from ..pipeline import TryOnPipeline
+    from ..pipelines.tryon import TryOnPipeline
 
     return TryOnPipeline.from_pretrained(config.model, torch_dtype=torch.float32)
 

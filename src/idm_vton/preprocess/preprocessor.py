@@ -2,7 +2,7 @@
 
 :class:`Preprocessor` runs the three models of the official demo (SCHP human parsing, OpenPose
 body, DensePose R-CNN; weights in the demo's ``ckpt/`` layout, from a folder or downloaded from the
-hub on first use by :mod:`idm_vton.hub`) and the mask function, the way the demo does for its 3:4
+hub on first use by :mod:`idm_vton.loaders.hub`) and the mask function, the way the demo does for its 3:4
 photos (models at 384 x 512) and at the same height with the photo's own aspect otherwise. The
 ``idm-vton preprocess`` and ``idm-vton mask`` commands are defined here too.
 """
@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..categories import GarmentCategory
+from ..enums import GarmentCategory
 from ..files import atomic_path, write_json_atomic
-from ..images import ImageInputError, load_image, save_image_atomic
-from .errors import PreprocessModelError
+from ..loaders.weights import PreprocessModelError
+from ..pipelines.image_processor import ImageInputError, load_image, save_image_atomic
 
 __all__ = [
     "MODELS_DIR_ENV",
@@ -76,7 +76,7 @@ class Preprocessor:
         models_dir: folder in the demo's ``ckpt/`` layout (:data:`MODEL_FILES`). ``None``:
             ``$IDM_VTON_PREPROCESS_MODELS`` if set, else each weight file is downloaded from the
             hub Space yisol/IDM-VTON (or found in the hub cache) when a model first needs it
-            (:func:`idm_vton.hub.fetch_preprocess_models`), so a mask alone never fetches DensePose.
+            (:func:`idm_vton.loaders.hub.fetch_preprocess_models`), so a mask alone never fetches DensePose.
         device: torch device for OpenPose and DensePose (parsing runs on onnxruntime's CPU).
     """
 
@@ -110,7 +110,7 @@ class Preprocessor:
             if self.models_dir is not None:
                 self._files.update({name: self.models_dir / MODEL_FILES[name] for name in todo})
             else:
-                from ..hub import fetch_preprocess_models
+                from ..loaders.hub import fetch_preprocess_models
 
                 self._files.update(fetch_preprocess_models(todo))
         return {name: self._files[name] for name in names}
@@ -136,7 +136,7 @@ class Preprocessor:
     @property
     def densepose_model(self):
         if self._densepose is None:
-            from .densepose import DensePosePredictor
+            from .densepose.predictor import DensePosePredictor
 
             path = self.model_paths(("densepose",))["densepose"]
             self._densepose = DensePosePredictor(path, device=self.device)

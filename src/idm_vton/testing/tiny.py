@@ -24,7 +24,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from .tryon_net import ImageProjection, attach_ip_adapter
+from ..models.tryon_net import ImageProjection, attach_ip_adapter
 
 __all__ = ["TINY_MODEL_NOTE", "reference_scheduler", "tiny_components", "tiny_pipeline"]
 
@@ -166,7 +166,7 @@ def tiny_components(seed: int = 0, text_encoders: bool = True) -> dict:
 
 
 def tiny_pipeline(seed: int = 0, text_encoders: bool = True):
-    """A :class:`~idm_vton.pipeline.TryOnPipeline` of tiny random components (default 256 x 192)."""
-    from .pipeline import TryOnPipeline
+    """A :class:`~idm_vton.pipelines.tryon.TryOnPipeline` of tiny random components (default 256 x 192)."""
+    from ..pipelines.tryon import TryOnPipeline
 
     return TryOnPipeline(**tiny_components(seed, text_encoders=text_encoders))

@@ -17,6 +17,8 @@ from accelerate import init_empty_weights
 from diffusers import UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from ..models.tryon_net import ImageProjection, attach_ip_adapter
+from ..schedulers import SchedulerName, build_scheduler
 from .checkpoint import (
     CheckpointError,
     check_state_dict,
@@ -26,8 +28,6 @@ from .checkpoint import (
     read_state_dict,
     weight_files,
 )
-from .schedulers import SchedulerName, build_scheduler
-from .tryon_net import ImageProjection, attach_ip_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ def load_pipeline(
     load_text_encoders: bool = True,
     scheduler: SchedulerName | str | SchedulerMixin = SchedulerName.DDPM,
 ):
-    """Build a :class:`~idm_vton.pipeline.TryOnPipeline` from a checkpoint folder or hub id.
+    """Build a :class:`~idm_vton.pipelines.tryon.TryOnPipeline` from a checkpoint folder or hub id.
 
     ``scheduler``: the sampler, built from the folder's ``scheduler/scheduler_config.json``
     whatever class that names (DDPM by default, as the reference), or a scheduler object.
@@ -295,7 +295,7 @@ def load_pipeline(
         CLIPVisionModelWithProjection,
     )
 
-    from .pipeline import TryOnPipeline
+    from ..pipelines.tryon import TryOnPipeline
 
     root = resolve_checkpoint(name_or_path, local_files_only=local_files_only)
     dtype = torch_dtype or torch.float32

@@ -45,10 +45,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from idm_vton.preprocess.densepose_render import N_PART_LABELS, DensePoseResult, int_box_xywh
-from idm_vton.preprocess.densepose_weights import DENSEPOSE_WEIGHTS_SOURCE
-from idm_vton.preprocess.errors import PreprocessModelError
-from idm_vton.preprocess.roi_ops import (
+from idm_vton.loaders.weights import PreprocessModelError
+from idm_vton.preprocess.densepose.render import N_PART_LABELS, DensePoseResult, int_box_xywh
+from idm_vton.preprocess.densepose.roi_ops import (
     apply_deltas,
     assign_boxes_to_levels,
     batched_nms,
@@ -58,6 +57,7 @@ from idm_vton.preprocess.roi_ops import (
     nonempty,
     roi_align,
 )
+from idm_vton.preprocess.densepose.weights import DENSEPOSE_WEIGHTS_SOURCE
 
 __all__ = ["DensePoseRCNN", "DensePoseRCNNConfig", "chart_outputs_to_box"]
 

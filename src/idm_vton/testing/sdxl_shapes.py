@@ -69,13 +69,13 @@ def fill_random(model: torch.nn.Module, seed: int) -> None:
 def sdxl_pipeline(
     dtype: torch.dtype = torch.float32, seed: int = 0, device: str | torch.device = "cpu"
 ):
-    """A :class:`~idm_vton.pipeline.TryOnPipeline` at SDXL shapes with random weights."""
+    """A :class:`~idm_vton.pipelines.tryon.TryOnPipeline` at SDXL shapes with random weights."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from .pipeline import TryOnPipeline
+    from ..models.tryon_net import ImageProjection, attach_ip_adapter
+    from ..pipelines.tryon import TryOnPipeline
     from .tiny import reference_scheduler
-    from .tryon_net import ImageProjection, attach_ip_adapter
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**sdxl_unet_config(13, tryon=True))

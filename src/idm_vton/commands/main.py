@@ -48,9 +48,9 @@ def resolve_dtype(name: str):
 
 
 def load_model(model: str, dtype, device, scheduler: str = "ddpm"):
-    from .pipeline import TryOnPipeline
-    from .schedulers import build_scheduler
-    from .tiny import TINY_MODEL_NOTE, tiny_pipeline
+    from ..pipelines.tryon import TryOnPipeline
+    from ..schedulers import build_scheduler
+    from ..testing.tiny import TINY_MODEL_NOTE, tiny_pipeline
 
     if model == "tiny":
         print(f"note: {TINY_MODEL_NOTE}", file=sys.stderr)
@@ -65,7 +65,7 @@ def load_model(model: str, dtype, device, scheduler: str = "ddpm"):
 def cmd_tryon(args) -> int:
     import torch
 
-    from .images import save_image_atomic
+    from ..pipelines.image_processor import save_image_atomic
 
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
@@ -89,9 +89,9 @@ def cmd_tryon(args) -> int:
     if "auto" in (mask, pose):
         from PIL import Image
 
-        from .images import load_image
-        from .preprocess.commands import Preprocessor
-        from .preprocess.errors import NoPersonFoundError
+        from ..loaders.weights import NoPersonFoundError
+        from ..pipelines.image_processor import load_image
+        from ..preprocess.preprocessor import Preprocessor
 
         photo = load_image(args.person, "person image")
         pre = Preprocessor(args.preprocess_models, device=args.preprocess_device)
@@ -114,10 +114,10 @@ def cmd_tryon(args) -> int:
             ) from err
     pipe = load_model(args.model, dtype, device, args.scheduler)
     if args.customization:
-        from .customize import apply_customization
+        from ..training.customize import apply_customization
 
         apply_customization(pipe, args.customization)
-    from .performance import apply_memory_options
+    from ..testing.reference import apply_memory_options
 
     if args.offload and device.type != "cuda":
         raise UsageError("--offload needs a CUDA device")
@@ -144,7 +144,7 @@ def cmd_tryon(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .convert import convert_checkpoint
+    from ..loaders.convert import convert_checkpoint
 
     dtype = resolve_dtype(args.dtype)
     path = convert_checkpoint(args.src, args.dst, dtype=dtype, overwrite=args.overwrite)
@@ -153,7 +153,7 @@ def cmd_convert(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .schedulers import SchedulerName
+    from ..schedulers import SchedulerName
 
     parser = argparse.ArgumentParser(
         prog="idm-vton",
@@ -236,10 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="return the raw H x W render, not the full photo",
     )
-    from .preprocess.commands import add_preprocess_model_arguments
+    from ..preprocess.preprocessor import add_preprocess_model_arguments
 
     add_preprocess_model_arguments(p)
-    from .performance import add_memory_arguments
+    from ..testing.reference import add_memory_arguments
 
     add_memory_arguments(p)
     p.set_defaults(func=cmd_tryon)
@@ -263,19 +263,31 @@ def build_parser() -> argparse.ArgumentParser:
 OPTIONAL_COMMANDS = (
     (
         "evaluate",
-        "idm_vton.evaluate:evaluate",
+        "idm_vton.evaluation.evaluate:evaluate",
         "score try-on results (LPIPS, SSIM, FID, KID, CLIP-I)",
     ),
-    ("infer-dataset", "idm_vton.infer_dataset", "batch try-on over a dataset's test split"),
-    ("train", "idm_vton.train", "train or fine-tune TryonNet"),
-    ("customize", "idm_vton.customize", "fine-tune on one person photo (paper Sec. 3.3)"),
+    (
+        "infer-dataset",
+        "idm_vton.evaluation.infer_dataset",
+        "batch try-on over a dataset's test split",
+    ),
+    ("train", "idm_vton.commands.train", "train or fine-tune TryonNet"),
+    ("customize", "idm_vton.training.customize", "fine-tune on one person photo (paper Sec. 3.3)"),
     (
         "preprocess",
-        "idm_vton.preprocess.commands",
+        "idm_vton.preprocess.preprocessor",
         "build a VITON-HD-layout folder from your photos",
     ),
-    ("mask", "idm_vton.preprocess.commands:mask", "compute and preview the automatic inpaint mask"),
-    ("download", "idm_vton.download", "fetch the model and preprocessing weights ahead of use"),
+    (
+        "mask",
+        "idm_vton.preprocess.preprocessor:mask",
+        "compute and preview the automatic inpaint mask",
+    ),
+    (
+        "download",
+        "idm_vton.commands.download",
+        "fetch the model and preprocessing weights ahead of use",
+    ),
 )
 
 
@@ -304,7 +316,7 @@ def _fill_defaults(args) -> None:
         return
     import torch
 
-    from .pipeline import DEFAULT_NEGATIVE_PROMPT
+    from ..pipelines.tryon import DEFAULT_NEGATIVE_PROMPT
 
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -326,10 +338,10 @@ def main(argv: list[str] | None = None) -> int:
 
         diffusers_logging.set_verbosity_error()
         transformers_logging.set_verbosity_error()
-    from .checkpoint import CheckpointError
-    from .images import ImageInputError
-    from .pipeline import NonFiniteOutputError
-    from .preprocess.errors import PreprocessModelError
+    from ..loaders.checkpoint import CheckpointError
+    from ..loaders.weights import PreprocessModelError
+    from ..pipelines.image_processor import ImageInputError
+    from ..pipelines.tryon import NonFiniteOutputError
 
     try:
         _fill_defaults(args)

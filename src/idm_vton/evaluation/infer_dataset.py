@@ -12,7 +12,7 @@ rendered with the dataset's own mask, DensePose image and caption, and written t
   bit-identical whatever the number of processes, see :func:`shard`.);
 * **resumable**: an output that exists and is a valid PNG of the work size is not redone, a run
   with nothing left to do does not even load the model, and images are written atomically
-  (:func:`idm_vton.images.save_image_atomic`), so an interrupted run leaves only whole images;
+  (:func:`idm_vton.pipelines.image_processor.save_image_atomic`), so an interrupted run leaves only whole images;
 * **distributed**: under ``accelerate launch -m idm_vton infer-dataset ...`` the pending samples
   (in dataset order) are cut into batches that are dealt round robin to the processes by
   :func:`shard`; every process lists the same pending samples before anyone writes, so there are
@@ -48,7 +48,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .files import write_json_atomic
+from ..files import write_json_atomic
 
 __all__ = [
     "DatasetKind",
@@ -204,7 +204,7 @@ def _resolve_model(model: str) -> str:
 
 
 def _build_dataset(config: DatasetInferenceConfig, clip_size: int = 224):
-    from .data.datasets import DressCodeDataset, VitonHDDataset
+    from ..data.datasets import DressCodeDataset, VitonHDDataset
 
     size = (config.height, config.width)
     if config.dataset is DatasetKind.VITONHD:
@@ -236,12 +236,12 @@ def _validate(config: DatasetInferenceConfig) -> None:
 
 
 def _protocol(config: DatasetInferenceConfig, dtype_name: str) -> dict[str, Any]:
-    from .pipeline import DEFAULT_NEGATIVE_PROMPT
+    from ..pipelines.tryon import DEFAULT_NEGATIVE_PROMPT
 
     category = config.category or (
         "all" if config.dataset is DatasetKind.DRESSCODE else "upper_body"
     )
-    from . import __version__
+    from .. import __version__
 
     return {
         "idm_vton": __version__,
@@ -288,7 +288,7 @@ def _check_resumable(manifest_path: Path, protocol: dict[str, Any]) -> None:
 def infer_dataset(config: DatasetInferenceConfig, pipe=None) -> InferenceSummary:
     """Render every pending sample of the split; see the module docstring.
 
-    ``pipe``: a ready :class:`~idm_vton.pipeline.TryOnPipeline` (on its device, in its dtype);
+    ``pipe``: a ready :class:`~idm_vton.pipelines.tryon.TryOnPipeline` (on its device, in its dtype);
     when ``None`` the model named by ``config.model`` is loaded, and only if there is work left.
     Call it in every process of an accelerate launch (the processes meet at barriers).
     """
@@ -296,7 +296,7 @@ def infer_dataset(config: DatasetInferenceConfig, pipe=None) -> InferenceSummary
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    from .cli import DTYPES, resolve_device, resolve_dtype
+    from ..commands.main import DTYPES, resolve_device, resolve_dtype
 
     _validate(config)
     device = resolve_device(config.device) if config.device is not None else None
@@ -384,11 +384,11 @@ def _render(config, pipe, mine, device, dtype, protocol, out, state) -> int:
     import torch
     from tqdm import tqdm
 
-    from .data.datasets import collate
-    from .images import save_image_atomic
+    from ..data.datasets import collate
+    from ..pipelines.image_processor import save_image_atomic
 
     if pipe is None:
-        from .cli import load_model
+        from ..commands.main import load_model
 
         pipe = load_model(config.model, dtype, device)
     pipe.set_progress_bar_config(disable=True)

@@ -31,7 +31,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from .files import write_json_atomic
+from ..files import write_json_atomic
 from .metrics.fid import (
     fid_from_features,
     inception_features,

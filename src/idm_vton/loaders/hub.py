@@ -1,7 +1,7 @@
 """The preprocessing weights, fetched from the Hugging Face hub on first use.
 
 The official demo (the Hugging Face **Space** ``yisol/IDM-VTON``) keeps the weights of its three
-preprocessing models under ``ckpt/`` (:data:`idm_vton.preprocess.commands.MODEL_FILES`).
+preprocessing models under ``ckpt/`` (:data:`idm_vton.preprocess.preprocessor.MODEL_FILES`).
 :func:`fetch_preprocess_models` gets the ones asked for with ``huggingface_hub.hf_hub_download``
 into the normal hub cache, so huggingface_hub's progress bar, locking, atomic moves and
 ``HF_HOME`` / ``HF_HUB_CACHE`` / ``HF_HUB_OFFLINE`` / ``HF_ENDPOINT`` all apply, and checks each
@@ -19,8 +19,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from .preprocess.commands import MODEL_FILES
-from .preprocess.errors import PreprocessModelError, check_weight_file
+from ..preprocess.preprocessor import MODEL_FILES
+from .weights import PreprocessModelError, check_weight_file
 
 __all__ = [
     "PREPROCESS_REPO_ID",

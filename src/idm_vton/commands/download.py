@@ -1,7 +1,7 @@
 """``idm-vton download``: fetch everything a try-on needs ahead of time, e.g. before going offline.
 
 Gets the model (hub id into the Hugging Face cache, or a local folder as is), the four
-preprocessing weight files from the hub Space yisol/IDM-VTON (:mod:`idm_vton.hub`), and with
+preprocessing weight files from the hub Space yisol/IDM-VTON (:mod:`idm_vton.loaders.hub`), and with
 ``--convert DIR`` writes the model in this project's safetensors layout to ``DIR``. Prints where
 each thing is. Everything fetched is checked; a later ``HF_HUB_OFFLINE=1`` run finds it all in
 the cache.
@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
         PreprocessModelError: a preprocessing weight file cannot be fetched or is not valid.
         ValueError: ``--dtype`` without ``--convert``.
     """
-    from .checkpoint import CheckpointError
-    from .loading import resolve_checkpoint
+    from ..loaders.checkpoint import CheckpointError
+    from ..loaders.pipeline import resolve_checkpoint
 
     if args.dtype is not None and args.convert is None:
         raise ValueError("--dtype only applies with --convert DIR")
@@ -66,14 +66,14 @@ def run(args: argparse.Namespace) -> int:
     if convert_dir is not None:
         import torch
 
-        from .convert import convert_checkpoint
+        from ..loaders.convert import convert_checkpoint
 
         dtype = getattr(torch, _DTYPES[args.dtype or "fp16"])
         converted = convert_checkpoint(model, convert_dir, dtype=dtype, overwrite=False)
         print(f"converted model: {converted} (use --model {converted})")
     if not args.skip_preprocess:
-        from .hub import fetch_preprocess_models, models_folder
-        from .preprocess.commands import MODELS_DIR_ENV, default_models_dir
+        from ..loaders.hub import fetch_preprocess_models, models_folder
+        from ..preprocess.preprocessor import MODELS_DIR_ENV, default_models_dir
 
         paths = fetch_preprocess_models()
         for name, path in paths.items():

@@ -29,10 +29,16 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from .data.captions import garment_prompt, tryon_prompt
-from .garment_attention import GarmentAttentionProcessor
+from ..data.captions import garment_prompt, tryon_prompt
+from ..models.garment_attention import GarmentAttentionProcessor
+from ..models.tryon_net import (
+    ImageProjection,
+    garment_features,
+    install_garment_attention,
+    tryon_forward,
+)
 from .garment_cache import GarmentCache, GarmentKey
-from .images import (
+from .image_processor import (
     ImageInputError,
     Region,
     binary_mask,
@@ -40,8 +46,7 @@ from .images import (
     load_image,
     mask_region,
 )
-from .images import paste_back as paste_into_photo
-from .tryon_net import ImageProjection, garment_features, install_garment_attention, tryon_forward
+from .image_processor import paste_back as paste_into_photo
 
 __all__ = [
     "DEFAULT_NEGATIVE_PROMPT",
@@ -106,7 +111,7 @@ class TryOnPipeline(DiffusionPipeline):
     ``image_encoder`` (CLIP ViT-H/14 vision), ``vae``, the two SDXL text encoders and tokenizers
     (optional when prompt embeddings are passed), ``feature_extractor`` (CLIP preprocessing) and
     ``scheduler``. Load with :meth:`from_pretrained` (published ``yisol/IDM-VTON`` layout or this
-    project's own) or build the tiny test model with :func:`idm_vton.tiny.tiny_pipeline`.
+    project's own) or build the tiny test model with :func:`idm_vton.testing.tiny.tiny_pipeline`.
     """
 
     model_cpu_offload_seq = (
@@ -155,7 +160,7 @@ class TryOnPipeline(DiffusionPipeline):
         if procs:
             self.garment_store = procs[0].store
         else:
-            from .garment_attention import GarmentFeatureStore
+            from ..models.garment_attention import GarmentFeatureStore
 
             self.garment_store = GarmentFeatureStore()
             install_garment_attention(unet, garment_unet, self.garment_store)
@@ -179,7 +184,7 @@ class TryOnPipeline(DiffusionPipeline):
         sampler, by default; built from the checkpoint's scheduler config whatever class it
         names) or a scheduler object.
         """
-        from .loading import load_pipeline
+        from ..loaders.pipeline import load_pipeline
 
         if kwargs:
             raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
@@ -193,7 +198,7 @@ class TryOnPipeline(DiffusionPipeline):
 
     def save_pretrained(self, save_directory, safe_serialization: bool = True, **kwargs) -> None:
         """Save in this project's layout (safetensors; reload with :meth:`from_pretrained`)."""
-        from .loading import save_ip_adapter_config
+        from ..loaders.pipeline import save_ip_adapter_config
 
         if not safe_serialization:
             raise ValueError("idm-vton writes safetensors only")
@@ -655,7 +660,7 @@ class TryOnPipeline(DiffusionPipeline):
                 instead of the raw H x W render. Ignored for tensor inputs.
             crop_margin: margin around the mask when choosing the work region.
             output_type: "pil", "np" (float [0, 1]), "pt" (tensor in [0, 1]) or "latent".
-            garment_cache: a :class:`~idm_vton.garment_cache.GarmentCache` (default:
+            garment_cache: a :class:`~idm_vton.pipelines.garment_cache.GarmentCache` (default:
                 ``self.garment_cache``): the garment's per-step GarmentNet features are looked
                 up / stored there (one garment, many people or requests), same result.
             callback_on_step_end: called after every denoising step as

@@ -177,7 +177,7 @@ _IP_KV = re.compile(r"^(?P<attn>.+\.attn2)\.processor\.to_(?P<kv>[kv])_ip\.weigh
 
 
 def convert_resampler_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Original IP-Adapter Plus Resampler keys -> :class:`~idm_vton.tryon_net.ImageProjection`.
+    """Original IP-Adapter Plus Resampler keys -> :class:`~idm_vton.models.tryon_net.ImageProjection`.
 
     ``layers.i.0`` is the perceiver attention (``norm1`` on the image features, ``norm2`` on the
     latents, fused ``to_kv``), ``layers.i.1`` the feed-forward ``[LayerNorm, Linear, GELU, Linear]``.

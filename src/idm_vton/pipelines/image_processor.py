@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .files import atomic_path
+from ..files import atomic_path
 
 __all__ = [
     "ImageInputError",

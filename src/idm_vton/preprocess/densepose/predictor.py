@@ -4,11 +4,11 @@ IDM-VTON conditions its TryonNet on a DensePose picture of the person (SPEC sect
 official demo makes it with detectron2's DensePose project (``densepose_rcnn_R_50_FPN_s1x``,
 weights ``model_final_162be9.pkl``), which does not install from PyPI. Here:
 
-- :mod:`~idm_vton.preprocess.densepose_weights` reads the checkpoint without running pickle
+- :mod:`~idm_vton.preprocess.densepose.weights` reads the checkpoint without running pickle
   code;
-- :mod:`~idm_vton.preprocess.densepose_model` is the network and its inference, step for step
-  as detectron2 runs it (RoIAlign and NMS in :mod:`~idm_vton.preprocess.roi_ops`);
-- :mod:`~idm_vton.preprocess.densepose_render` draws the fine-segmentation picture as the
+- :mod:`~idm_vton.preprocess.densepose.model` is the network and its inference, step for step
+  as detectron2 runs it (RoIAlign and NMS in :mod:`~idm_vton.preprocess.densepose.roi_ops`);
+- :mod:`~idm_vton.preprocess.densepose.render` draws the fine-segmentation picture as the
   demo does.
 
 Usage::
@@ -25,12 +25,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from idm_vton.preprocess.densepose_model import (
+from idm_vton.loaders.weights import NoPersonFoundError
+from idm_vton.preprocess.densepose.model import (
     DensePoseRCNN,
     DensePoseRCNNConfig,
     chart_outputs_to_box,
 )
-from idm_vton.preprocess.densepose_render import (
+from idm_vton.preprocess.densepose.render import (
     N_PART_LABELS,
     DensePoseResult,
     apply_parula,
@@ -38,11 +39,10 @@ from idm_vton.preprocess.densepose_render import (
     parula_table,
     render_densepose,
 )
-from idm_vton.preprocess.densepose_weights import (
+from idm_vton.preprocess.densepose.weights import (
     DENSEPOSE_WEIGHTS_SOURCE,
     load_densepose_state_dict,
 )
-from idm_vton.preprocess.errors import NoPersonFoundError
 
 __all__ = [
     "DEMO_DETECT_SIZE",

@@ -169,7 +169,7 @@ class LoraDelta(torch.nn.Module):
 
 # ---------------------------------------------------------------------------------- tuning
 def _example_batch(pipe, person, garment, mask, pose, description, height, width, device):
-    from .data.captions import garment_prompt, tryon_prompt
+    from ..data.captions import garment_prompt, tryon_prompt
 
     prep = pipe.prepare_inputs(person, garment, mask, pose, height, width, 0.1)
     if prep.garment_images is None:
@@ -207,7 +207,7 @@ def customize(
     """
     from tqdm.auto import tqdm
 
-    from .training.objective import (
+    from .objective import (
         Conditioner,
         ObjectiveConfig,
         TryonTrainable,
@@ -446,7 +446,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``idm-vton customize``: tune, write the delta, print a summary."""
-    from .tiny import tiny_pipeline
+    from ..testing.tiny import tiny_pipeline
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.mixed_precision or ("bf16" if device.type == "cuda" else "no")
@@ -458,7 +458,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model == "tiny":
         pipe = tiny_pipeline()
     else:
-        from .pipeline import TryOnPipeline
+        from ..pipelines.tryon import TryOnPipeline
 
         pipe = TryOnPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
     autocast_dtype = None
@@ -510,10 +510,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="idm_vton.customize")
+    parser = argparse.ArgumentParser(prog="idm_vton.training.customize")
     add_arguments(parser)
     try:
         sys.exit(run(parser.parse_args()))
     except ValueError as err:
-        print(f"idm_vton.customize: error: {err}", file=sys.stderr)
+        print(f"idm_vton.training.customize: error: {err}", file=sys.stderr)
         sys.exit(2)

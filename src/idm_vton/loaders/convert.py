@@ -28,7 +28,7 @@ def _drop_ema_keys(folder: Path) -> None:
     itself (it keeps unknown config keys and writes them back out). Transformers configs, which
     never carry them, are left alone.
     """
-    from .loading import EMA_CONFIG_KEYS
+    from .pipeline import EMA_CONFIG_KEYS
 
     for path in sorted(folder.rglob("config.json")):
         config = json.loads(path.read_text())
@@ -48,7 +48,7 @@ def convert_checkpoint(
 
     The VAE stays in float32 when ``dtype`` is float16 (the SDXL VAE overflows in fp16).
     """
-    from .pipeline import TryOnPipeline
+    from ..pipelines.tryon import TryOnPipeline
 
     dst = Path(dst).expanduser()
     if dst.exists() and not overwrite:

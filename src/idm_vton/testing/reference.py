@@ -1,6 +1,6 @@
 """Speed and memory: the reference formulation for side-by-side benchmarks, and memory options.
 
-* :func:`reference_formulation` switches a :class:`~idm_vton.pipeline.TryOnPipeline` to the
+* :func:`reference_formulation` switches a :class:`~idm_vton.pipelines.tryon.TryOnPipeline` to the
   computation exactly as the official IDM-VTON code does it (``yisol/IDM-VTON``,
   ``src/tryon_pipeline.py`` and its forked UNets): self-attention over ``[person ; garment]``
   with queries and output projection for *all* tokens, then slicing; zero garment tokens
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
 
-from .garment_attention import GarmentAttentionProcessor
-from .tryon_net import garment_features, tryon_forward
+from ..models.garment_attention import GarmentAttentionProcessor
+from ..models.tryon_net import garment_features, tryon_forward
 
 __all__ = [
     "OfficialIPAttnProcessor",

@@ -1,0 +1,1 @@
+"""Dataset inference and evaluation metrics (paper Sec. 4)."""

@@ -1,0 +1,1 @@
+"""Loading: weight files, checkpoint conversion, the pipeline from a folder or the hub, deltas."""

@@ -1,0 +1,1 @@
+"""The IDM-VTON networks as stock diffusers UNets plus two attention processors (paper Sec. 3.2)."""

@@ -1,0 +1,1 @@
+"""The try-on pipeline, its image handling, garment feature cache and memory modes."""

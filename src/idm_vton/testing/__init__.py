@@ -1,0 +1,1 @@
+"""Random-weight builders and the official reference formulation, for tests and benchmarks."""
