@@ -15,7 +15,6 @@ count (on the golden tiny model, see ``tests/test_schedulers.py``).
 from __future__ import annotations
 
 import inspect
-from enum import Enum
 from typing import Any
 
 from diffusers import (
@@ -27,26 +26,9 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from .enums import SchedulerName
+
 __all__ = ["SchedulerName", "build_scheduler"]
-
-
-class SchedulerName(str, Enum):
-    """Samplers offered by ``--scheduler`` / ``TryOnPipeline.from_pretrained(scheduler=...)``."""
-
-    DDPM = "ddpm"  # the reference's
-    EULER = "euler"
-    EULER_ANCESTRAL = "euler_a"
-    DPMPP_2M = "dpmpp_2m"
-    DPMPP_2M_KARRAS = "dpmpp_2m_karras"
-    UNIPC = "unipc"
-
-    @classmethod
-    def parse(cls, value: SchedulerName | str) -> SchedulerName:
-        try:
-            return cls(value)
-        except ValueError:
-            names = ", ".join(m.value for m in cls)
-            raise ValueError(f"unknown scheduler '{value}' (use {names})") from None
 
 
 # (class, settings on top of the checkpoint's config) per sampler.

@@ -1,0 +1,56 @@
+"""Config dataclass fields that describe their own command-line option.
+
+Each command's flags are built from its config dataclass by the command layer
+(:mod:`idm_vton.commands`): an option is written once, as a field with its default and help.
+The library never imports ``argparse``; these are plain ``dataclasses.field`` metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import MISSING, field
+from typing import Any
+
+__all__ = ["option"]
+
+
+def option(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    default_factory: Callable[[], Any] | Any = MISSING,
+    flag: str | None | Any = MISSING,
+    group: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    metavar: str | tuple[str, ...] | None = None,
+    choices: list[str] | None = None,
+    required: bool = False,
+    positional: bool = False,
+    shared: str | None = None,
+) -> Any:
+    """A dataclass field with the description of its command-line option.
+
+    Args:
+        default, default_factory: as for ``dataclasses.field``.
+        help: the option's help text (``%(default)s`` is filled in).
+        flag: the flag, default ``--<name with dashes>`` (``--no-<name>`` for a field that is
+            true by default); ``None``: the field has no flag.
+        group: title of the help section the flag is listed in.
+        parse: turns the command-line string into the field's value (raises ``ValueError``).
+        metavar, choices, required, positional: as for ``argparse``.
+        shared: the name of a flag defined once for several commands (its help and parsing
+            are taken from there; see :mod:`idm_vton.commands._flags`).
+    """
+    metadata = {
+        "help": help,
+        "group": group,
+        "parse": parse,
+        "metavar": metavar,
+        "choices": choices,
+        "required": required,
+        "positional": positional,
+        "shared": shared,
+    }
+    if flag is not MISSING:
+        metadata["flag"] = flag
+    return field(default=default, default_factory=default_factory, metadata=metadata)
