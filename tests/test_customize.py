@@ -10,15 +10,10 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from idm_vton.errors import CustomizationError
+from idm_vton.loaders.customization import apply_customization, save_customization
 from idm_vton.testing.tiny import tiny_pipeline
-from idm_vton.training.customize import (
-    CustomizationError,
-    CustomizeConfig,
-    apply_customization,
-    customization_targets,
-    customize,
-    save_customization,
-)
+from idm_vton.training.customize import CustomizeConfig, customization_targets, customize
 
 H, W = 64, 48
 UP_ATTN = re.compile(

@@ -35,13 +35,13 @@ from idm_vton.data.captions import (
     tryon_prompt,
 )
 from idm_vton.data.datasets import (
-    DatasetError,
     DressCodeDataset,
     VitonHDDataset,
     clip_preprocess,
     collate,
     load_rgb,
 )
+from idm_vton.errors import DatasetError
 
 H, W = 32, 24  # dataset output size used by the synthetic datasets
 SIZE = (H, W)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from idm_vton.loaders.weights import PreprocessModelError
+from idm_vton.errors import PreprocessModelError
 from idm_vton.preprocess.densepose.model import (
     FrozenBatchNorm2d,
     RPNHead,

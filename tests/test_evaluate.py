@@ -13,13 +13,9 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 import idm_vton.evaluation.evaluate as evaluate_module
-from idm_vton.evaluation.evaluate import (
-    EvaluationError,
-    add_evaluate_arguments,
-    evaluate_folders,
-    format_table,
-    run_evaluate,
-)
+from idm_vton.commands.evaluate import add_evaluate_arguments, run_evaluate
+from idm_vton.errors import EvaluationError
+from idm_vton.evaluation.evaluate import evaluate_folders, format_table
 from idm_vton.evaluation.metrics.clip_score import CLIPImageScorer, _image_processor_class
 from idm_vton.evaluation.metrics.fid import (
     FIDInceptionV3,

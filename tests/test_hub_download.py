@@ -31,13 +31,14 @@ from PIL import Image
 from safetensors import safe_open
 
 from idm_vton.commands.main import main
+from idm_vton.errors import PreprocessModelError
 from idm_vton.loaders.hub import (
     PREPROCESS_REPO_ID,
     fetch_preprocess_models,
     hub_filename,
     models_folder,
 )
-from idm_vton.loaders.weights import PreprocessModelError, check_weight_file
+from idm_vton.loaders.weights import check_weight_file
 from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE
 from idm_vton.preprocess.preprocessor import MODEL_FILES, Preprocessor
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from skimage.metrics import structural_similarity
 
+from idm_vton.errors import StateDictMismatchError, WeightFileError
 from idm_vton.evaluation.metrics.clip_score import CLIPImageScorer
 from idm_vton.evaluation.metrics.fid import (
     FIDInceptionA,
@@ -31,13 +32,7 @@ from idm_vton.evaluation.metrics.fid import (
 )
 from idm_vton.evaluation.metrics.lpips import LPIPS, load_lpips
 from idm_vton.evaluation.metrics.ssim import ssim
-from idm_vton.evaluation.metrics.weights import (
-    KNOWN_WEIGHTS,
-    StateDictMismatchError,
-    WeightFile,
-    WeightFileError,
-    resolve_weight_file,
-)
+from idm_vton.evaluation.metrics.weights import KNOWN_WEIGHTS, WeightFile, resolve_weight_file
 
 from .conftest import EXAMPLES
 

@@ -15,8 +15,8 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 
+from idm_vton.errors import CheckpointError
 from idm_vton.loaders.checkpoint import (
-    CheckpointError,
     check_state_dict,
     convert_tryon_state_dict,
     read_state_dict,
@@ -26,6 +26,7 @@ from idm_vton.loaders.pipeline import load_garment_unet, load_tryon_unet
 from idm_vton.models.garment_attention import GarmentAttentionProcessor, GarmentFeatureStore
 from idm_vton.models.tryon_net import garment_features, widen_conv_in
 from idm_vton.pipelines.tryon import TryOnPipeline
+from idm_vton.testing.reference import NaiveGarmentAttentionProcessor
 from idm_vton.testing.tiny import tiny_pipeline
 
 from .helpers import PUBLISHED_EMA_KEYS, published_tryon_state, write_published_checkpoint
@@ -112,7 +113,9 @@ def test_garment_attention_equals_concatenate_attend_slice(bias, naive):
     torch.manual_seed(0)
     attn = Attention(query_dim=24, heads=3, dim_head=8, bias=bias).eval()
     store = GarmentFeatureStore()
-    attn.set_processor(GarmentAttentionProcessor("layer", store, naive=naive))
+    attn.set_processor(
+        (NaiveGarmentAttentionProcessor if naive else GarmentAttentionProcessor)("layer", store)
+    )
     h = torch.randn(4, 10, 24)  # rows: 2 unconditional, 2 conditional
     garment = torch.randn(1, 7, 24)  # one garment shared by both conditional rows
     store.set_features({"layer": garment}, null_rows=2)

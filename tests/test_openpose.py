@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from idm_vton.loaders.weights import PreprocessModelError
+from idm_vton.errors import PreprocessModelError
 from idm_vton.preprocess.openpose import (
     LIMBS,
     PAF_CHANNELS,

@@ -15,7 +15,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from idm_vton.loaders.weights import PreprocessModelError, check_weight_file
+from idm_vton.errors import PreprocessModelError
+from idm_vton.loaders.weights import check_weight_file
 from idm_vton.preprocess.parsing import (
     ATR_INPUT_SIZE,
     LIP_INPUT_SIZE,

@@ -19,15 +19,11 @@ import torch
 from safetensors.torch import load_file
 
 import idm_vton.pipelines.tryon as pipeline_module
+from idm_vton.commands._flags import add_memory_arguments, apply_memory_options
 from idm_vton.models.tryon_net import garment_features, tryon_forward
 from idm_vton.pipelines.garment_cache import GarmentCache
 from idm_vton.pipelines.tryon import TryOnPipeline
-from idm_vton.testing.reference import (
-    OfficialIPAttnProcessor,
-    add_memory_arguments,
-    apply_memory_options,
-    reference_formulation,
-)
+from idm_vton.testing.reference import OfficialIPAttnProcessor, reference_formulation
 from idm_vton.testing.tiny import tiny_pipeline
 
 from .conftest import GOLDEN

@@ -7,9 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from idm_vton.loaders.checkpoint import CheckpointError
-from idm_vton.pipelines.image_processor import ImageInputError
-from idm_vton.pipelines.tryon import NonFiniteOutputError, TryOnPipeline
+from idm_vton.errors import CheckpointError, ImageInputError, NonFiniteOutputError
+from idm_vton.pipelines.tryon import TryOnPipeline
 from idm_vton.testing.tiny import tiny_pipeline
 
 H, W = 64, 48

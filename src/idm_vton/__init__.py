@@ -23,10 +23,11 @@ _EXPORTS = {
     "GarmentFeatureStore": "models.garment_attention",
     "tiny_pipeline": "testing.tiny",
     "convert_checkpoint": "loaders.convert",
-    "CheckpointError": "loaders.checkpoint",
+    "IdmVtonError": "errors",
+    "CheckpointError": "errors",
+    "ImageInputError": "errors",
     "Preprocessor": "preprocess.preprocessor",
     "load_image": "pipelines.image_processor",
-    "ImageInputError": "pipelines.image_processor",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -5,11 +5,7 @@ A thin entry point kept for launch scripts; the options are :mod:`idm_vton.comma
 
 import sys
 
-from .commands.train import main, parse_args
+from .commands.train import main
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(parse_args()))
-    except ValueError as err:
-        print(f"idm_vton.train: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""``idm-vton download``: fetch everything a try-on needs ahead of time, e.g. before going offline.
+"""Fetch everything a try-on needs ahead of time, e.g. before going offline (``idm-vton download``).
 
 Gets the model (hub id into the Hugging Face cache, or a local folder as is), the four
 preprocessing weight files from the hub Space yisol/IDM-VTON (:mod:`idm_vton.loaders.hub`), and with
@@ -12,30 +12,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["add_arguments", "run"]
+from ._flags import add_shared
 
-_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+HELP = "fetch the model and preprocessing weights ahead of use"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``idm-vton download``."""
-    parser.add_argument(
-        "--model",
-        default="yisol/IDM-VTON",
-        metavar="ID_OR_DIR",
-        help="hub id or checkpoint folder of the try-on model (default %(default)s)",
+    add_shared(
+        parser,
+        "model",
+        "dtype",
+        helps={
+            "model": "hub id or checkpoint folder of the try-on model (default %(default)s)",
+            "dtype": "weights dtype for --convert (default fp16)",
+        },
     )
     parser.add_argument(
         "--convert",
         default=None,
         metavar="DIR",
         help="also convert the model to this project's safetensors layout into DIR (a new folder)",
-    )
-    parser.add_argument(
-        "--dtype",
-        default=None,
-        choices=list(_DTYPES),
-        help="weights dtype for --convert (default fp16)",
     )
     parser.add_argument(
         "--skip-preprocess",
@@ -50,13 +47,13 @@ def run(args: argparse.Namespace) -> int:
     Raises:
         CheckpointError: the model cannot be found or fetched, or ``--convert`` is not a new folder.
         PreprocessModelError: a preprocessing weight file cannot be fetched or is not valid.
-        ValueError: ``--dtype`` without ``--convert``.
+        UsageError: ``--dtype`` without ``--convert``.
     """
-    from ..loaders.checkpoint import CheckpointError
+    from ..errors import CheckpointError, UsageError
     from ..loaders.pipeline import resolve_checkpoint
 
     if args.dtype is not None and args.convert is None:
-        raise ValueError("--dtype only applies with --convert DIR")
+        raise UsageError("--dtype only applies with --convert DIR")
     convert_dir = Path(args.convert).expanduser() if args.convert is not None else None
     if convert_dir is not None and convert_dir.exists():
         raise CheckpointError(f"--convert: {convert_dir} already exists (choose a new folder)")
@@ -64,11 +61,10 @@ def run(args: argparse.Namespace) -> int:
     model = resolve_checkpoint(args.model)
     print(f"model: {model}")
     if convert_dir is not None:
-        import torch
-
+        from ..devices import resolve_dtype
         from ..loaders.convert import convert_checkpoint
 
-        dtype = getattr(torch, _DTYPES[args.dtype or "fp16"])
+        dtype = resolve_dtype(args.dtype or "fp16")
         converted = convert_checkpoint(model, convert_dir, dtype=dtype, overwrite=False)
         print(f"converted model: {converted} (use --model {converted})")
     if not args.skip_preprocess:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ..enums import Pairing, Split
+from ..errors import DatasetError, UsageError
 from .augment import (
     AugmentConfig,
     AugmentParams,
@@ -79,46 +80,6 @@ DRESSCODE_MASK_CANDIDATES: tuple[str, ...] = (
 _ASPECT_TOLERANCE = 0.02
 
 _LOAD_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-class Split(str, Enum):
-    """Dataset split."""
-
-    TRAIN = "train"
-    TEST = "test"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class Pairing(str, Enum):
-    """Evaluation setting: the person's own garment (paired) or another one (unpaired)."""
-
-    PAIRED = "paired"
-    UNPAIRED = "unpaired"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class DatasetError(ValueError):
-    """A dataset file is missing, unreadable or inconsistent.
-
-    ``path`` is the offending file and ``row`` the dataset index it belongs to, when known.
-    """
-
-    def __init__(self, message: str, *, path: Path | None = None, row: int | None = None):
-        super().__init__(message)
-        self.path = path
-        self.row = row
-
-
-def _parse_enum(enum_type: type[Enum], value: Any, what: str) -> Any:
-    try:
-        return enum_type(value)
-    except ValueError:
-        valid = ", ".join(str(member.value) for member in enum_type)
-        raise ValueError(f"unknown {what} {value!r}; expected one of: {valid}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,8 +397,8 @@ class VitonHDDataset(TryOnDataset):
         tags_json: str | Path | None = None,
     ):
         self.root = Path(root)
-        self.split = _parse_enum(Split, split, "split")
-        self.pairing = _parse_enum(Pairing, pairing, "pairing")
+        self.split = Split.parse(split, "split")
+        self.pairing = Pairing.parse(pairing, "pairing")
         if not self.root.is_dir():
             raise DatasetError(f"VITON-HD root folder not found: {self.root}", path=self.root)
         descriptions = self._load_tags(tags_json)
@@ -491,15 +452,15 @@ class VitonHDDataset(TryOnDataset):
 
 
 def _parse_categories(
-    category: GarmentCategory | str | Iterable[GarmentCategory | str],
+    category: GarmentCategory | str | Iterable[GarmentCategory | str] | None,
 ) -> list[GarmentCategory]:
-    if isinstance(category, str) and category == "all":
+    if category is None or (isinstance(category, str) and category == "all"):
         return list(GarmentCategory)
     if isinstance(category, (str, GarmentCategory)):
         return [GarmentCategory.parse(category)]
     categories = [GarmentCategory.parse(c) for c in category]
     if not categories:
-        raise ValueError("category list is empty")
+        raise UsageError("category list is empty")
     return categories
 
 
@@ -538,10 +499,10 @@ class DressCodeDataset(TryOnDataset):
     ):
         self.root = Path(root)
         self.categories = _parse_categories(category)
-        self.split = _parse_enum(Split, split, "split")
-        self.pairing = _parse_enum(Pairing, pairing, "pairing")
+        self.split = Split.parse(split, "split")
+        self.pairing = Pairing.parse(pairing, "pairing")
         if self.split is Split.TRAIN and self.pairing is Pairing.UNPAIRED:
-            raise ValueError("DressCode has no unpaired training list; use pairing='paired'")
+            raise UsageError("DressCode has no unpaired training list; use pairing='paired'")
         if not self.root.is_dir():
             raise DatasetError(f"DressCode root folder not found: {self.root}", path=self.root)
         mask_templates = (f"{mask_dir}/{{stem}}.png",) if mask_dir else DRESSCODE_MASK_CANDIDATES

@@ -12,17 +12,15 @@ evaluation resolution, and computes
 
 Everything that moves the numbers (resolution, image counts, implementations, weight-file
 SHA-256, KID subsets and seed, library versions) is recorded in ``result["protocol"]`` so a
-published number states its protocol. :func:`add_evaluate_arguments` / :func:`run_evaluate` are
-the command-line entry (``idm-vton evaluate``).
+published number states its protocol. The options are the fields of :class:`EvaluationConfig`
+(``idm-vton evaluate``, :mod:`idm_vton.commands.evaluate`).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from collections.abc import Iterable, Sequence
-from enum import Enum
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -31,7 +29,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from ..files import write_json_atomic
+from ..enums import Choice
+from ..errors import EvaluationError, UsageError
+from ..options import option
 from .metrics.fid import (
     fid_from_features,
     inception_features,
@@ -40,23 +40,25 @@ from .metrics.fid import (
 )
 from .metrics.lpips import load_lpips
 from .metrics.ssim import ssim
-from .metrics.weights import StateDictMismatchError, WeightFileError, sha256_of_file
+from .metrics.weights import sha256_of_file
 
 __all__ = [
     "DEFAULT_METRICS",
+    "EvaluationConfig",
     "EvaluationError",
     "Metric",
-    "add_evaluate_arguments",
+    "evaluate",
     "evaluate_folders",
     "format_table",
-    "run_evaluate",
+    "parse_metrics",
+    "parse_resolution",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 DEFAULT_RESOLUTION = (1024, 768)  # (height, width) of VITON-HD / DressCode test images
 
 
-class Metric(str, Enum):
+class Metric(Choice):
     """Metrics :func:`evaluate_folders` can compute."""
 
     LPIPS = "lpips"
@@ -92,10 +94,6 @@ _IMPLEMENTATIONS = {
         "image and the garment image (CLIPImageProcessor preprocessing)"
     ),
 }
-
-
-class EvaluationError(ValueError):
-    """The folders cannot be evaluated as asked (missing pairs, unreadable images, bad options)."""
 
 
 # --------------------------------------------------------------------------- inputs
@@ -218,6 +216,97 @@ def _clip_record(path: Path, scorer) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- options
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    """``"fid,kid"`` -> ``("fid", "kid")``; refuses unknown names."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in DEFAULT_METRICS]
+    if unknown:
+        raise UsageError(
+            f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(DEFAULT_METRICS)}"
+        )
+    return names
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """``"1024x768"`` -> ``(1024, 768)`` (height, width)."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(
+            f"resolution must be HEIGHTxWIDTH such as 1024x768, got {text!r}"
+        ) from None
+    return height, width
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """What :func:`evaluate` computes and how (the options of ``idm-vton evaluate``)."""
+
+    pred_dir: Path = option(help="folder of generated try-on images", positional=True)
+    gt_dir: Path = option(help="folder of ground-truth photos (same names)", positional=True)
+    garments_dir: Path | None = option(
+        None, "in-shop garment images (for CLIP-I; skipped, and recorded so, without them)"
+    )
+    pairs_file: Path | None = option(
+        None, "VITON-HD style 'person garment' lines naming each output's garment (unpaired)"
+    )
+    metrics: tuple[str, ...] = option(
+        DEFAULT_METRICS,
+        f"comma-separated subset of {','.join(DEFAULT_METRICS)} (default: all)",
+        parse=parse_metrics,
+    )
+    weights_dir: Path = option(
+        Path("weights"), "folder with the metric weight files (default: ./weights)"
+    )
+    resolution: tuple[int, int] = option(
+        DEFAULT_RESOLUTION,
+        "HEIGHTxWIDTH every image is brought to first, PIL bicubic (default: 1024x768)",
+        parse=parse_resolution,
+    )
+    batch_size: int = option(4, "images per forward pass")
+    device: str | None = option(None, shared="device")
+    lpips_net: str = option("alex", "LPIPS backbone", choices=["alex", "vgg"])
+    clip_model: Path | None = option(None, "CLIP vision model folder (default: WEIGHTS_DIR/clip)")
+    kid_subsets: int = option(100)
+    kid_subset_size: int = option(1000)
+    seed: int = option(0, "seed for KID subsets", shared="seed")
+    verify_weights: bool = option(
+        True, "do not check weight files against their published SHA-256 (recorded)"
+    )
+    progress: bool = option(True, "hide the progress bar")
+
+
+@dataclass
+class _Pairs:
+    """Which files are compared: outputs, their ground truth and (for CLIP-I) garments."""
+
+    preds: dict[str, Path]
+    gts: dict[str, Path]
+    gt_of: dict[str, str]
+    garment_paths: dict[str, Path]
+    stems: list[str]
+
+
+@dataclass
+class _Networks:
+    lpips: torch.nn.Module | None = None
+    inception: torch.nn.Module | None = None
+    clip: object | None = None
+    weights: dict = field(default_factory=dict)
+    clip_record: dict | None = None
+
+
+@dataclass
+class _Scores:
+    per_image: dict[str, dict[str, float]]
+    pred_features: list[np.ndarray]
+    gt_features: list[np.ndarray]
+    resized: dict[str, int]
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -225,215 +314,277 @@ def evaluate_folders(
     pred_dir: str | os.PathLike,
     gt_dir: str | os.PathLike,
     garments_dir: str | os.PathLike | None = None,
-    metrics: Sequence[str] = DEFAULT_METRICS,
-    weights_dir: str | os.PathLike = "weights",
-    resolution: tuple[int, int] = DEFAULT_RESOLUTION,
-    batch_size: int = 4,
-    device: str | torch.device = "cpu",
-    *,
-    lpips_net: str = "alex",
-    clip_model: str | os.PathLike | None = None,
-    pairs_file: str | os.PathLike | None = None,
-    kid_subsets: int = 100,
-    kid_subset_size: int = 1000,
-    seed: int = 0,
-    verify_weights: bool = True,
-    progress: bool = True,
+    **options,
 ) -> dict:
     """Compute try-on metrics for ``pred_dir`` against ``gt_dir``; see the module docstring.
 
-    Args:
-        pred_dir: generated images; every one needs a ground-truth image with the same stem.
-        gt_dir: ground-truth photos (extra images there are ignored and counted).
-        garments_dir: in-shop garment images for CLIP-I; CLIP-I is skipped (and recorded as
-            skipped) when not given.
-        metrics: any of ``lpips``, ``ssim``, ``fid``, ``kid``, ``clip_i``.
-        weights_dir: folder with the published weight files (see ``metrics.weights``).
-        resolution: (height, width) every output and ground-truth image is brought to (PIL
-            bicubic) before any metric.
-        batch_size: images per forward pass.
-        device: torch device for the networks.
-        lpips_net: ``alex`` (the ``lpips`` package default) or ``vgg``.
-        clip_model: local transformers CLIP vision folder; default ``weights_dir/clip``.
-        pairs_file: VITON-HD style ``person garment`` lines for the unpaired setting's CLIP-I.
-        kid_subsets, kid_subset_size, seed: KID subset sampling.
-        verify_weights: check the weight files' SHA-256 against the published ones.
-        progress: show a tqdm progress bar.
+    ``pred_dir``: generated images, each paired with a ground-truth image of ``gt_dir`` by name
+    (extra ground-truth images are ignored and counted); ``garments_dir``: in-shop garments for
+    CLIP-I. ``options`` are the other fields of :class:`EvaluationConfig` (``metrics``,
+    ``weights_dir``, ``resolution``, ``batch_size``, ``device``, ``lpips_net``, ``clip_model``,
+    ``pairs_file``, ``kid_subsets``, ``kid_subset_size``, ``seed``, ``verify_weights``,
+    ``progress``).
 
     Returns:
         ``{"metrics": {...}, "per_image": {stem: {...}}, "protocol": {...}, "skipped": {...}}``.
     """
-    try:
-        wanted = [Metric(m) for m in metrics]
-    except ValueError as error:
-        raise EvaluationError(f"{error}; choose from {', '.join(DEFAULT_METRICS)}") from None
-    if not wanted:
-        raise EvaluationError("no metrics requested")
-    height, width = (int(v) for v in resolution)
-    if height < 11 or width < 11:
-        raise EvaluationError(f"resolution must be at least 11x11, got {height}x{width}")
-    if batch_size < 1:
-        raise EvaluationError(f"batch_size must be >= 1, got {batch_size}")
-    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
-    device = torch.device(device)
+    config = EvaluationConfig(
+        pred_dir=Path(pred_dir),
+        gt_dir=Path(gt_dir),
+        garments_dir=None if garments_dir is None else Path(garments_dir),
+        **options,
+    )
+    return evaluate(config)
 
-    preds = _list_images(pred_dir, "prediction")
-    gts = _list_images(gt_dir, "ground-truth")
-    gt_of, garment_of = _match_ground_truth(preds, gts, gt_dir)
-    stems = sorted(preds)
 
+def evaluate(config: EvaluationConfig) -> dict:
+    """:func:`evaluate_folders` for a ready :class:`EvaluationConfig`."""
+    from ..devices import resolve_device
+
+    wanted = _wanted_metrics(config)
+    height, width = (int(v) for v in config.resolution)
+    device = resolve_device(config.device)
     skipped: dict[str, str] = {}
-    garment_paths: dict[str, Path] = {}
-    if Metric.CLIP_I in wanted:
-        if garments_dir is None:
-            wanted.remove(Metric.CLIP_I)
-            skipped[Metric.CLIP_I.value] = "no garments_dir given"
-        else:
-            garments = _list_images(Path(garments_dir), "garment")
-            if pairs_file is not None:
-                pairs = _read_pairs_file(Path(pairs_file))
-                not_listed = [s for s in stems if s not in pairs]
-                if not_listed:
-                    raise EvaluationError(
-                        _missing_message(not_listed, f"the pairs file {pairs_file}")
-                    )
-            else:
-                pairs = {}
-            wanted_garment = {s: pairs.get(s, garment_of.get(s, s)) for s in stems}
-            unpaired = [s for s in stems if wanted_garment[s] not in garments]
-            if unpaired:
-                raise EvaluationError(
-                    _missing_message(unpaired, f"the garment folder {garments_dir}")
-                )
-            garment_paths = {s: garments[wanted_garment[s]] for s in stems}
+    pairs = _pair_files(config, wanted, skipped)
     needs_features = Metric.FID in wanted or Metric.KID in wanted
-    if needs_features and len(stems) < 2:
-        raise EvaluationError(f"FID/KID need at least 2 image pairs, found {len(stems)}")
+    if needs_features and len(pairs.stems) < 2:
+        raise EvaluationError(f"FID/KID need at least 2 image pairs, found {len(pairs.stems)}")
     if not wanted:
         raise EvaluationError(
             "nothing to compute: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())
         )
-
     # Networks first: a missing weight file should fail before any image is read.
-    weights: dict[str, dict] = {}
-    lpips_model = inception = scorer = None
-    clip_record = None
-    if Metric.LPIPS in wanted:
-        lpips_model, record = load_lpips(
-            lpips_net, weights_dir, verify=verify_weights, device=device
+    networks = _load_networks(config, wanted, device)
+    scores = _score_images(config, pairs, wanted, networks, (height, width), device)
+    results, kid_protocol, notes = _aggregate(config, pairs.stems, wanted, scores)
+    if scores.resized["pred"] or scores.resized["gt"]:
+        notes.append(
+            f"resized to {height}x{width} (PIL bicubic): {scores.resized['pred']} outputs, "
+            f"{scores.resized['gt']} ground-truth images"
         )
-        weights.update(record)
-    if needs_features:
-        inception, record = load_fid_inception(weights_dir, verify=verify_weights, device=device)
-        weights.update(record)
+    protocol = _protocol(config, pairs, wanted, networks, scores, kid_protocol, notes, device)
+    return {
+        "metrics": results,
+        "per_image": scores.per_image,
+        "protocol": protocol,
+        "skipped": skipped,
+    }
+
+
+def _wanted_metrics(config: EvaluationConfig) -> list[Metric]:
+    """The requested metrics, after checking the options that do not need any file."""
+    try:
+        wanted = [Metric(m) for m in config.metrics]
+    except ValueError as error:
+        raise EvaluationError(f"{error}; choose from {', '.join(DEFAULT_METRICS)}") from None
+    if not wanted:
+        raise EvaluationError("no metrics requested")
+    height, width = (int(v) for v in config.resolution)
+    if height < 11 or width < 11:
+        raise EvaluationError(f"resolution must be at least 11x11, got {height}x{width}")
+    if config.batch_size < 1:
+        raise EvaluationError(f"batch_size must be >= 1, got {config.batch_size}")
+    return wanted
+
+
+def _pair_files(config: EvaluationConfig, wanted: list[Metric], skipped: dict) -> _Pairs:
+    """Pair outputs with ground truth (and garments for CLIP-I, which is dropped from
+    ``wanted`` and noted in ``skipped`` without a garment folder)."""
+    preds = _list_images(Path(config.pred_dir), "prediction")
+    gts = _list_images(Path(config.gt_dir), "ground-truth")
+    gt_of, garment_of = _match_ground_truth(preds, gts, Path(config.gt_dir))
+    stems = sorted(preds)
+    garment_paths: dict[str, Path] = {}
+    if Metric.CLIP_I in wanted:
+        if config.garments_dir is None:
+            wanted.remove(Metric.CLIP_I)
+            skipped[Metric.CLIP_I.value] = "no garments_dir given"
+        else:
+            garment_paths = _garment_files(config, stems, garment_of)
+    return _Pairs(preds, gts, gt_of, garment_paths, stems)
+
+
+def _garment_files(
+    config: EvaluationConfig, stems: list[str], garment_of: dict[str, str]
+) -> dict[str, Path]:
+    """Each output's garment image: named by the pairs file, the output's name, or its stem."""
+    garments = _list_images(Path(config.garments_dir), "garment")
+    pairs = {}
+    if config.pairs_file is not None:
+        pairs = _read_pairs_file(Path(config.pairs_file))
+        not_listed = [s for s in stems if s not in pairs]
+        if not_listed:
+            raise EvaluationError(
+                _missing_message(not_listed, f"the pairs file {config.pairs_file}")
+            )
+    wanted_garment = {s: pairs.get(s, garment_of.get(s, s)) for s in stems}
+    unpaired = [s for s in stems if wanted_garment[s] not in garments]
+    if unpaired:
+        raise EvaluationError(
+            _missing_message(unpaired, f"the garment folder {config.garments_dir}")
+        )
+    return {s: garments[wanted_garment[s]] for s in stems}
+
+
+def _load_networks(config: EvaluationConfig, wanted: list[Metric], device) -> _Networks:
+    """The metric networks ``wanted`` needs, with the records of their weight files."""
+    networks = _Networks()
+    if Metric.LPIPS in wanted:
+        networks.lpips, record = load_lpips(
+            config.lpips_net, config.weights_dir, verify=config.verify_weights, device=device
+        )
+        networks.weights.update(record)
+    if Metric.FID in wanted or Metric.KID in wanted:
+        networks.inception, record = load_fid_inception(
+            config.weights_dir, verify=config.verify_weights, device=device
+        )
+        networks.weights.update(record)
     if Metric.CLIP_I in wanted:
         from .metrics.clip_score import CLIPImageScorer
 
-        clip_path = Path(clip_model) if clip_model is not None else Path(weights_dir) / "clip"
-        scorer = CLIPImageScorer.from_pretrained(clip_path, device=device)
-        clip_record = _clip_record(clip_path, scorer)
+        clip_path = (
+            Path(config.clip_model)
+            if config.clip_model is not None
+            else Path(config.weights_dir) / "clip"
+        )
+        networks.clip = CLIPImageScorer.from_pretrained(clip_path, device=device)
+        networks.clip_record = _clip_record(clip_path, networks.clip)
+    return networks
 
-    per_image: dict[str, dict[str, float]] = {s: {} for s in stems}
-    pred_features, gt_features = [], []
-    resized = {"pred": 0, "gt": 0}
+
+def _score_images(
+    config: EvaluationConfig,
+    pairs: _Pairs,
+    wanted: list[Metric],
+    networks: _Networks,
+    size: tuple[int, int],
+    device,
+) -> _Scores:
+    """Per-image SSIM / LPIPS / CLIP-I and the FID features, batch by batch."""
+    scores = _Scores({s: {} for s in pairs.stems}, [], [], {"pred": 0, "gt": 0})
+    needs_features = networks.inception is not None
     with (
         torch.no_grad(),
-        tqdm(total=len(stems), unit="img", desc="evaluate", disable=not progress) as bar,
+        tqdm(
+            total=len(pairs.stems), unit="img", desc="evaluate", disable=not config.progress
+        ) as bar,
     ):
-        for batch in _batches(stems, batch_size):
+        for batch in _batches(pairs.stems, config.batch_size):
             pred_images, gt_images = [], []
             for stem in batch:
-                image, was_resized = _load_rgb(preds[stem], (height, width))
+                image, was_resized = _load_rgb(pairs.preds[stem], size)
                 pred_images.append(image)
-                resized["pred"] += was_resized
-                image, was_resized = _load_rgb(gts[gt_of[stem]], (height, width))
+                scores.resized["pred"] += was_resized
+                image, was_resized = _load_rgb(pairs.gts[pairs.gt_of[stem]], size)
                 gt_images.append(image)
-                resized["gt"] += was_resized
+                scores.resized["gt"] += was_resized
             if Metric.SSIM in wanted or Metric.LPIPS in wanted:
-                pred_u8 = torch.from_numpy(np.stack(pred_images)).permute(0, 3, 1, 2).to(device)
-                gt_u8 = torch.from_numpy(np.stack(gt_images)).permute(0, 3, 1, 2).to(device)
-                if Metric.SSIM in wanted:
-                    # float64 from the uint8 values, as scikit-image would see them.
-                    values = ssim(pred_u8.double() / 255, gt_u8.double() / 255).tolist()
-                    for stem, value in zip(batch, values, strict=True):
-                        per_image[stem]["ssim"] = value
-                if Metric.LPIPS in wanted:
-                    values = lpips_model(pred_u8.float() / 255, gt_u8.float() / 255).tolist()
-                    for stem, value in zip(batch, values, strict=True):
-                        per_image[stem]["lpips"] = value
+                _paired_scores(batch, pred_images, gt_images, wanted, networks, scores, device)
             if needs_features:
-                pred_features.append(inception_features(inception, pred_images, device=device))
-                gt_features.append(inception_features(inception, gt_images, device=device))
+                inception = networks.inception
+                scores.pred_features.append(
+                    inception_features(inception, pred_images, device=device)
+                )
+                scores.gt_features.append(inception_features(inception, gt_images, device=device))
             if Metric.CLIP_I in wanted:
-                garment_images = [_load_rgb(garment_paths[s])[0] for s in batch]
-                values = scorer.similarity(pred_images, garment_images).tolist()
+                garment_images = [_load_rgb(pairs.garment_paths[s])[0] for s in batch]
+                values = networks.clip.similarity(pred_images, garment_images).tolist()
                 for stem, value in zip(batch, values, strict=True):
-                    per_image[stem]["clip_i"] = value
+                    scores.per_image[stem]["clip_i"] = value
             bar.update(len(batch))
+    return scores
 
+
+def _paired_scores(batch, pred_images, gt_images, wanted, networks, scores: _Scores, device):
+    """SSIM and LPIPS of one batch of (output, ground truth) pairs."""
+    pred_u8 = torch.from_numpy(np.stack(pred_images)).permute(0, 3, 1, 2).to(device)
+    gt_u8 = torch.from_numpy(np.stack(gt_images)).permute(0, 3, 1, 2).to(device)
+    if Metric.SSIM in wanted:
+        # float64 from the uint8 values, as scikit-image would see them.
+        values = ssim(pred_u8.double() / 255, gt_u8.double() / 255).tolist()
+        for stem, value in zip(batch, values, strict=True):
+            scores.per_image[stem]["ssim"] = value
+    if Metric.LPIPS in wanted:
+        values = networks.lpips(pred_u8.float() / 255, gt_u8.float() / 255).tolist()
+        for stem, value in zip(batch, values, strict=True):
+            scores.per_image[stem]["lpips"] = value
+
+
+def _aggregate(
+    config: EvaluationConfig, stems: list[str], wanted: list[Metric], scores: _Scores
+) -> tuple[dict[str, float], dict | None, list[str]]:
+    """(means and distribution metrics, the KID protocol, notes on the numbers)."""
     results: dict[str, float] = {}
     for metric in (Metric.SSIM, Metric.LPIPS, Metric.CLIP_I):
         if metric in wanted:
-            results[metric.value] = float(np.mean([per_image[s][metric.value] for s in stems]))
+            values = [scores.per_image[s][metric.value] for s in stems]
+            results[metric.value] = float(np.mean(values))
     kid_protocol = None
     notes = []
-    if needs_features:
-        pred_all, gt_all = np.concatenate(pred_features), np.concatenate(gt_features)
-        if Metric.FID in wanted:
-            results["fid"] = fid_from_features(pred_all, gt_all)
-            if len(stems) < pred_all.shape[1]:
-                notes.append(
-                    f"FID from {len(stems)} images (< {pred_all.shape[1]} feature dimensions): "
-                    "strongly biased upwards, compare only with the same image count"
-                )
-        if Metric.KID in wanted:
-            kid = kid_from_features(
-                pred_all,
-                gt_all,
-                num_subsets=kid_subsets,
-                max_subset_size=kid_subset_size,
-                seed=seed,
+    if not scores.pred_features:
+        return results, kid_protocol, notes
+    pred_all, gt_all = np.concatenate(scores.pred_features), np.concatenate(scores.gt_features)
+    if Metric.FID in wanted:
+        results["fid"] = fid_from_features(pred_all, gt_all)
+        if len(stems) < pred_all.shape[1]:
+            notes.append(
+                f"FID from {len(stems)} images (< {pred_all.shape[1]} feature dimensions): "
+                "strongly biased upwards, compare only with the same image count"
             )
-            results["kid"], results["kid_std"] = kid.mean, kid.std
-            kid_protocol = {
-                "num_subsets": kid_subsets,
-                "subset_size": kid.subset_size,
-                "seed": seed,
-            }
-    if resized["pred"] or resized["gt"]:
-        notes.append(
-            f"resized to {height}x{width} (PIL bicubic): {resized['pred']} outputs, "
-            f"{resized['gt']} ground-truth images"
+    if Metric.KID in wanted:
+        kid = kid_from_features(
+            pred_all,
+            gt_all,
+            num_subsets=config.kid_subsets,
+            max_subset_size=config.kid_subset_size,
+            seed=config.seed,
         )
+        results["kid"], results["kid_std"] = kid.mean, kid.std
+        kid_protocol = {
+            "num_subsets": config.kid_subsets,
+            "subset_size": kid.subset_size,
+            "seed": config.seed,
+        }
+    return results, kid_protocol, notes
 
-    implementations = {}
-    for metric in wanted:
-        text = _IMPLEMENTATIONS[metric]
-        implementations[metric.value] = text.format(net=lpips_net)
-    protocol = {
+
+def _protocol(
+    config: EvaluationConfig,
+    pairs: _Pairs,
+    wanted: list[Metric],
+    networks: _Networks,
+    scores: _Scores,
+    kid_protocol: dict | None,
+    notes: list[str],
+    device,
+) -> dict:
+    """Everything that moves the numbers, recorded with them."""
+    height, width = (int(v) for v in config.resolution)
+    return {
         "resolution": [height, width],
-        "pred_dir": str(pred_dir),
-        "gt_dir": str(gt_dir),
-        "garments_dir": None if garments_dir is None else str(garments_dir),
-        "pairs_file": None if pairs_file is None else str(pairs_file),
-        "pairing": "file stem" + (" + pairs file for garments" if pairs_file else ""),
-        "num_pairs": len(stems),
-        "num_pred_images": len(preds),
-        "num_gt_images": len(gts),
-        "num_gt_unused": len(gts) - len(set(gt_of.values())),
-        "num_resized": resized,
+        "pred_dir": str(config.pred_dir),
+        "gt_dir": str(config.gt_dir),
+        "garments_dir": None if config.garments_dir is None else str(config.garments_dir),
+        "pairs_file": None if config.pairs_file is None else str(config.pairs_file),
+        "pairing": "file stem" + (" + pairs file for garments" if config.pairs_file else ""),
+        "num_pairs": len(pairs.stems),
+        "num_pred_images": len(pairs.preds),
+        "num_gt_images": len(pairs.gts),
+        "num_gt_unused": len(pairs.gts) - len(set(pairs.gt_of.values())),
+        "num_resized": scores.resized,
         "metrics": [m.value for m in wanted],
-        "implementations": implementations,
-        "lpips_net": lpips_net if Metric.LPIPS in wanted else None,
+        "implementations": {
+            m.value: _IMPLEMENTATIONS[m].format(net=config.lpips_net) for m in wanted
+        },
+        "lpips_net": config.lpips_net if Metric.LPIPS in wanted else None,
         "kid": kid_protocol,
-        "clip_model": clip_record,
-        "weights": weights,
-        "weights_verified": verify_weights,
+        "clip_model": networks.clip_record,
+        "weights": networks.weights,
+        "weights_verified": config.verify_weights,
         "device": str(device),
         "versions": _versions(),
         "notes": notes,
     }
-    return {"metrics": results, "per_image": per_image, "protocol": protocol, "skipped": skipped}
 
 
 # --------------------------------------------------------------------------- reporting
@@ -484,104 +635,3 @@ def format_table(result: dict) -> str:
         lines.append(f"skipped {key}: {reason}")
     lines += [f"note: {note}" for note in protocol.get("notes", [])]
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def _resolution(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"resolution must be HEIGHTxWIDTH such as 1024x768, got {text!r}"
-        ) from None
-    return height, width
-
-
-def _metric_list(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in DEFAULT_METRICS]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(DEFAULT_METRICS)}"
-        )
-    return names
-
-
-def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``evaluate`` command's arguments to ``parser`` (returned for chaining)."""
-    parser.add_argument("pred_dir", type=Path, help="folder of generated try-on images")
-    parser.add_argument("gt_dir", type=Path, help="folder of ground-truth photos (same names)")
-    parser.add_argument("--garments-dir", type=Path, help="in-shop garment images (for CLIP-I)")
-    parser.add_argument(
-        "--pairs-file",
-        type=Path,
-        help="VITON-HD style 'person garment' lines naming each output's garment (unpaired)",
-    )
-    parser.add_argument(
-        "--metrics",
-        type=_metric_list,
-        default=DEFAULT_METRICS,
-        help=f"comma-separated subset of {','.join(DEFAULT_METRICS)} (default: all)",
-    )
-    parser.add_argument(
-        "--weights-dir",
-        type=Path,
-        default=Path("weights"),
-        help="folder with the metric weight files (default: ./weights)",
-    )
-    parser.add_argument(
-        "--resolution",
-        type=_resolution,
-        default=DEFAULT_RESOLUTION,
-        help="HEIGHTxWIDTH every image is brought to first (default: 1024x768)",
-    )
-    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cpu")
-    parser.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex")
-    parser.add_argument(
-        "--clip-model", type=Path, help="CLIP vision model folder (default: WEIGHTS_DIR/clip)"
-    )
-    parser.add_argument("--kid-subsets", type=int, default=100)
-    parser.add_argument("--kid-subset-size", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0, help="seed for KID subsets")
-    parser.add_argument(
-        "--no-verify-weights",
-        action="store_true",
-        help="do not check weight files against their published SHA-256 (recorded)",
-    )
-    parser.add_argument("--json", type=Path, help="also write the full result to this file")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    """Run :func:`evaluate_folders` from parsed arguments; print the table; 0 on success."""
-    try:
-        result = evaluate_folders(
-            args.pred_dir,
-            args.gt_dir,
-            garments_dir=args.garments_dir,
-            metrics=args.metrics,
-            weights_dir=args.weights_dir,
-            resolution=args.resolution,
-            batch_size=args.batch_size,
-            device=args.device,
-            lpips_net=args.lpips_net,
-            clip_model=args.clip_model,
-            pairs_file=args.pairs_file,
-            kid_subsets=args.kid_subsets,
-            kid_subset_size=args.kid_subset_size,
-            seed=args.seed,
-            verify_weights=not args.no_verify_weights,
-            progress=not args.no_progress,
-        )
-    except (EvaluationError, WeightFileError, StateDictMismatchError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(format_table(result))
-    if args.json is not None:
-        write_json_atomic(args.json, result)
-        print(f"wrote {args.json}")
-    return 0

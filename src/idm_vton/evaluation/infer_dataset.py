@@ -37,28 +37,26 @@ protocol is refused, so one folder never mixes two protocols.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from ..enums import DatasetKind, DType, GarmentCategory, Pairing, Split, parse_dataset_category
+from ..errors import DatasetError, UsageError
 from ..files import write_json_atomic
+from ..options import option
 
 __all__ = [
-    "DatasetKind",
     "DatasetInferenceConfig",
+    "DatasetKind",
     "InferenceSummary",
-    "add_arguments",
     "infer_dataset",
     "is_finished_image",
     "output_name",
-    "run",
     "sample_seed",
     "shard",
 ]
@@ -89,44 +87,57 @@ PROTOCOL_KEYS = (
 )
 
 
-class DatasetKind(str, Enum):
-    """Dataset layout (see :mod:`idm_vton.data.datasets`)."""
-
-    VITONHD = "vitonhd"
-    DRESSCODE = "dresscode"
-
-    def __str__(self) -> str:
-        return self.value
-
-
 @dataclass(frozen=True)
 class DatasetInferenceConfig:
-    """What :func:`infer_dataset` renders and how; the CLI flags map one to one.
+    """What :func:`infer_dataset` renders and how (the options of ``idm-vton infer-dataset``).
 
-    ``category`` is DressCode's ``upper_body`` / ``lower_body`` / ``dresses`` / ``all`` (default
-    ``all``); VITON-HD only has ``upper_body``. ``device`` ``None`` = the accelerate process's
-    device (``cuda:<local rank>`` when there is a GPU); ``dtype`` ``None`` = ``bf16`` on CUDA,
-    ``fp32`` elsewhere.
+    ``category`` is a DressCode category, or ``None``: all of DressCode's, VITON-HD's
+    ``upper_body``. ``device`` ``None`` = the accelerate process's device (``cuda:<local rank>``
+    when there is a GPU, else the CPU); ``dtype`` ``None`` = ``bf16`` on CUDA, ``fp32`` elsewhere.
     """
 
-    model: str
-    data: Path
-    dataset: DatasetKind
-    out: Path
-    category: str | None = None
-    split: str = "test"
-    pairing: str = "paired"
-    steps: int = 30
-    guidance: float = 2.0
-    seed: int = 42
-    height: int = 1024
-    width: int = 768
-    batch_size: int = 1
-    device: str | None = None
-    dtype: str | None = None
-    num_workers: int = 2
-    negative_prompt: str | None = None
-    progress: bool = True
+    model: str = option(shared="model")
+    data: Path = option(help="dataset root folder")
+    dataset: DatasetKind = option(help="dataset layout")
+    out: Path = option(help="output folder (one PNG per pair + manifest.json)")
+    category: GarmentCategory | None = option(
+        None,
+        "DressCode category (default: all)",
+        parse=parse_dataset_category,
+        metavar="{upper_body,lower_body,dresses,all}",
+    )
+    split: Split = option(Split.TEST)
+    pairing: Pairing = option(
+        Pairing.PAIRED,
+        "the person's own garment (paired) or another one (unpaired); default %(default)s",
+    )
+    steps: int = option(30, shared="steps")
+    guidance: float = option(2.0, shared="guidance")
+    seed: int = option(
+        42, "base seed; each sample derives its own (default %(default)s)", shared="seed"
+    )
+    height: int = option(1024, shared="height")
+    width: int = option(768, shared="width")
+    batch_size: int = option(1, "samples per pipeline call (default %(default)s)")
+    device: str | None = option(
+        None,
+        "cpu, cuda, cuda:N (default: the accelerate process's device; leave unset under "
+        "accelerate launch)",
+        shared="device",
+    )
+    dtype: DType | None = option(None, shared="dtype")
+    num_workers: int = option(2, "data loading processes (default %(default)s)")
+    negative_prompt: str | None = option(None, shared="negative_prompt")
+    progress: bool = option(True, "hide the progress bar")
+
+    def __post_init__(self) -> None:
+        # Plain strings are accepted (as from a script); the fields hold the enums.
+        object.__setattr__(self, "dataset", DatasetKind.parse(self.dataset, "dataset"))
+        object.__setattr__(self, "category", parse_dataset_category(self.category))
+        object.__setattr__(self, "split", Split.parse(self.split, "split"))
+        object.__setattr__(self, "pairing", Pairing.parse(self.pairing, "pairing"))
+        if self.dtype is not None:
+            object.__setattr__(self, "dtype", DType.parse(self.dtype, "dtype"))
 
 
 @dataclass(frozen=True)
@@ -223,39 +234,42 @@ def _build_dataset(config: DatasetInferenceConfig, clip_size: int = 224):
 
 def _validate(config: DatasetInferenceConfig) -> None:
     if config.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {config.steps}")
+        raise UsageError(f"--steps must be >= 1, got {config.steps}")
     if config.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {config.batch_size}")
+        raise UsageError(f"--batch-size must be >= 1, got {config.batch_size}")
     if config.num_workers < 0:
-        raise ValueError(f"--num-workers must be >= 0, got {config.num_workers}")
+        raise UsageError(f"--num-workers must be >= 0, got {config.num_workers}")
     for flag, value in (("--height", config.height), ("--width", config.width)):
         if value % 8 or value < 16:
-            raise ValueError(f"{flag} must be a multiple of 8 and >= 16, got {value}")
-    if config.dataset is DatasetKind.VITONHD and config.category not in (None, "upper_body"):
-        raise ValueError(f"VITON-HD has upper_body garments only, got --category {config.category}")
+            raise UsageError(f"{flag} must be a multiple of 8 and >= 16, got {value}")
+    if config.dataset is DatasetKind.VITONHD and config.category not in (
+        None,
+        GarmentCategory.UPPER_BODY,
+    ):
+        raise UsageError(f"VITON-HD has upper_body garments only, got --category {config.category}")
 
 
-def _protocol(config: DatasetInferenceConfig, dtype_name: str) -> dict[str, Any]:
+def _protocol(config: DatasetInferenceConfig, dtype: DType) -> dict[str, Any]:
+    from .. import __version__
     from ..pipelines.tryon import DEFAULT_NEGATIVE_PROMPT
 
-    category = config.category or (
-        "all" if config.dataset is DatasetKind.DRESSCODE else "upper_body"
-    )
-    from .. import __version__
-
+    if config.category is not None:
+        category = config.category.value
+    else:
+        category = "all" if config.dataset is DatasetKind.DRESSCODE else "upper_body"
     return {
         "idm_vton": __version__,
         "model": _resolve_model(config.model),
         "dataset": config.dataset.value,
         "category": category,
-        "split": str(config.split),
-        "pairing": str(config.pairing),
+        "split": config.split.value,
+        "pairing": config.pairing.value,
         "steps": config.steps,
         "guidance": config.guidance,
         "seed": config.seed,
         "height": config.height,
         "width": config.width,
-        "dtype": dtype_name,
+        "dtype": dtype.value,
         "negative_prompt": config.negative_prompt
         if config.negative_prompt is not None
         else DEFAULT_NEGATIVE_PROMPT,
@@ -270,7 +284,7 @@ def _check_resumable(manifest_path: Path, protocol: dict[str, Any]) -> None:
     try:
         previous = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as error:
-        raise ValueError(
+        raise UsageError(
             f"cannot read {manifest_path}: {error}; remove it or use another --out"
         ) from None
     differ = [
@@ -279,7 +293,7 @@ def _check_resumable(manifest_path: Path, protocol: dict[str, Any]) -> None:
         if previous.get(key) != protocol[key]
     ]
     if differ:
-        raise ValueError(
+        raise UsageError(
             f"{manifest_path.parent} holds results of another protocol ({'; '.join(differ)}): "
             "use another --out"
         )
@@ -292,81 +306,42 @@ def infer_dataset(config: DatasetInferenceConfig, pipe=None) -> InferenceSummary
     when ``None`` the model named by ``config.model`` is loaded, and only if there is work left.
     Call it in every process of an accelerate launch (the processes meet at barriers).
     """
-    import torch
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    from ..commands.main import DTYPES, resolve_device, resolve_dtype
-
     _validate(config)
-    device = resolve_device(config.device) if config.device is not None else None
-    # Without ``cpu=True`` accelerate treats a launch on a machine without GPUs as one process.
-    cpu = (
-        (device is not None and device.type == "cpu")
-        or parse_flag_from_env("ACCELERATE_USE_CPU")
-        or not torch.accelerator.is_available()
-    )
-    state = PartialState(cpu=cpu)
-    if pipe is not None:  # its device and dtype are what the images are made with
-        device, dtype = pipe._execution_device, pipe.unet.dtype
-        dtype_name = next(k for k, v in DTYPES.items() if getattr(torch, v) == dtype)
-    else:
-        device = device or state.device
-        dtype_name = config.dtype or ("bf16" if device.type == "cuda" else "fp32")
-        dtype = resolve_dtype(dtype_name)
-    if dtype == torch.float16 and device.type == "cpu":
-        raise ValueError("fp16 is not supported on the CPU: use --dtype bf16 or fp32")
+    state, device, dtype = _process_device_and_dtype(config, pipe)
     out = Path(config.out)
     manifest_path = out / MANIFEST_NAME
-    protocol = _protocol(config, dtype_name)
+    protocol = _protocol(config, dtype)
     _check_resumable(manifest_path, protocol)
 
     # 1. Samples and their output files, in dataset order (repeated pairs rendered once).
-    dataset = _build_dataset(config)
-    index_of: dict[str, int] = {}
-    for i, record in enumerate(dataset.records):
-        index_of.setdefault(output_name(record.person_path.stem, record.garment_path.stem), i)
-    if len(index_of) < len(dataset):
-        logger.warning("%d repeated pairs are rendered once", len(dataset) - len(index_of))
+    index_of = _output_rows(config)
     size = (config.height, config.width)
     pending = [(n, i) for n, i in index_of.items() if not is_finished_image(out / n, size)]
 
     # 2. Nobody renders before everyone has listed the pending samples, so the lists agree.
     if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        for pattern in (".*.png.*.tmp", f".{MANIFEST_NAME}.*.tmp"):  # left by a killed run
-            for stale in out.glob(pattern):
-                stale.unlink(missing_ok=True)
-        write_json_atomic(
-            manifest_path,
-            {
-                **protocol,
-                "total": len(index_of),
-                "count": len(index_of) - len(pending),
-                "complete": False,
-            },
-        )
+        _start_output_folder(out)
+        done = len(index_of) - len(pending)
+        _write_manifest(manifest_path, protocol, len(index_of), done, complete=False)
     state.wait_for_everyone()
     mine = shard(pending, state.process_index, state.num_processes, config.batch_size)
 
     # 3. Render this process's share.
     rendered = 0
     if mine:
-        rendered = _render(config, pipe, mine, device, dtype, protocol, out, state)
+        if pipe is None:
+            from ..loaders.pipeline import load_model
+
+            pipe = load_model(config.model, dtype.torch_dtype, device)
+        rendered = _render(config, pipe, mine, protocol, out, state)
 
     # 4. Count and record.
     state.wait_for_everyone()
     finished = None
     if state.is_main_process:
         finished = sum(is_finished_image(out / n, size) for n in index_of)
-        write_json_atomic(
-            manifest_path,
-            {
-                **protocol,
-                "total": len(index_of),
-                "count": finished,
-                "complete": finished == len(index_of),
-            },
+        _write_manifest(
+            manifest_path, protocol, len(index_of), finished, complete=finished == len(index_of)
         )
     return InferenceSummary(
         rendered=rendered,
@@ -379,7 +354,59 @@ def infer_dataset(config: DatasetInferenceConfig, pipe=None) -> InferenceSummary
     )
 
 
-def _render(config, pipe, mine, device, dtype, protocol, out, state) -> int:
+def _process_device_and_dtype(config: DatasetInferenceConfig, pipe):
+    """(accelerate process state, device, dtype): ``pipe``'s own when given, else the config's
+    (by default the process's device, bf16 on CUDA and fp32 elsewhere)."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    from ..devices import check_dtype_on_device, default_dtype, resolve_device
+
+    device = resolve_device(config.device) if config.device is not None else None
+    # Without ``cpu=True`` accelerate treats a launch on a machine without GPUs as one process.
+    cpu = (
+        (device is not None and device.type == "cpu")
+        or parse_flag_from_env("ACCELERATE_USE_CPU")
+        or not torch.accelerator.is_available()
+    )
+    state = PartialState(cpu=cpu)
+    if pipe is not None:  # its device and dtype are what the images are made with
+        device, dtype = pipe._execution_device, DType.of(pipe.unet.dtype)
+    else:
+        device = device or state.device
+        dtype = config.dtype or default_dtype(device)
+    check_dtype_on_device(dtype.torch_dtype, device)
+    return state, device, dtype
+
+
+def _output_rows(config: DatasetInferenceConfig) -> dict[str, int]:
+    """Output file name -> dataset row, in dataset order; a repeated pair is rendered once."""
+    dataset = _build_dataset(config)
+    index_of: dict[str, int] = {}
+    for i, record in enumerate(dataset.records):
+        index_of.setdefault(output_name(record.person_path.stem, record.garment_path.stem), i)
+    if len(index_of) < len(dataset):
+        logger.warning("%d repeated pairs are rendered once", len(dataset) - len(index_of))
+    return index_of
+
+
+def _start_output_folder(out: Path) -> None:
+    """Create ``out`` and remove the temporary files a killed run left there."""
+    out.mkdir(parents=True, exist_ok=True)
+    for pattern in (".*.png.*.tmp", f".{MANIFEST_NAME}.*.tmp"):
+        for stale in out.glob(pattern):
+            stale.unlink(missing_ok=True)
+
+
+def _write_manifest(
+    path: Path, protocol: dict[str, Any], total: int, count: int, complete: bool
+) -> None:
+    """The protocol with the image counts; ``complete`` once every image is there."""
+    write_json_atomic(path, {**protocol, "total": total, "count": count, "complete": complete})
+
+
+def _render(config, pipe, mine, protocol, out, state) -> int:
     """Render ``mine`` (output name, dataset row) in batches of ``config.batch_size``."""
     import torch
     from tqdm import tqdm
@@ -387,10 +414,6 @@ def _render(config, pipe, mine, device, dtype, protocol, out, state) -> int:
     from ..data.datasets import collate
     from ..pipelines.image_processor import save_image_atomic
 
-    if pipe is None:
-        from ..commands.main import load_model
-
-        pipe = load_model(config.model, dtype, device)
     pipe.set_progress_bar_config(disable=True)
     # The dataset's CLIP view must match the image encoder's input size.
     dataset = _build_dataset(config, clip_size=pipe.image_encoder.config.image_size)
@@ -413,33 +436,7 @@ def _render(config, pipe, mine, device, dtype, protocol, out, state) -> int:
     ) as bar:
         for batch in loader:
             batch_names = names[done : done + len(batch["name"])]
-            for name, person, garment in zip(
-                batch_names, batch["name"], batch["garment_name"], strict=True
-            ):
-                assert name == output_name(person, garment), (name, person, garment)
-            empty = [n for n, m in zip(batch_names, batch["mask"], strict=True) if not m.any()]
-            if empty:
-                raise ValueError(f"empty inpainting mask for {', '.join(empty)}")
-            generators = [
-                torch.Generator("cpu").manual_seed(sample_seed(config.seed, Path(n).stem))
-                for n in batch_names
-            ]
-            images = pipe(
-                person_image=batch["person"],
-                garment_image=batch["garment"],
-                mask_image=batch["mask"],
-                pose_image=batch["pose"],
-                garment_clip_pixels=batch["garment_clip"],
-                garment_description=batch["description"],
-                negative_prompt=protocol["negative_prompt"],
-                num_inference_steps=config.steps,
-                guidance_scale=config.guidance,
-                height=config.height,
-                width=config.width,
-                generator=generators,
-                paste_back=False,
-                output_type="pil",
-            ).images
+            images = _render_batch(config, pipe, batch, batch_names, protocol["negative_prompt"])
             for name, image in zip(batch_names, images, strict=True):
                 save_image_atomic(image, out / name)
             done += len(batch_names)
@@ -447,122 +444,31 @@ def _render(config, pipe, mine, device, dtype, protocol, out, state) -> int:
     return done
 
 
-# ------------------------------------------------------------------------------- command line
+def _render_batch(config, pipe, batch: dict, names: list[str], negative_prompt: str) -> list:
+    """One pipeline call for a collated batch; every row draws from its own seeded generator."""
+    import torch
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``infer-dataset`` command's arguments to ``parser`` (returned for chaining)."""
-    parser.description = (
-        "Render every pair of a VITON-HD / DressCode split with the dataset's masks, DensePose "
-        "and captions into OUT/{person}_{garment}.png (resumable; run it under "
-        "'accelerate launch -m idm_vton infer-dataset ...' to share the work over GPUs)."
-    )
-    parser.add_argument(
-        "--model",
-        default="yisol/IDM-VTON",
-        help="hub id, checkpoint folder, or 'tiny' (default %(default)s)",
-    )
-    parser.add_argument("--data", required=True, type=Path, help="dataset root folder")
-    parser.add_argument(
-        "--dataset", required=True, choices=[k.value for k in DatasetKind], help="dataset layout"
-    )
-    parser.add_argument(
-        "--category",
-        choices=("upper_body", "lower_body", "dresses", "all"),
-        default=None,
-        help="DressCode category (default: all)",
-    )
-    parser.add_argument("--split", choices=("test", "train"), default="test")
-    parser.add_argument(
-        "--pairing",
-        choices=("paired", "unpaired"),
-        default="paired",
-        help="the person's own garment (paired) or another one (unpaired); default %(default)s",
-    )
-    parser.add_argument(
-        "--out", required=True, type=Path, help="output folder (one PNG per pair + manifest.json)"
-    )
-    parser.add_argument(
-        "--steps", type=int, default=30, help="denoising steps (default %(default)s)"
-    )
-    parser.add_argument(
-        "--guidance", type=float, default=2.0, help="classifier-free guidance (default %(default)s)"
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=42,
-        help="base seed; each sample derives its own (default %(default)s)",
-    )
-    parser.add_argument(
-        "--height", type=int, default=1024, help="work height (default %(default)s)"
-    )
-    parser.add_argument("--width", type=int, default=768, help="work width (default %(default)s)")
-    parser.add_argument(
-        "--batch-size", type=int, default=1, help="samples per pipeline call (default %(default)s)"
-    )
-    parser.add_argument(
-        "--device",
-        default=None,
-        help="cpu, cuda, cuda:N (default: the accelerate process's device; leave unset under "
-        "accelerate launch)",
-    )
-    parser.add_argument(
-        "--dtype",
-        choices=("fp32", "bf16", "fp16"),
-        default=None,
-        help="default: bf16 on GPU, fp32 on CPU",
-    )
-    parser.add_argument(
-        "--num-workers", type=int, default=2, help="data loading processes (default %(default)s)"
-    )
-    parser.add_argument(
-        "--negative-prompt", default=None, help="unconditional caption (reference default)"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """``idm-vton infer-dataset``: build the config from parsed arguments and run it."""
-    config = DatasetInferenceConfig(
-        model=args.model,
-        data=args.data,
-        dataset=DatasetKind(args.dataset),
-        out=args.out,
-        category=args.category,
-        split=args.split,
-        pairing=args.pairing,
-        steps=args.steps,
-        guidance=args.guidance,
-        seed=args.seed,
-        height=args.height,
-        width=args.width,
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype,
-        num_workers=args.num_workers,
-        negative_prompt=args.negative_prompt,
-        progress=not args.no_progress,
-    )
-    summary = infer_dataset(config)
-    if summary.num_processes > 1:
-        print(
-            f"process {summary.process_index}/{summary.num_processes} rendered "
-            f"{summary.rendered} images",
-            flush=True,
-        )
-    if summary.finished is None:  # not the main process
-        return 0
-    print(
-        f"{summary.finished}/{summary.total} images in {summary.out} "
-        f"({summary.skipped} were already done)"
-    )
-    if summary.finished != summary.total:
-        print(
-            f"idm-vton infer-dataset: error: {summary.total - summary.finished} images missing "
-            f"after the run",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    for name, person, garment in zip(names, batch["name"], batch["garment_name"], strict=True):
+        assert name == output_name(person, garment), (name, person, garment)
+    empty = [n for n, m in zip(names, batch["mask"], strict=True) if not m.any()]
+    if empty:
+        raise DatasetError(f"empty inpainting mask for {', '.join(empty)}")
+    generators = [
+        torch.Generator("cpu").manual_seed(sample_seed(config.seed, Path(n).stem)) for n in names
+    ]
+    return pipe(
+        person_image=batch["person"],
+        garment_image=batch["garment"],
+        mask_image=batch["mask"],
+        pose_image=batch["pose"],
+        garment_clip_pixels=batch["garment_clip"],
+        garment_description=batch["description"],
+        negative_prompt=negative_prompt,
+        num_inference_steps=config.steps,
+        guidance_scale=config.guidance,
+        height=config.height,
+        width=config.width,
+        generator=generators,
+        paste_back=False,
+        output_type="pil",
+    ).images

@@ -17,16 +17,22 @@ import pickle
 import pickletools
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ..errors import CheckpointError, StateDictMismatchError
+from .weights import ZIP_MAGIC, check_weight_file
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CHECKPOINT_SOURCE",
     "CheckpointError",
+    "StateDictMismatchError",
     "check_state_dict",
     "convert_garment_state_dict",
     "convert_resampler_state_dict",
@@ -34,29 +40,11 @@ __all__ = [
     "read_state_dict",
 ]
 
-# Files smaller than this cannot hold a real weight tensor: they are placeholders (the official
-# repository ships 25-byte text files and git-lfs pointers where weights should be).
-MIN_WEIGHT_BYTES = 1024
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder or weight file is missing, a placeholder, corrupt or does not fit."""
-
-
-def check_weight_file(path: Path) -> None:
-    """Refuse missing, placeholder (git-lfs pointer, tiny text) and empty weight files."""
-    if not path.is_file():
-        raise CheckpointError(f"weight file not found: {path}")
-    size = path.stat().st_size
-    if size < MIN_WEIGHT_BYTES:
-        head = path.read_bytes()[:64]
-        kind = (
-            "a git-lfs pointer" if head.startswith(b"version https://git-lfs") else "a placeholder"
-        )
-        raise CheckpointError(
-            f"{path} is {kind} of {size} bytes, not weights: download the real file "
-            "(e.g. `huggingface-cli download yisol/IDM-VTON`) or `git lfs pull` in the clone"
-        )
+#: Where a try-on checkpoint's weight files come from, for error messages.
+CHECKPOINT_SOURCE = (
+    "the model's hub repository (e.g. `huggingface-cli download yisol/IDM-VTON`, or "
+    "`git lfs pull` in a clone)"
+)
 
 
 _WEIGHT_NAMES = (
@@ -88,9 +76,6 @@ def weight_files(folder: Path) -> list[Path]:
     raise CheckpointError(
         f"no weight file in {folder} (expected one of {', '.join(_WEIGHT_NAMES[:1] + _WEIGHT_NAMES[4:5])})"
     )
-
-
-_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def _pickles_are_whole(path: Path, zipped: bool) -> bool:
@@ -131,7 +116,7 @@ def _refused_global(message: str) -> str:
 
 
 def _read_one(path: Path) -> dict[str, torch.Tensor]:
-    check_weight_file(path)
+    check_weight_file(path, f"{path.parent.name}/", CHECKPOINT_SOURCE, error=CheckpointError)
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
@@ -141,7 +126,7 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
                 f"{path} is truncated or corrupt ({msg}): download it again"
             ) from err
     with open(path, "rb") as stream:
-        zipped = stream.read(4) == _ZIP_MAGIC
+        zipped = stream.read(4) == ZIP_MAGIC
     try:
         # Pickled checkpoints are read with weights_only=True: tensors only, no code. Only the
         # zip format can be memory-mapped; legacy (_use_new_zipfile_serialization=False) files
@@ -249,24 +234,65 @@ def convert_garment_state_dict(
     return {k: v for k, v in state.items() if k not in dropped}, dropped
 
 
-def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """Assert ``state`` has exactly the model's keys with the model's shapes; name every problem."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {expected[k]}"
-        for k in sorted(set(expected) & set(state))
-        if tuple(state[k].shape) != expected[k]
-    ]
+def check_state_dict(
+    expected: torch.nn.Module | Mapping[str, tuple[int, ...]],
+    state: Mapping[str, torch.Tensor],
+    what: str,
+    *,
+    ignored: Mapping[str, tuple[int, ...]] | None = None,
+    optional_suffixes: tuple[str, ...] = (),
+    wording: str = "checkpoint",
+) -> dict[str, torch.Tensor]:
+    """Check ``state`` against ``expected`` (a module or key -> shape) and return the expected keys.
+
+    Every key must be present with the expected shape; nothing else may be there. ``ignored``
+    lists keys a published file carries but the model does not use (classifier heads): they may be
+    present, their shape is still checked, and they are dropped. Keys ending in one of
+    ``optional_suffixes`` (BatchNorm's ``num_batches_tracked``, present or not depending on the
+    torch version that wrote the file) may be missing.
+
+    Raises :class:`~idm_vton.errors.StateDictMismatchError` naming every missing, unexpected and
+    mis-shaped key; ``wording`` is ``"checkpoint"`` (counts, the first five keys of each kind:
+    a try-on checkpoint has thousands) or ``"network"`` (every key: metric networks are small).
+    """
+    if isinstance(expected, torch.nn.Module):
+        expected = {k: tuple(v.shape) for k, v in expected.state_dict().items()}
+    ignored = dict(ignored or {})
+    missing = sorted(
+        k
+        for k in expected
+        if k not in state and not (optional_suffixes and k.endswith(optional_suffixes))
+    )
+    unexpected = sorted(k for k in state if k not in expected and k not in ignored)
+    mismatched = sorted(
+        (key, tuple(tensor.shape), tuple(shape))
+        for key, tensor in state.items()
+        if (shape := expected.get(key, ignored.get(key))) is not None
+        and tuple(tensor.shape) != tuple(shape)
+    )
+    if missing or unexpected or mismatched:
+        raise StateDictMismatchError(
+            _state_dict_problems(what, missing, unexpected, mismatched, wording)
+        )
+    return {k: v for k, v in state.items() if k in expected}
+
+
+def _state_dict_problems(what, missing, unexpected, mismatched, wording: str) -> str:
+    """The message of :func:`check_state_dict` in its ``wording``."""
+    if wording == "network":
+        shapes = [f"{k} (file {got}, network {want})" for k, got, want in mismatched]
+        kinds = (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("mis-shaped keys", shapes),
+        )
+        problems = [f"{label}: {', '.join(items)}" for label, items in kinds if items]
+        return f"{what} does not fit the network; " + "; ".join(problems)
+    assert wording == "checkpoint", wording
+    shapes = [f"{k}: checkpoint {got} vs model {want}" for k, got, want in mismatched]
     problems = []
-    for label, items in (
-        ("missing", missing),
-        ("unexpected", unexpected),
-        ("mis-shaped", mismatched),
-    ):
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
         if items:
             shown = ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
             problems.append(f"{len(items)} {label} key(s): {shown}")
-    if problems:
-        raise CheckpointError(f"{what} checkpoint does not fit the model: " + "; ".join(problems))
+    return f"{what} checkpoint does not fit the model: " + "; ".join(problems)

@@ -19,8 +19,9 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..errors import PreprocessModelError
 from ..preprocess.preprocessor import MODEL_FILES
-from .weights import PreprocessModelError, check_weight_file
+from .weights import check_weight_file
 
 __all__ = [
     "PREPROCESS_REPO_ID",

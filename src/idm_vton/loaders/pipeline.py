@@ -17,17 +17,18 @@ from accelerate import init_empty_weights
 from diffusers import UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from ..errors import CheckpointError
 from ..models.tryon_net import ImageProjection, attach_ip_adapter
 from ..schedulers import SchedulerName, build_scheduler
 from .checkpoint import (
-    CheckpointError,
+    CHECKPOINT_SOURCE,
     check_state_dict,
-    check_weight_file,
     convert_garment_state_dict,
     convert_tryon_state_dict,
     read_state_dict,
     weight_files,
 )
+from .weights import check_weight_file
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ def _hf_component(loader, folder: Path, what: str, **kwargs):
     except CheckpointError:
         files = []
     for path in files:
-        check_weight_file(path)
+        check_weight_file(path, f"{folder.name}/", CHECKPOINT_SOURCE, error=CheckpointError)
     try:
         component = loader(folder, **kwargs)
     except CheckpointError:
@@ -354,3 +355,22 @@ def load_pipeline(
         feature_extractor=feature_extractor or CLIPImageProcessor(),
         **text,
     )
+
+
+def load_model(
+    model: str,
+    dtype: torch.dtype,
+    device,
+    scheduler: SchedulerName | str = SchedulerName.DDPM,
+):
+    """The try-on pipeline ``model`` (hub id, folder, or ``"tiny"``: the tiny random model) in
+    ``dtype`` on ``device``, sampling with ``scheduler``."""
+    if model == "tiny":
+        from ..testing.tiny import tiny_pipeline
+
+        pipe = tiny_pipeline()
+        pipe.to(dtype=dtype)
+        pipe.scheduler = build_scheduler(scheduler, dict(pipe.scheduler.config))
+    else:
+        pipe = load_pipeline(model, torch_dtype=dtype, scheduler=scheduler)
+    return pipe.to(device)

@@ -125,16 +125,13 @@ def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 class GarmentAttentionProcessor:
     """TryonNet ``attn1``: person-token queries over ``[person tokens ; garment tokens]``.
 
-    Without garment tokens in the store (or with ``enabled=False``) it is plain self-attention.
-    ``naive=True`` computes the reference formulation literally (materialised zero tokens,
-    attention and output projection for all rows of the concatenation, then keep the person
-    rows); it exists for tests and benchmarks.
+    Without garment tokens in the store it is plain self-attention. (The reference formulation,
+    computed literally, is :class:`idm_vton.testing.reference.NaiveGarmentAttentionProcessor`.)
     """
 
-    def __init__(self, name: str, store: GarmentFeatureStore, naive: bool = False) -> None:
+    def __init__(self, name: str, store: GarmentFeatureStore) -> None:
         self.name = name
         self.store = store
-        self.naive = naive
 
     def __call__(
         self,
@@ -154,10 +151,6 @@ class GarmentAttentionProcessor:
         assert hidden_states.ndim == 3, "garment attention expects (batch, tokens, channels) inputs"
         assert attention_mask is None and encoder_hidden_states is None
         assert attn.residual_connection is False and attn.rescale_output_factor == 1.0
-        if self.naive:
-            # The reference projects every row of the concatenation, then keeps the person rows.
-            out = attn.to_out[1](attn.to_out[0](self._naive(attn, hidden_states, tokens)))
-            return out[:, : hidden_states.shape[1]]
         out = self._exact(attn, hidden_states, tokens)
         out = attn.to_out[0](out)
         return attn.to_out[1](out)
@@ -171,17 +164,6 @@ class GarmentAttentionProcessor:
                 f"garment features of batch {feats.shape[0]} cannot serve {garment_rows} TryonNet rows"
             )
         return null_rows, feats
-
-    def _naive(self, attn: Attention, h: torch.Tensor, tokens: GarmentTokens) -> torch.Tensor:
-        null_rows, feats = self._rows(tokens, h.shape[0])
-        feats = feats.to(h.dtype).expand(h.shape[0] - null_rows, -1, -1)
-        garment = torch.cat([feats.new_zeros(null_rows, *feats.shape[1:]), feats])
-        z = torch.cat([h, garment], dim=1)
-        q, k, v = (_split_heads(f(z), attn.heads) for f in (attn.to_q, attn.to_k, attn.to_v))
-        if attn.norm_q is not None:
-            q, k = attn.norm_q(q), attn.norm_k(k)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return out.transpose(1, 2).flatten(2)
 
     def _exact(self, attn: Attention, h: torch.Tensor, tokens: GarmentTokens) -> torch.Tensor:
         batch = h.shape[0]

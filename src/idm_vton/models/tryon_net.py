@@ -126,7 +126,6 @@ def install_garment_attention(
     tryon_unet: UNet2DConditionModel,
     garment_unet: UNet2DConditionModel,
     store: GarmentFeatureStore,
-    naive: bool = False,
 ) -> None:
     """Install the garment capture/attention processors on both UNets' ``attn1`` (keeps ``attn2``).
 
@@ -140,7 +139,7 @@ def install_garment_attention(
             f"{len(tryon_layers)} vs {len(garment_layers)} self-attention layers"
         )
     for unet, make in (
-        (tryon_unet, lambda n: GarmentAttentionProcessor(n, store, naive=naive)),
+        (tryon_unet, lambda n: GarmentAttentionProcessor(n, store)),
         (garment_unet, lambda n: GarmentCaptureProcessor(n, store)),
     ):
         processors = {

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import ImageInputError
 from ..files import atomic_path
 
 __all__ = [
@@ -29,10 +30,6 @@ __all__ = [
 
 # Pillow's decompression-bomb guard, made an error: 89 Mpx is far above any photo we need.
 MAX_PIXELS = 89_478_485
-
-
-class ImageInputError(ValueError):
-    """An input image cannot be used (unreadable, truncated, too large, empty mask...)."""
 
 
 def load_image(

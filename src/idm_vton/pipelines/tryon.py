@@ -30,6 +30,7 @@ from transformers import (
 )
 
 from ..data.captions import garment_prompt, tryon_prompt
+from ..errors import ImageInputError, NonFiniteOutputError, UsageError
 from ..models.garment_attention import GarmentAttentionProcessor
 from ..models.tryon_net import (
     ImageProjection,
@@ -39,7 +40,6 @@ from ..models.tryon_net import (
 )
 from .garment_cache import GarmentCache, GarmentKey
 from .image_processor import (
-    ImageInputError,
     Region,
     binary_mask,
     crop_region,
@@ -56,10 +56,6 @@ __all__ = [
 ]
 
 DEFAULT_NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality"
-
-
-class NonFiniteOutputError(RuntimeError):
-    """The denoising produced NaN/inf values (typically fp16 overflow)."""
 
 
 @dataclass
@@ -254,7 +250,7 @@ class TryOnPipeline(DiffusionPipeline):
         self.vae.enable_tiling()
         if tile_size is not None:
             if tile_size % self.vae_scale_factor:
-                raise ValueError(f"tile_size must be a multiple of {self.vae_scale_factor}")
+                raise UsageError(f"tile_size must be a multiple of {self.vae_scale_factor}")
             self.vae.tile_sample_min_size = tile_size
             self.vae.tile_latent_min_size = tile_size // self.vae_scale_factor
         self.vae.tile_overlap_factor = overlap
@@ -375,22 +371,22 @@ class TryOnPipeline(DiffusionPipeline):
         output_type,
     ):
         if output_type not in ("pil", "np", "pt", "latent"):
-            raise ValueError(f"unknown output_type '{output_type}' (pil, np, pt or latent)")
+            raise UsageError(f"unknown output_type '{output_type}' (pil, np, pt or latent)")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(
+            raise UsageError(
                 f"num_inference_steps must be an integer >= 1, got {num_inference_steps}"
             )
         if not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
+            raise UsageError(f"strength must be in (0, 1], got {strength}")
         if not np.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
+            raise UsageError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
         for name, value in (("height", height), ("width", width)):
             if value % self.vae_scale_factor or value < self.vae_scale_factor * 2:
-                raise ValueError(
+                raise UsageError(
                     f"{name} must be a multiple of {self.vae_scale_factor} (>= 16), got {value}"
                 )
         if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+            raise UsageError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
 
     def prepare_inputs(self, person, garment, mask, pose, height, width, crop_margin) -> _Prepared:
         """Images -> tensors at H x W; PIL/array/path inputs get the work region, tensors are used as is."""

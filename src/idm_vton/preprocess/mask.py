@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from ..enums import GarmentCategory
-from ..loaders.weights import NoPersonFoundError
+from ..errors import NoPersonFoundError
 
 __all__ = ["GarmentCategory", "agnostic_mask"]
 

@@ -35,7 +35,8 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
-from idm_vton.loaders.weights import PreprocessModelError, check_weight_file
+from idm_vton.errors import PreprocessModelError
+from idm_vton.loaders.weights import check_weight_file
 
 __all__ = [
     "BODY_PARTS",

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from idm_vton.loaders.weights import PreprocessModelError, check_weight_file
+from idm_vton.errors import PreprocessModelError
+from idm_vton.loaders.weights import check_weight_file
 
 __all__ = [
     "ATR_LABELS",

@@ -3,15 +3,14 @@
 :class:`Preprocessor` runs the three models of the official demo (SCHP human parsing, OpenPose
 body, DensePose R-CNN; weights in the demo's ``ckpt/`` layout, from a folder or downloaded from the
 hub on first use by :mod:`idm_vton.loaders.hub`) and the mask function, the way the demo does for its 3:4
-photos (models at 384 x 512) and at the same height with the photo's own aspect otherwise. The
-``idm-vton preprocess`` and ``idm-vton mask`` commands are defined here too.
+photos (models at 384 x 512) and at the same height with the photo's own aspect otherwise;
+:func:`preprocess_photos` turns a list of photos into a VITON-HD-layout dataset
+(``idm-vton preprocess``).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,22 +18,21 @@ import numpy as np
 from PIL import Image
 
 from ..enums import GarmentCategory
+from ..errors import ImageInputError, NoPersonFoundError, PreprocessModelError, UsageError
 from ..files import atomic_path, write_json_atomic
-from ..loaders.weights import PreprocessModelError
-from ..pipelines.image_processor import ImageInputError, load_image, save_image_atomic
+from ..pipelines.image_processor import load_image, save_image_atomic
 
 __all__ = [
     "MODELS_DIR_ENV",
     "MODEL_FILES",
-    "Preprocessor",
     "PreprocessResult",
-    "add_arguments",
-    "add_mask_arguments",
-    "add_preprocess_model_arguments",
+    "PreprocessSummary",
+    "Preprocessor",
+    "dataset_paths",
     "default_models_dir",
+    "find_photos",
     "mask_preview",
-    "run",
-    "run_mask",
+    "preprocess_photos",
 ]
 
 #: Weight files, relative to the models folder (the official demo's ``ckpt/`` layout).
@@ -168,6 +166,31 @@ class Preprocessor:
             photo.convert("RGB"), detect_size=self.work_size(photo)
         )
 
+    def tryon_inputs(
+        self,
+        photo: Image.Image,
+        category: GarmentCategory | str = "upper_body",
+        model_type: str = "hd",
+        *,
+        mask: bool = True,
+        pose: bool = True,
+    ) -> tuple[Image.Image | None, Image.Image | None]:
+        """The try-on pipeline's mask image (white = re-generate) and DensePose picture for a
+        photo; ``mask=False`` / ``pose=False`` leave one out (``None``).
+
+        Every weight file needed is fetched first, together, so an offline error lists all the
+        missing ones. Raises :class:`~idm_vton.errors.NoPersonFoundError` for a photo without a
+        person.
+        """
+        needed = (list(_PARSE_AND_POSE) if mask else []) + (["densepose"] if pose else [])
+        self.model_paths(needed)
+        mask_image = None
+        if mask:
+            mask_image = Image.fromarray(
+                self.mask(photo, category, model_type).astype(np.uint8) * 255
+            )
+        return mask_image, self.densepose(photo) if pose else None
+
     def analyse(
         self,
         photo: Image.Image,
@@ -210,68 +233,17 @@ def mask_preview(photo: Image.Image, mask: np.ndarray, alpha: float = 0.5) -> Im
     return Image.fromarray(rgb.round().astype(np.uint8))
 
 
-# ---------------------------------------------------------------------------- idm-vton mask
-def add_preprocess_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--preprocess-models``, ``--category``, ``--mask-type`` and ``--preprocess-device``."""
-    parser.add_argument(
-        "--preprocess-models",
-        default=DEFAULT_MODELS_DIR,
-        metavar="DIR",
-        help="folder with the demo's ckpt/ layout (humanparsing/, openpose/ckpts/, densepose/); "
-        "default: $IDM_VTON_PREPROCESS_MODELS, else downloaded from the hub Space yisol/IDM-VTON "
-        "on first use",
-    )
-    parser.add_argument(
-        "--category",
-        default="upper_body",
-        choices=[c.value for c in GarmentCategory],
-        help="garment category whose area is masked (default %(default)s)",
-    )
-    parser.add_argument(
-        "--mask-type",
-        default="hd",
-        choices=["hd", "dc"],
-        help="mask flavour: hd (VITON-HD, wide arm band) or dc (DressCode) (default %(default)s)",
-    )
-    parser.add_argument(
-        "--preprocess-device", default="cpu", help="device for OpenPose/DensePose (default cpu)"
-    )
-
-
-def add_mask_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--person", required=True, help="photo of the person")
-    parser.add_argument("--out", required=True, help="mask PNG to write (white = re-generate)")
-    parser.add_argument("--no-preview", action="store_true", help="do not write <out>.preview.png")
-    add_preprocess_model_arguments(parser)
-
-
-def preview_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".preview.png")
-
-
-def run_mask(args) -> int:
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise ValueError(f"--out must be a .png file, got '{out.name}'")
-    photo = load_image(args.person, "person image")
-    pre = Preprocessor(args.preprocess_models, device=args.preprocess_device)
-    mask = pre.mask(photo, args.category, args.mask_type)
-    save_image_atomic(Image.fromarray(mask.astype(np.uint8) * 255), out)
-    print(f"wrote {out} ({mask.mean():.1%} of the photo)")
-    if not args.no_preview:
-        save_image_atomic(mask_preview(photo, mask), preview_path(out))
-        print(f"wrote {preview_path(out)}")
-    return 0
-
-
-# ---------------------------------------------------------------------------- idm-vton preprocess
+# ---------------------------------------------------------------------------- datasets
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, nargs="+", help="photos, or folders of photos")
-    parser.add_argument("--output", required=True, help="dataset folder to write (VITON-HD layout)")
-    add_preprocess_model_arguments(parser)
+@dataclass
+class PreprocessSummary:
+    """What :func:`preprocess_photos` did: photos written, already done, and failures."""
+
+    done: int
+    skipped: int
+    failed: list[str]
 
 
 def dataset_paths(root: Path, name: str) -> dict[str, Path]:
@@ -285,7 +257,9 @@ def dataset_paths(root: Path, name: str) -> dict[str, Path]:
     }
 
 
-def _photos(inputs: list[str]) -> list[Path]:
+def find_photos(inputs: list[str | os.PathLike[str]]) -> list[Path]:
+    """The photos among ``inputs`` (files, or folders whose image files are taken in name order);
+    names must be unique, as they name the dataset's files."""
     photos: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -294,53 +268,64 @@ def _photos(inputs: list[str]) -> list[Path]:
         elif path.is_file():
             photos.append(path)
         else:
-            raise ValueError(f"--input: not found: {item}")
+            raise UsageError(f"--input: not found: {item}")
     if not photos:
-        raise ValueError("--input: no photos found (.jpg, .png, .webp, .bmp)")
+        raise UsageError("--input: no photos found (.jpg, .png, .webp, .bmp)")
     names = [p.stem for p in photos]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"--input: several photos named {duplicates[0]} (names must be unique)")
+        raise UsageError(f"--input: several photos named {duplicates[0]} (names must be unique)")
     return photos
 
 
-def run(args) -> int:
+def preprocess_photos(
+    photos: list[Path],
+    root: str | os.PathLike[str],
+    preprocessor: Preprocessor,
+    category: GarmentCategory | str = "upper_body",
+    model_type: str = "hd",
+    progress: bool = True,
+) -> PreprocessSummary:
+    """Write a VITON-HD-layout dataset (:func:`dataset_paths`) for ``photos`` into ``root``.
+
+    Resumable: a photo whose files all exist is skipped. A photo that cannot be read or shows
+    nobody is listed in the summary's ``failed`` and the others go on.
+    """
     from tqdm import tqdm
 
-    from .openpose import write_openpose_json
-
-    photos = _photos(args.input)
-    root = Path(args.output)
-    pre = Preprocessor(args.preprocess_models, device=args.preprocess_device)
+    root = Path(root)
     failed: list[str] = []
     done = skipped = 0
-    for path in tqdm(photos, desc="preprocess", unit="photo"):
+    for path in tqdm(photos, desc="preprocess", unit="photo", disable=not progress):
         outputs = dataset_paths(root, path.stem)
         if all(p.is_file() for p in outputs.values()):
             skipped += 1
             continue
         try:
             photo = load_image(path, f"photo {path.name}")
-            result = pre.analyse(photo, args.category, args.mask_type)
-        except (ImageInputError, ValueError) as err:  # no person found, unreadable photo...
+            result = preprocessor.analyse(photo, category, model_type)
+        except (ImageInputError, NoPersonFoundError) as err:
             failed.append(f"{path.name}: {err}")
             continue
-        save_image_atomic(photo, outputs["image"])
-        save_image_atomic(Image.fromarray(result.mask.astype(np.uint8) * 255), outputs["mask"])
-        save_image_atomic(result.densepose, outputs["densepose"])
-        save_image_atomic(Image.fromarray(result.parse), outputs["parse"])
-        with atomic_path(outputs["keypoints"]) as tmp:
-            write_openpose_json(tmp, result.keypoints)
+        _write_sample(outputs, photo, result)
         done += 1
     write_json_atomic(
         root / "preprocess.json",
         {
             "labels": "image-parse-v3 holds ATR labels 0-17 plus 18 = neck (SPEC section 6), not VITON-HD's",
-            "category": args.category,
-            "mask_type": args.mask_type,
+            "category": str(category),
+            "mask_type": model_type,
         },
     )
-    print(f"{done} photos written, {skipped} already done, {len(failed)} failed -> {root}")
-    for line in failed:
-        print(f"  skipped {line}", file=sys.stderr)
-    return 1 if failed else 0
+    return PreprocessSummary(done=done, skipped=skipped, failed=failed)
+
+
+def _write_sample(outputs: dict[str, Path], photo: Image.Image, result: PreprocessResult) -> None:
+    from .openpose import write_openpose_json
+
+    save_image_atomic(photo, outputs["image"])
+    save_image_atomic(Image.fromarray(result.mask.astype(np.uint8) * 255), outputs["mask"])
+    save_image_atomic(result.densepose, outputs["densepose"])
+    save_image_atomic(Image.fromarray(result.parse), outputs["parse"])
+    with atomic_path(outputs["keypoints"]) as tmp:
+        write_openpose_json(tmp, result.keypoints)

@@ -1,19 +1,17 @@
-"""Speed and memory: the reference formulation for side-by-side benchmarks, and memory options.
+"""The official IDM-VTON computation, for parity tests and side-by-side benchmarks.
 
-* :func:`reference_formulation` switches a :class:`~idm_vton.pipelines.tryon.TryOnPipeline` to the
-  computation exactly as the official IDM-VTON code does it (``yisol/IDM-VTON``,
-  ``src/tryon_pipeline.py`` and its forked UNets): self-attention over ``[person ; garment]``
-  with queries and output projection for *all* tokens, then slicing; zero garment tokens
-  materialised for the unconditional half; GarmentNet run to the end at every step, at the
-  TryonNet's batch (one garment copy per person); the IP-Adapter processor's per-call attention
-  map (``IPAttnProcessor2_0.attn_map``). Same weights, same inputs, same result within
-  floating-point tolerance: ``benchmarks/bench_pipeline.py`` times it against the default path.
-* :func:`add_memory_arguments` / :func:`apply_memory_options`: the memory modes as CLI flags.
+:func:`reference_formulation` switches a :class:`~idm_vton.pipelines.tryon.TryOnPipeline` to the
+computation exactly as the official IDM-VTON code does it (``yisol/IDM-VTON``,
+``src/tryon_pipeline.py`` and its forked UNets): self-attention over ``[person ; garment]``
+with queries and output projection for *all* tokens, then slicing; zero garment tokens
+materialised for the unconditional half; GarmentNet run to the end at every step, at the
+TryonNet's batch (one garment copy per person); the IP-Adapter processor's per-call attention
+map (``IPAttnProcessor2_0.attn_map``). Same weights, same inputs, same result within
+floating-point tolerance: ``benchmarks/bench_pipeline.py`` times it against the default path.
 """
 
 from __future__ import annotations
 
-import argparse
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,15 +20,10 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
 
-from ..models.garment_attention import GarmentAttentionProcessor
+from ..models.garment_attention import GarmentAttentionProcessor, GarmentTokens
 from ..models.tryon_net import garment_features, tryon_forward
 
-__all__ = [
-    "OfficialIPAttnProcessor",
-    "add_memory_arguments",
-    "apply_memory_options",
-    "reference_formulation",
-]
+__all__ = ["NaiveGarmentAttentionProcessor", "OfficialIPAttnProcessor", "reference_formulation"]
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -75,6 +68,47 @@ class OfficialIPAttnProcessor:
         out = out + self.ip.scale[0] * ip_out
         out = out.transpose(1, 2).flatten(2).to(q.dtype)
         return attn.to_out[1](attn.to_out[0](out))
+
+
+class NaiveGarmentAttentionProcessor(GarmentAttentionProcessor):
+    """TryonNet ``attn1`` computed as the reference does: materialised zero tokens for the
+    unconditional rows, queries, attention and output projection for every row of
+    ``[person ; garment]``, then the person rows kept. Same result as
+    :class:`~idm_vton.models.garment_attention.GarmentAttentionProcessor`, at the reference's cost.
+    """
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args,
+        **kwargs,
+    ) -> torch.Tensor:
+        tokens = self.store.get(self.name)
+        if tokens is None:
+            return super().__call__(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb
+            )
+        assert hidden_states.ndim == 3, "garment attention expects (batch, tokens, channels) inputs"
+        assert attention_mask is None and encoder_hidden_states is None
+        assert attn.residual_connection is False and attn.rescale_output_factor == 1.0
+        # The reference projects every row of the concatenation, then keeps the person rows.
+        out = attn.to_out[1](attn.to_out[0](self._naive(attn, hidden_states, tokens)))
+        return out[:, : hidden_states.shape[1]]
+
+    def _naive(self, attn: Attention, h: torch.Tensor, tokens: GarmentTokens) -> torch.Tensor:
+        null_rows, feats = self._rows(tokens, h.shape[0])
+        feats = feats.to(h.dtype).expand(h.shape[0] - null_rows, -1, -1)
+        garment = torch.cat([feats.new_zeros(null_rows, *feats.shape[1:]), feats])
+        z = torch.cat([h, garment], dim=1)
+        q, k, v = (_split_heads(f(z), attn.heads) for f in (attn.to_q, attn.to_k, attn.to_v))
+        if attn.norm_q is not None:
+            q, k = attn.norm_q(q), attn.norm_k(k)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return out.transpose(1, 2).flatten(2)
 
 
 def _reference_garment_step(self, garment_latents, t, garment_text, garment_index):
@@ -122,7 +156,7 @@ def reference_formulation(pipe) -> Iterator[None]:
     processors = {}
     for key, proc in saved.items():
         if isinstance(proc, GarmentAttentionProcessor):
-            processors[key] = GarmentAttentionProcessor(proc.name, proc.store, naive=True)
+            processors[key] = NaiveGarmentAttentionProcessor(proc.name, proc.store)
         elif isinstance(proc, IPAdapterAttnProcessor2_0):
             processors[key] = OfficialIPAttnProcessor(proc)
         else:
@@ -138,67 +172,3 @@ def reference_formulation(pipe) -> Iterator[None]:
         del pipe._garment_step_features, pipe._predict_noise
         pipe.two_phase, pipe.garment_cache = saved_modes
         unet.set_attn_processor(saved)
-
-
-# ---------------------------------------------------------------------- memory options (CLI)
-def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the memory-mode flags to ``parser`` (``--offload`` only if it is not there yet)."""
-    group = parser.add_argument_group("memory")
-    if "--offload" not in parser._option_string_actions:
-        group.add_argument(
-            "--offload",
-            action="store_true",
-            help="model CPU offload: one model on the GPU at a time (implies --two-phase order)",
-        )
-    group.add_argument(
-        "--two-phase",
-        action="store_true",
-        help="run GarmentNet for all steps first, then TryonNet: one UNet on the GPU at a time",
-    )
-    group.add_argument(
-        "--garment-features-on-host",
-        action="store_true",
-        help="with --two-phase/--offload: keep GarmentNet features in pinned host memory",
-    )
-    group.add_argument(
-        "--fp8-weights",
-        action="store_true",
-        help="store UNet weights in fp8 (e4m3), compute in --dtype: half the UNet memory of bf16",
-    )
-    group.add_argument(
-        "--vae-tiling",
-        action="store_true",
-        help="VAE encode/decode in overlapping tiles (approximate at tile seams)",
-    )
-    group.add_argument(
-        "--vae-tile-size", type=int, default=512, help="VAE tile size in pixels (default 512)"
-    )
-    group.add_argument(
-        "--vae-slicing", action="store_true", help="decode a batch one image at a time (exact)"
-    )
-
-
-def apply_memory_options(pipe, args: argparse.Namespace, device=None):
-    """Apply the flags of :func:`add_memory_arguments` to ``pipe``; returns ``pipe``.
-
-    Call after loading (and after ``pipe.to(device)``). ``--offload`` needs a CUDA device and
-    installs diffusers' model CPU offload on ``device``; it also makes GarmentNet run in phase
-    1 (otherwise both UNets would be moved in and out at every step).
-    """
-    device = torch.device(device) if device is not None else pipe._execution_device
-    if getattr(args, "fp8_weights", False):
-        pipe.enable_fp8_weight_storage()
-    if getattr(args, "vae_tiling", False):
-        pipe.enable_vae_tiling(tile_size=args.vae_tile_size)
-    if getattr(args, "vae_slicing", False):
-        pipe.enable_vae_slicing()
-    offload = getattr(args, "offload", False)
-    if getattr(args, "two_phase", False) or offload:
-        pipe.enable_two_phase_garment(
-            features_on_host=getattr(args, "garment_features_on_host", False)
-        )
-    if offload:
-        if device.type != "cuda":
-            raise ValueError("--offload needs a CUDA device")
-        pipe.enable_model_cpu_offload(device=device)
-    return pipe

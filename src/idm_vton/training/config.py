@@ -1,4 +1,8 @@
-"""Typed training configuration (STYLE section 7): dataclasses, closed sets as ``str`` enums."""
+"""Typed training configuration (STYLE section 7): dataclasses, closed sets as ``str`` enums.
+
+Every option of ``idm-vton train`` is a :class:`TrainConfig` field written once, with its help;
+the command line is generated from the fields (:mod:`idm_vton.commands.train`).
+"""
 
 from __future__ import annotations
 
@@ -6,110 +10,134 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from ..enums import Choice, DatasetKind, GarmentCategory, MixedPrecision, parse_dataset_category
+from ..errors import TrainConfigError
+from ..options import option
+
 __all__ = [
     "DatasetKind",
     "MixedPrecision",
     "OptimizerKind",
+    "ReportTo",
     "SdxlSources",
     "TrainConfig",
     "TrainConfigError",
 ]
 
 
-class TrainConfigError(ValueError):
-    """An invalid training option (reported on one line by the CLI)."""
-
-
-class _Choice(str, Enum):
-    def __str__(self) -> str:
-        return self.value
-
-    @classmethod
-    def parse(cls, value, what: str):
-        try:
-            return cls(value)
-        except ValueError:
-            valid = ", ".join(m.value for m in cls)
-            raise TrainConfigError(f"unknown {what} {value!r}; expected one of: {valid}") from None
-
-
-class DatasetKind(_Choice):
-    VITONHD = "vitonhd"
-    DRESSCODE = "dresscode"
-
-
-class OptimizerKind(_Choice):
+class OptimizerKind(Choice):
     ADAMW = "adamw"
     ADAMW8BIT = "adamw8bit"
 
 
-class MixedPrecision(_Choice):
-    NO = "no"
-    FP16 = "fp16"
-    BF16 = "bf16"
+class ReportTo(Choice):
+    """Where training metrics go; ``auto`` = tensorboard when installed."""
+
+    AUTO = "auto"
+    TENSORBOARD = "tensorboard"
+    NONE = "none"
+
+
+_MODEL, _DATA, _OPTIM, _LENGTH = "model", "data", "optimisation", "length, checkpoints, logging"
+_PATHS = "(with --init-from-sdxl)"
 
 
 @dataclass(frozen=True)
 class SdxlSources:
     """Where the ingredients of a from-scratch TryonNet are (paper Sec. 3.2)."""
 
-    sdxl_inpainting: Path
-    sdxl_base: Path
-    ip_adapter: Path
-    image_encoder: Path
+    sdxl_inpainting: Path = option(help=f"diffusers folder of SDXL-inpainting-0.1 {_PATHS}")
+    sdxl_base: Path = option(help=f"diffusers folder of SDXL base 1.0 {_PATHS}")
+    ip_adapter: Path = option(help=f"ip-adapter-plus_sdxl_vit-h .bin/.safetensors {_PATHS}")
+    image_encoder: Path = option(help=f"folder of the IP-Adapter CLIP ViT-H/14 {_PATHS}")
 
 
 @dataclass
 class TrainConfig:
     """Every option of ``idm-vton train``; defaults follow the paper's recipe (SPEC section 4)."""
 
-    output: Path
-    data: Path | None = None
-    model: str | None = None
-    sdxl: SdxlSources | None = None
-    dataset: DatasetKind = DatasetKind.VITONHD
-    category: str = "all"
-    resolution: tuple[int, int] = (1024, 768)
-    augment: bool = True
-    batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    lr: float = 1e-5
-    weight_decay: float = 1e-2
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    optimizer: OptimizerKind = OptimizerKind.ADAMW
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    mixed_precision: MixedPrecision = MixedPrecision.NO
-    gradient_checkpointing: bool = False
-    snr_gamma: float | None = None
-    noise_offset: float = 0.0
-    condition_dropout: float = 0.0
-    max_steps: int | None = None
-    epochs: int | None = None
-    stop_after: int | None = None
-    checkpointing_steps: int | None = None
-    checkpoints_total_limit: int | None = None
-    resume: str | None = None
-    validation_steps: int | None = None
-    num_validation_images: int = 1
-    validation_inference_steps: int = 20
-    report_to: str = "auto"
-    skip_bad_samples: bool = False
-    seed: int = 0
-    num_workers: int = 0
-    text_cache_size: int = 512
-    allow_tf32: bool = False
+    output: Path = option(help="output folder (checkpoints, logs)", group=_OPTIM)
+    data: Path | None = option(None, "dataset root folder", group=_DATA, required=True)
+    model: str | None = option(
+        None,
+        "starting checkpoint: hub id, folder (published or this project's layout), or 'tiny'",
+        group=_MODEL,
+    )
+    sdxl: SdxlSources | None = option(None, flag=None)
+    dataset: DatasetKind = option(DatasetKind.VITONHD, "dataset layout", group=_DATA)
+    category: GarmentCategory | None = option(
+        None,
+        "DressCode category: upper_body, lower_body, dresses or all (default all)",
+        group=_DATA,
+        parse=parse_dataset_category,
+        metavar="{upper_body,lower_body,dresses,all}",
+    )
+    resolution: tuple[int, int] = option(
+        (1024, 768), "training size (default %(default)s)", group=_DATA, metavar=("H", "W")
+    )
+    augment: bool = option(True, "turn the SPEC section 4 augmentations off", group=_DATA)
+    skip_bad_samples: bool = option(False, "log and skip unreadable samples", group=_DATA)
+    num_workers: int = option(0, "data loader workers (default 0)", group=_DATA)
+    batch_size: int = option(1, "per process (default 1)", group=_OPTIM)
+    gradient_accumulation_steps: int = option(1, group=_OPTIM)
+    lr: float = option(1e-5, "learning rate (default %(default)s)", group=_OPTIM)
+    weight_decay: float = option(1e-2, "(default %(default)s)", group=_OPTIM)
+    adam_beta1: float = option(0.9, flag=None)
+    adam_beta2: float = option(0.999, flag=None)
+    adam_epsilon: float = option(1e-8, flag=None)
+    max_grad_norm: float = option(
+        1.0,
+        "clip the global gradient norm (default %(default)s; <= 0: no clipping)",
+        group=_OPTIM,
+    )
+    optimizer: OptimizerKind = option(OptimizerKind.ADAMW, group=_OPTIM)
+    lr_scheduler: str = option(
+        "constant",
+        "diffusers schedule: constant, constant_with_warmup, linear, cosine (default %(default)s)",
+        group=_OPTIM,
+    )
+    lr_warmup_steps: int = option(0, group=_OPTIM)
+    mixed_precision: MixedPrecision = option(MixedPrecision.NO, group=_OPTIM)
+    gradient_checkpointing: bool = option(False, group=_OPTIM)
+    allow_tf32: bool = option(False, "TF32 matmuls on Ampere+ GPUs", group=_OPTIM)
+    snr_gamma: float | None = option(None, "min-SNR-gamma weighting (e.g. 5)", group=_OPTIM)
+    noise_offset: float = option(0.0, group=_OPTIM)
+    condition_dropout: float = option(
+        0.0,
+        "per-condition drop probability for CFG training (default 0 = off, as the paper)",
+        group=_OPTIM,
+    )
+    seed: int = option(0, group=_OPTIM, shared="seed")
+    max_steps: int | None = option(None, "optimizer steps (overrides --epochs)", group=_LENGTH)
+    epochs: int | None = option(None, "epochs when --max-steps is not given", group=_LENGTH)
+    stop_after: int | None = option(
+        None,
+        "stop (and checkpoint) after this many steps; the LR schedule still spans --max-steps "
+        "(for time-limited jobs: continue with --resume latest)",
+        group=_LENGTH,
+    )
+    checkpointing_steps: int | None = option(None, group=_LENGTH)
+    checkpoints_total_limit: int | None = option(None, group=_LENGTH)
+    resume: str | None = option(
+        None, "'latest' (in --output) or a checkpoint-<step> folder", group=_LENGTH
+    )
+    validation_steps: int | None = option(None, "render every N steps", group=_LENGTH)
+    num_validation_images: int = option(1, group=_LENGTH)
+    validation_inference_steps: int = option(20, group=_LENGTH)
+    report_to: ReportTo = option(ReportTo.AUTO, group=_LENGTH)
+    text_cache_size: int = option(512, "cached prompt embeddings", group=_LENGTH)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
         self.data = None if self.data is None else Path(self.data)
-        self.dataset = DatasetKind.parse(self.dataset, "dataset")
-        self.optimizer = OptimizerKind.parse(self.optimizer, "optimizer")
-        self.mixed_precision = MixedPrecision.parse(self.mixed_precision, "mixed precision")
+        self.dataset = DatasetKind.parse(self.dataset, "dataset", TrainConfigError)
+        self.category = parse_dataset_category(self.category)
+        self.optimizer = OptimizerKind.parse(self.optimizer, "optimizer", TrainConfigError)
+        self.mixed_precision = MixedPrecision.parse(
+            self.mixed_precision, "mixed precision", TrainConfigError
+        )
+        self.report_to = ReportTo.parse(self.report_to, "--report-to", TrainConfigError)
         self.resolution = tuple(int(v) for v in self.resolution)
         if (self.model is None) == (self.sdxl is None):
             raise TrainConfigError("give either --model or --init-from-sdxl (with its four paths)")
@@ -136,8 +164,6 @@ class TrainConfig:
             raise TrainConfigError("--condition-dropout must be in [0, 1]")
         if self.noise_offset < 0:
             raise TrainConfigError("--noise-offset must be >= 0")
-        if self.report_to not in ("auto", "tensorboard", "none"):
-            raise TrainConfigError("--report-to must be auto, tensorboard or none")
 
     def to_json(self) -> dict:
         """A JSON-able record of the run's options (written next to the checkpoints)."""
@@ -153,4 +179,6 @@ class TrainConfig:
                 return [plain(x) for x in v]
             return v
 
-        return plain(asdict(self))
+        record = plain(asdict(self))
+        record["category"] = record["category"] or "all"
+        return record

@@ -22,8 +22,10 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
+from ..enums import DatasetKind
+from ..errors import TrainConfigError
 from . import checkpointing as ckpt
-from .config import DatasetKind, MixedPrecision, OptimizerKind, TrainConfig, TrainConfigError
+from .config import OptimizerKind, TrainConfig
 from .data import batch_stream, batches_per_epoch
 from .objective import (
     Conditioner,
@@ -124,7 +126,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, pipe=None) -> None:
         self.config = config
-        report = config.report_to
+        report = config.report_to.value
         if report == "auto":
             report = "tensorboard" if _tensorboard_available() else "none"
         if report == "tensorboard" and not _tensorboard_available():
@@ -151,11 +153,7 @@ class Trainer:
         self.frozen_cache = config.output / ckpt.FROZEN_CACHE
         if accel.is_main_process:
             ckpt.write_frozen_components(self.pipe, self.frozen_cache)
-        self.weight_dtype = {
-            MixedPrecision.NO: torch.float32,
-            MixedPrecision.FP16: torch.float16,
-            MixedPrecision.BF16: torch.bfloat16,
-        }[config.mixed_precision]
+        self.weight_dtype = config.mixed_precision.torch_dtype
         device = accel.device
         frozen = [self.pipe.garment_unet, self.pipe.image_encoder]
         frozen += [m for m in (self.pipe.text_encoder, self.pipe.text_encoder_2) if m is not None]

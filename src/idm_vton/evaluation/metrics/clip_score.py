@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ...errors import MissingWeightFileError
+
 __all__ = ["CLIPImageScorer", "clip_image_similarity"]
 
 
@@ -53,13 +55,13 @@ class CLIPImageScorer:
 
         path = Path(path)
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(
+            raise MissingWeightFileError(
                 f"no CLIP model at {path}: expected a transformers folder with config.json "
                 "(e.g. `huggingface-cli download openai/clip-vit-large-patch14`, or the "
                 "image_encoder/ folder of yisol/IDM-VTON)"
             )
         if not (path / "preprocessor_config.json").is_file():
-            raise FileNotFoundError(
+            raise MissingWeightFileError(
                 f"no preprocessor_config.json in {path}: CLIP-I needs the model's own "
                 "CLIPImageProcessor settings"
             )

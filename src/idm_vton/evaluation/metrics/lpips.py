@@ -20,8 +20,8 @@ import os
 import torch
 from torch import nn
 
+from ...loaders.checkpoint import check_state_dict
 from .weights import (
-    check_state_dict,
     load_checked_state_dict,
     load_weight_file,
     resolve_weight_file,
@@ -184,7 +184,10 @@ class LPIPS(nn.Module):
             model.trunk, trunk_state, f"{trunk_file} trunk weights", ignored=_TRUNKS[net][1]
         )
         heads_state = check_state_dict(
-            lpips_head_shapes(net), heads_state, f"{heads_file} LPIPS head weights"
+            lpips_head_shapes(net),
+            heads_state,
+            f"{heads_file} LPIPS head weights",
+            wording="network",
         )
         model.heads.load_state_dict(convert_lpips_heads(heads_state), strict=True)
         return model

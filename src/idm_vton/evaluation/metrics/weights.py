@@ -6,8 +6,9 @@ and pytorch-fid embed the first eight hex digits in the file name; the full dige
 ones those downloads produce, and the LPIPS heads were hashed from the ``lpips==0.1.4`` wheel),
 so the evaluation protocol can record exactly which weights produced a number.
 
-Loading a foreign checkpoint is a pure ``dict -> dict`` step plus checks: every key is consumed,
-explicitly ignored (with its shape still checked) or reported, and every problem is named.
+Loading a foreign checkpoint is a pure ``dict -> dict`` step plus checks
+(:func:`idm_vton.loaders.checkpoint.check_state_dict`): every key is consumed, explicitly ignored
+(with its shape still checked) or reported, and every problem is named.
 """
 
 from __future__ import annotations
@@ -20,26 +21,21 @@ from pathlib import Path
 
 import torch
 
+from ...errors import MissingWeightFileError, StateDictMismatchError, WeightFileError
+from ...loaders.checkpoint import check_state_dict
+from ...loaders.weights import check_weight_file
+
 __all__ = [
     "KNOWN_WEIGHTS",
     "StateDictMismatchError",
     "WeightFile",
     "WeightFileError",
-    "check_state_dict",
     "load_checked_state_dict",
     "load_weight_file",
     "resolve_weight_file",
     "sha256_of_file",
     "weight_record",
 ]
-
-
-class WeightFileError(RuntimeError):
-    """A metric weight file is missing or is not the published file (size or SHA-256 differs)."""
-
-
-class StateDictMismatchError(ValueError):
-    """A state dict does not fit the network: names every missing, extra and mis-shaped key."""
 
 
 @dataclass(frozen=True)
@@ -141,27 +137,33 @@ def resolve_weight_file(
 
     Raises :class:`WeightFileError` naming the expected file and where to get it when the file is
     missing, or (with ``verify``) when its size or SHA-256 differs from the published one.
-    ``verify=False`` is for tests and experiments with other weights; the protocol records it.
+    ``verify=False`` is for tests and experiments with other weights (then the file only has to
+    look like a PyTorch checkpoint: no placeholder, git-lfs pointer or truncated file); the
+    protocol records it.
     """
     spec = _spec(spec)
     path = Path(weights_dir) / spec.filename
     if not path.is_file():
-        raise WeightFileError(
+        raise MissingWeightFileError(
             f"missing weight file {spec.filename} (expected at {path}): {_where_to_get(spec)}"
         )
-    if verify:
-        size = path.stat().st_size
-        if spec.size_bytes is not None and size != spec.size_bytes:
-            raise WeightFileError(
-                f"{path} has {size} bytes, the published {spec.filename} has {spec.size_bytes}: "
-                f"re-download it ({_where_to_get(spec)})"
-            )
-        digest = sha256_of_file(path)
-        if not digest.startswith(spec.sha256):
-            raise WeightFileError(
-                f"{path} has SHA-256 {digest}, the published {spec.filename} has {spec.sha256}: "
-                f"re-download it ({_where_to_get(spec)})"
-            )
+    if not verify:
+        # Not the published file: it must at least look like a PyTorch checkpoint.
+        return check_weight_file(
+            path, spec.filename, _where_to_get(spec), fmt="torch", error=WeightFileError
+        )
+    size = path.stat().st_size
+    if spec.size_bytes is not None and size != spec.size_bytes:
+        raise WeightFileError(
+            f"{path} has {size} bytes, the published {spec.filename} has {spec.size_bytes}: "
+            f"re-download it ({_where_to_get(spec)})"
+        )
+    digest = sha256_of_file(path)
+    if not digest.startswith(spec.sha256):
+        raise WeightFileError(
+            f"{path} has SHA-256 {digest}, the published {spec.filename} has {spec.sha256}: "
+            f"re-download it ({_where_to_get(spec)})"
+        )
     return path
 
 
@@ -189,48 +191,6 @@ def load_weight_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def check_state_dict(
-    expected: Mapping[str, tuple[int, ...]],
-    state: Mapping[str, torch.Tensor],
-    what: str,
-    *,
-    ignored: Mapping[str, tuple[int, ...]] | None = None,
-    optional_suffixes: tuple[str, ...] = (),
-) -> dict[str, torch.Tensor]:
-    """Check ``state`` against ``expected`` key -> shape and return only the expected keys.
-
-    ``ignored`` lists keys the published file carries but the metric does not use (classifier
-    heads): they may be present, their shape is still checked, and they are dropped. Keys ending in
-    one of ``optional_suffixes`` (BatchNorm's ``num_batches_tracked``, present or not depending on
-    the torch version that wrote the file) may be missing. Anything else missing, extra or
-    mis-shaped raises :class:`StateDictMismatchError` naming every such key.
-    """
-    ignored = dict(ignored or {})
-    missing = sorted(
-        k
-        for k in expected
-        if k not in state and not (optional_suffixes and k.endswith(tuple(optional_suffixes)))
-    )
-    unexpected = sorted(k for k in state if k not in expected and k not in ignored)
-    mismatched = []
-    for key, tensor in state.items():
-        shape = expected.get(key, ignored.get(key))
-        if shape is not None and tuple(tensor.shape) != tuple(shape):
-            mismatched.append(f"{key} (file {tuple(tensor.shape)}, network {tuple(shape)})")
-    problems = [
-        f"{label}: {', '.join(items)}"
-        for label, items in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("mis-shaped keys", sorted(mismatched)),
-        )
-        if items
-    ]
-    if problems:
-        raise StateDictMismatchError(f"{what} does not fit the network; " + "; ".join(problems))
-    return {k: v for k, v in state.items() if k in expected}
-
-
 def load_checked_state_dict(
     module: torch.nn.Module,
     state: Mapping[str, torch.Tensor],
@@ -239,18 +199,20 @@ def load_checked_state_dict(
     ignored: Mapping[str, tuple[int, ...]] | None = None,
     optional_suffixes: tuple[str, ...] = ("num_batches_tracked",),
 ) -> None:
-    """Load ``state`` into ``module`` after :func:`check_state_dict` against the module's keys.
+    """Load ``state`` into ``module`` after checking it against the module's keys and shapes
+    (:func:`idm_vton.loaders.checkpoint.check_state_dict`, so every problem is named).
 
     Optional keys absent from the file keep the module's own value (``num_batches_tracked`` is a
     training counter that never affects evaluation).
     """
     own = module.state_dict()
     checked = check_state_dict(
-        {k: tuple(v.shape) for k, v in own.items()},
+        module,
         state,
         what,
         ignored=ignored,
         optional_suffixes=optional_suffixes,
+        wording="network",
     )
     for key, value in own.items():
         checked.setdefault(key, value)

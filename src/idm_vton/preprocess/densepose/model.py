@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from idm_vton.loaders.weights import PreprocessModelError
+from idm_vton.errors import PreprocessModelError
 from idm_vton.preprocess.densepose.render import N_PART_LABELS, DensePoseResult, int_box_xywh
 from idm_vton.preprocess.densepose.roi_ops import (
     apply_deltas,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from idm_vton.loaders.weights import NoPersonFoundError
+from idm_vton.errors import NoPersonFoundError
 from idm_vton.preprocess.densepose.model import (
     DensePoseRCNN,
     DensePoseRCNNConfig,

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import torch
 
-from ...loaders.weights import NoPersonFoundError
+from ...errors import NoPersonFoundError
 
 #: Number of DensePose fine-segmentation part labels (I = 1..24; 0 is background).
 N_PART_LABELS = 24

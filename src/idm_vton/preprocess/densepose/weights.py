@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from idm_vton.loaders.weights import PreprocessModelError, check_weight_file
+from idm_vton.errors import PreprocessModelError
+from idm_vton.loaders.weights import check_weight_file
 
 __all__ = ["DENSEPOSE_WEIGHTS_SOURCE", "load_densepose_state_dict"]
 

@@ -1,0 +1,152 @@
+"""Command-line flags generated from config dataclasses, so each option is written once.
+
+A config field (see :func:`idm_vton.options.option`) becomes one flag:
+
+* the flag is ``--<name with dashes>``; a ``bool`` field that is false by default becomes a
+  ``store_true`` switch, one that is true by default a ``--no-<name>`` switch;
+* ``int``, ``float``, ``str`` and ``Path`` fields (optionally ``| None``) are parsed as such;
+  ``tuple[int, int]`` takes two values; an enum field lists its values as choices;
+* the field's ``help``, ``group``, ``metavar``, ``required`` and ``positional`` metadata go to
+  argparse, a ``parse`` function replaces the type's parser, and ``shared`` takes the help and
+  parsing of a flag defined once for several commands (:mod:`._flags`).
+
+:func:`config_from_args` builds the dataclass back from the parsed namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from . import _flags
+
+__all__ = ["add_dataclass_arguments", "config_from_args", "flag_fields"]
+
+
+def flag_fields(cls) -> list[dataclasses.Field]:
+    """The fields of ``cls`` that have a command-line flag: those made with ``option()``
+    (whose metadata has a ``help`` entry), unless ``flag=None``."""
+    return [
+        f
+        for f in dataclasses.fields(cls)
+        if "help" in f.metadata and f.metadata.get("flag", "") is not None
+    ]
+
+
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser,
+    cls,
+    *,
+    exclude: tuple[str, ...] = (),
+    defaults: dict[str, Any] | None = None,
+    helps: dict[str, str] | None = None,
+) -> argparse.ArgumentParser:
+    """Add one flag per field of the dataclass ``cls`` (see the module docstring).
+
+    ``exclude`` names fields the command sets itself; ``defaults`` and ``helps`` override a
+    field's default or help for this command only.
+    """
+    hints = typing.get_type_hints(cls)
+    groups: dict[str, Any] = {g.title: g for g in getattr(parser, "_action_groups", [])}
+    for f in flag_fields(cls):
+        if f.name in exclude:
+            continue
+        meta = f.metadata
+        title = meta.get("group")
+        if title and title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        target = groups[title] if title else parser
+        flags, kwargs = _argument(f, hints[f.name], (defaults or {}).get(f.name, _default(f)))
+        if helps and f.name in helps:
+            kwargs["help"] = helps[f.name]
+        target.add_argument(*flags, **kwargs)
+    return parser
+
+
+def config_from_args(cls, args: argparse.Namespace, **values: Any):
+    """``cls(...)`` from the parsed flags of its fields, plus ``values`` for the others."""
+    for f in flag_fields(cls):
+        if f.name not in values and hasattr(args, f.name):
+            values[f.name] = getattr(args, f.name)
+    return cls(**values)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _argument(f: dataclasses.Field, hint: Any, default: Any) -> tuple[list[str], dict]:
+    """(flag strings, ``add_argument`` keywords) of one field."""
+    meta = f.metadata
+    shared = _flags.SHARED[meta["shared"]] if meta.get("shared") else {}
+    if default is dataclasses.MISSING and "default" in shared:
+        default = shared["default"]
+    kind = _unwrap(hint)
+    kwargs: dict[str, Any] = {"help": meta.get("help") or shared.get("help") or None}
+    name = f.name.replace("_", "-")
+    if kind is bool:
+        assert default is not dataclasses.MISSING, f.name
+        flag = meta.get("flag") or (f"--no-{name}" if default else f"--{name}")
+        kwargs.update(action="store_false" if default else "store_true", dest=f.name)
+        return [flag], kwargs
+    parse = meta.get("parse") or shared.get("parse")
+    if parse is not None:
+        kwargs["type"] = _argparse_type(parse)
+    elif isinstance(kind, type) and issubclass(kind, Enum):
+        kwargs["type"] = _argparse_type(getattr(kind, "parse", kind))
+        kwargs["choices"] = list(kind)
+        kwargs["metavar"] = "{" + ",".join(m.value for m in kind) + "}"
+    elif typing.get_origin(kind) is tuple:
+        item_types = typing.get_args(kind)
+        assert len(set(item_types)) == 1 and Ellipsis not in item_types, (f.name, kind)
+        kwargs.update(type=item_types[0], nargs=len(item_types))
+    elif kind in (int, float, Path):
+        kwargs["type"] = kind
+    else:
+        assert kind is str or kind is Any, (f.name, kind)
+    for key in ("metavar", "choices"):
+        if meta.get(key) or shared.get(key):
+            kwargs[key] = meta.get(key) or shared[key]
+    if meta.get("positional"):
+        kwargs.pop("dest", None)
+        if default is not dataclasses.MISSING:
+            kwargs.update(nargs="?", default=default)
+        return [f.name], kwargs
+    flag = meta.get("flag") or f"--{name}"
+    kwargs["dest"] = f.name
+    if default is dataclasses.MISSING or meta.get("required"):
+        kwargs["required"] = True
+    else:
+        kwargs["default"] = default
+    return [flag], kwargs
+
+
+def _unwrap(hint: Any) -> Any:
+    """``X`` of ``X`` or ``X | None`` (an optional field simply defaults to ``None``)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        assert len(args) == 1, hint
+        return args[0]
+    return hint
+
+
+def _argparse_type(parse):
+    """``parse`` as an argparse type: its ``ValueError`` message becomes the usage error."""
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert

@@ -1,0 +1,119 @@
+"""Flags several commands share, each defined once: same name, parsing and meaning everywhere.
+
+A command adds them with :func:`add_shared` (or a config field names one with
+``option(shared=...)``); the memory and preprocessing flags come in sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..enums import DType, GarmentCategory, SchedulerName
+from . import _dataclass_flags
+
+__all__ = [
+    "SHARED",
+    "add_memory_arguments",
+    "add_preprocess_model_arguments",
+    "add_shared",
+    "apply_memory_options",
+    "memory_options",
+]
+
+#: name -> how the flag ``--<name with dashes>`` is parsed and described. ``parse`` raises
+#: ``ValueError`` on a bad value; ``default`` is the usual one (a command may pass its own).
+SHARED: dict[str, dict[str, Any]] = {
+    "model": dict(
+        default="yisol/IDM-VTON", help="hub id, checkpoint folder, or 'tiny' (default %(default)s)"
+    ),
+    "device": dict(
+        default=None,
+        help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)",
+    ),
+    "dtype": dict(
+        default=None,
+        parse=lambda text: DType.parse(text, "dtype"),
+        metavar="{" + ",".join(DType.values()) + "}",
+        help="weights and compute precision (default: bf16 on CUDA, fp32 otherwise)",
+    ),
+    "seed": dict(default=42, parse=int, help="random seed (default %(default)s)"),
+    "steps": dict(default=30, parse=int, help="denoising steps (default %(default)s)"),
+    "guidance": dict(
+        default=2.0, parse=float, help="classifier-free guidance (default %(default)s)"
+    ),
+    "height": dict(
+        default=1024, parse=int, help="work height, multiple of 8 (default %(default)s)"
+    ),
+    "width": dict(default=768, parse=int, help="work width, multiple of 8 (default %(default)s)"),
+    "scheduler": dict(
+        default=SchedulerName.DDPM.value,
+        choices=SchedulerName.values(),
+        help="sampler (default %(default)s, the reference's; the others are faster departures "
+        "from it that give other images, see docs/performance.md)",
+    ),
+    "negative_prompt": dict(default=None, help="unconditional caption (reference default)"),
+    "preprocess_models": dict(
+        default=None,
+        metavar="DIR",
+        help="folder with the demo's ckpt/ layout (humanparsing/, openpose/ckpts/, densepose/); "
+        "default: $IDM_VTON_PREPROCESS_MODELS, else downloaded from the hub Space yisol/IDM-VTON "
+        "on first use",
+    ),
+    "category": dict(
+        default=GarmentCategory.UPPER_BODY.value,
+        choices=GarmentCategory.values(),
+        help="garment category whose area is masked (default %(default)s)",
+    ),
+    "mask_type": dict(
+        default="hd",
+        choices=["hd", "dc"],
+        help="mask flavour: hd (VITON-HD, wide arm band) or dc (DressCode) (default %(default)s)",
+    ),
+    "preprocess_device": dict(
+        default="cpu", help="device for OpenPose/DensePose (default %(default)s)"
+    ),
+}
+
+
+def add_shared(parser, *names: str, defaults: dict | None = None, helps: dict | None = None):
+    """Add the shared flags ``names`` to ``parser`` (optionally with this command's defaults)."""
+    for name in names:
+        spec = dict(SHARED[name])
+        parse = spec.pop("parse", None)
+        if parse is not None:
+            spec["type"] = _dataclass_flags._argparse_type(parse)
+        if defaults and name in defaults:
+            spec["default"] = defaults[name]
+        if helps and name in helps:
+            spec["help"] = helps[name]
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, **spec)
+    return parser
+
+
+def add_preprocess_model_arguments(parser) -> None:
+    """``--preprocess-models``, ``--category``, ``--mask-type`` and ``--preprocess-device``."""
+    add_shared(parser, "preprocess_models", "category", "mask_type", "preprocess_device")
+
+
+def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
+    """The memory-mode flags (:class:`~idm_vton.pipelines.memory.MemoryOptions`), in a group;
+    ``--offload`` only if the parser does not have it yet."""
+    from ..pipelines.memory import MemoryOptions
+
+    exclude = ("offload",) if "--offload" in parser._option_string_actions else ()
+    _dataclass_flags.add_dataclass_arguments(parser, MemoryOptions, exclude=exclude)
+
+
+def memory_options(args: argparse.Namespace):
+    """The :class:`~idm_vton.pipelines.memory.MemoryOptions` the parsed flags ask for."""
+    from ..pipelines.memory import MemoryOptions
+
+    return _dataclass_flags.config_from_args(MemoryOptions, args)
+
+
+def apply_memory_options(pipe, args: argparse.Namespace, device=None):
+    """Apply the parsed memory flags to ``pipe`` (see :func:`~idm_vton.pipelines.memory.apply_memory_options`)."""
+    from ..pipelines.memory import apply_memory_options as apply
+
+    return apply(pipe, memory_options(args), device)

@@ -1,0 +1,44 @@
+"""Score try-on results against ground truth (``idm-vton evaluate``): LPIPS, SSIM, FID, KID,
+CLIP-I, with the protocol that produced them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._dataclass_flags import add_dataclass_arguments, config_from_args
+
+HELP = "score try-on results (LPIPS, SSIM, FID, KID, CLIP-I)"
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``evaluate`` (:class:`~idm_vton.evaluation.evaluate.EvaluationConfig`'s
+    fields and ``--json``) on ``parser``, returned for chaining."""
+    from ..evaluation.evaluate import EvaluationConfig
+
+    add_dataclass_arguments(parser, EvaluationConfig)
+    parser.add_argument("--json", type=Path, help="also write the full result to this file")
+    return parser
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate, print the table (and write ``--json``); a user error is one line, exit code 2."""
+    from ..errors import IdmVtonError
+    from ..evaluation.evaluate import EvaluationConfig, evaluate, format_table
+    from ..files import write_json_atomic
+
+    try:
+        result = evaluate(config_from_args(EvaluationConfig, args))
+    except IdmVtonError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.json is not None:
+        write_json_atomic(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
+add_arguments = add_evaluate_arguments
+run = run_evaluate

@@ -1,0 +1,153 @@
+"""Render a person wearing a garment (``idm-vton tryon``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._flags import add_memory_arguments, add_preprocess_model_arguments, add_shared, memory_options
+
+HELP = "render a person wearing a garment"
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--person", required=True, help="photo of the person (any size)")
+    parser.add_argument("--garment", required=True, help="in-shop photo of the garment")
+    parser.add_argument(
+        "--mask",
+        default="auto",
+        help="inpaint mask, white = garment area to re-generate; 'auto' (default) computes it "
+        "from the photo for --category",
+    )
+    parser.add_argument(
+        "--pose",
+        default="auto",
+        help="DensePose image of the person (same framing); 'auto' (default) computes it",
+    )
+    parser.add_argument(
+        "--description",
+        default="",
+        help='garment text, e.g. "short sleeve round neck t-shirts" (optional, default empty '
+        "as in the official demo)",
+    )
+    add_shared(parser, "negative_prompt", "model")
+    parser.add_argument("--out", required=True, help="output image (.png/.jpg), written atomically")
+    add_shared(parser, "steps", "guidance")
+    parser.add_argument(
+        "--strength",
+        type=float,
+        default=1.0,
+        help="denoising strength in (0, 1] (default %(default)s)",
+    )
+    add_shared(
+        parser,
+        "seed",
+        "scheduler",
+        "height",
+        "width",
+        "device",
+        "dtype",
+        defaults={"height": None, "width": None},
+        helps={
+            "height": "work height, multiple of 8 (default 1024; tiny 256)",
+            "width": "work width, multiple of 8 (default 768; tiny 192)",
+        },
+    )
+    parser.add_argument(
+        "--customization",
+        default=None,
+        help="customization delta (.safetensors) from `idm-vton customize` to apply to the model",
+    )
+    parser.add_argument(
+        "--no-paste-back",
+        action="store_true",
+        help="return the raw H x W render, not the full photo",
+    )
+    add_preprocess_model_arguments(parser)
+    add_memory_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..devices import check_dtype_on_device, resolve_device, resolve_dtype
+    from ..loaders.pipeline import load_model
+    from ..pipelines.image_processor import save_image_atomic
+    from ..pipelines.memory import apply_memory_options
+    from ..testing.tiny import TINY_MODEL_NOTE
+
+    out = _check_arguments(args)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    check_dtype_on_device(dtype, device)
+    mask, pose = _mask_and_pose(args)
+    if args.model == "tiny":
+        print(f"note: {TINY_MODEL_NOTE}", file=sys.stderr)
+    pipe = load_model(args.model, dtype, device, args.scheduler)
+    if args.customization:
+        from ..loaders.customization import apply_customization
+
+        apply_customization(pipe, args.customization)
+    apply_memory_options(pipe, memory_options(args), device)
+    options = {} if args.negative_prompt is None else {"negative_prompt": args.negative_prompt}
+    result = pipe(
+        person_image=args.person,
+        garment_image=args.garment,
+        mask_image=mask,
+        pose_image=pose,
+        garment_description=args.description,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        strength=args.strength,
+        height=args.height,
+        width=args.width,
+        generator=torch.Generator(device="cpu").manual_seed(args.seed),
+        paste_back=not args.no_paste_back,
+        **options,
+    )
+    path = save_image_atomic(result.images[0], out)
+    print(f"wrote {path}")
+    return 0
+
+
+def _check_arguments(args: argparse.Namespace) -> Path:
+    """The output path, after the checks that need no model: steps, output name, input files."""
+    from ..errors import UsageError
+
+    if args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    out = Path(args.out)
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UsageError(f"--out must end in .png, .jpg or .webp, got '{out.name}'")
+    for flag in ("person", "garment", "mask", "pose"):
+        value = getattr(args, flag)
+        if value != "auto" and not Path(value).is_file():
+            raise UsageError(f"--{flag}: file not found: {value}")
+    if "auto" in (args.person, args.garment):
+        raise UsageError("only --mask and --pose can be 'auto'")
+    return out
+
+
+def _mask_and_pose(args: argparse.Namespace):
+    """``--mask`` and ``--pose``, computed from the photo where they are ``auto``."""
+    if "auto" not in (args.mask, args.pose):
+        return args.mask, args.pose
+    from ..errors import NoPersonFoundError, UsageError
+    from ..pipelines.image_processor import load_image
+    from ..preprocess.preprocessor import Preprocessor
+
+    photo = load_image(args.person, "person image")
+    preprocessor = Preprocessor(args.preprocess_models, device=args.preprocess_device)
+    auto_mask, auto_pose = args.mask == "auto", args.pose == "auto"
+    try:
+        mask, pose = preprocessor.tryon_inputs(
+            photo, args.category, args.mask_type, mask=auto_mask, pose=auto_pose
+        )
+    except NoPersonFoundError as err:
+        raise UsageError(
+            f"{err}; if the photo does show a person, give the garment area with "
+            "--mask mask.png (and --pose densepose.png)"
+        ) from err
+    return (mask if auto_mask else args.mask), (pose if auto_pose else args.pose)
