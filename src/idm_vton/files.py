@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_json_atomic"]
+__all__ = ["atomic_directory", "atomic_path", "replace_directory", "write_json_atomic"]
 
 
 @contextmanager
@@ -30,6 +31,37 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path``
+    (:func:`replace_directory`); it is removed on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        replace_directory(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def replace_directory(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """Move the finished folder ``tmp`` to ``path`` with a rename. An existing ``path`` is
+    renamed aside first and deleted after, so ``path`` is never a half-written folder."""
+    tmp, path = Path(tmp), Path(path)
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, path)
+    return path
 
 
 def write_json_atomic(path: str | os.PathLike[str], data, sort_keys: bool = False) -> Path:

@@ -1,8 +1,8 @@
 """Config dataclass fields that describe their own command-line option.
 
-Each command's flags are built from its config dataclass by the command layer
-(:mod:`idm_vton.commands`): an option is written once, as a field with its default and help.
-The library never imports ``argparse``; these are plain ``dataclasses.field`` metadata.
+Each command's flags are built from its config dataclass by the command layer (``idm-vton``):
+an option is written once, as a field with its default and help. These are plain
+``dataclasses.field`` metadata; the library itself parses no command line.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ def option(
             true by default); ``None``: the field has no flag.
         group: title of the help section the flag is listed in.
         parse: turns the command-line string into the field's value (raises ``ValueError``).
-        metavar, choices, required, positional: as for ``argparse``.
+        metavar, choices, required, positional: as for ``ArgumentParser.add_argument``.
         shared: the name of a flag defined once for several commands (its help and parsing
-            are taken from there; see :mod:`idm_vton.commands._flags`).
+            are taken from the command layer's shared flag of that name).
     """
     metadata = {
         "help": help,

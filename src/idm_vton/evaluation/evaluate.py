@@ -13,7 +13,7 @@ evaluation resolution, and computes
 Everything that moves the numbers (resolution, image counts, implementations, weight-file
 SHA-256, KID subsets and seed, library versions) is recorded in ``result["protocol"]`` so a
 published number states its protocol. The options are the fields of :class:`EvaluationConfig`
-(``idm-vton evaluate``, :mod:`idm_vton.commands.evaluate`).
+(the options of ``idm-vton evaluate``).
 """
 
 from __future__ import annotations

@@ -9,14 +9,12 @@ The result has one folder per pipeline component (``unet/``, ``garment_unet/``,
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError
+from ..errors import CheckpointError
+from ..files import atomic_directory
 
 __all__ = ["convert_checkpoint"]
 
@@ -56,19 +54,7 @@ def convert_checkpoint(
     if dst.exists() and dst.resolve() == Path(src).expanduser().resolve():
         raise CheckpointError("the output folder must differ from the input folder")
     pipe = TryOnPipeline.from_pretrained(src, torch_dtype=dtype)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
+    with atomic_directory(dst) as tmp:
         pipe.save_pretrained(tmp)
         _drop_ema_keys(tmp)
-        if dst.exists():
-            old = dst.with_name(f".{dst.name}.old")
-            os.replace(dst, old)
-            os.replace(tmp, dst)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return dst

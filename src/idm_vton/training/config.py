@@ -1,7 +1,7 @@
 """Typed training configuration (STYLE section 7): dataclasses, closed sets as ``str`` enums.
 
 Every option of ``idm-vton train`` is a :class:`TrainConfig` field written once, with its help;
-the command line is generated from the fields (:mod:`idm_vton.commands.train`).
+the ``idm-vton train`` options are generated from the fields.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..enums import DatasetKind
 from ..errors import TrainConfigError
+from ..files import replace_directory, write_json_atomic
 from . import checkpointing as ckpt
 from .config import OptimizerKind, TrainConfig
 from .data import batch_stream, batches_per_epoch
@@ -118,6 +118,18 @@ def _tensorboard_available() -> bool:
     return True
 
 
+def _report_to(config: TrainConfig) -> str:
+    """The tracker ``--report-to`` asks for: ``auto`` is tensorboard when installed."""
+    report = config.report_to.value
+    if report == "auto":
+        report = "tensorboard" if _tensorboard_available() else "none"
+    if report == "tensorboard" and not _tensorboard_available():
+        raise TrainConfigError(
+            "--report-to tensorboard needs tensorboard (pip install tensorboard)"
+        )
+    return report
+
+
 class Trainer:
     """Builds everything from a :class:`TrainConfig` and runs optimizer steps.
 
@@ -126,13 +138,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, pipe=None) -> None:
         self.config = config
-        report = config.report_to.value
-        if report == "auto":
-            report = "tensorboard" if _tensorboard_available() else "none"
-        if report == "tensorboard" and not _tensorboard_available():
-            raise TrainConfigError(
-                "--report-to tensorboard needs tensorboard (pip install tensorboard)"
-            )
+        report = _report_to(config)
         self.accelerator = accel = Accelerator(
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             mixed_precision=config.mixed_precision.value,
@@ -148,7 +154,34 @@ class Trainer:
         if accel.is_main_process:
             config.output.mkdir(parents=True, exist_ok=True)
 
-        # 1. Model. The frozen components are written once, in their original dtype.
+        trainable = self._prepare_model(pipe)  # 1. Model.
+        self._prepare_data()  # 2. Data.
+        self._prepare_optimization(trainable)  # 3. Optimizer, LR schedule, accelerate.
+
+        # 4. Objective, step counters, resume, logging.
+        self.noise_scheduler = training_noise_scheduler(self.pipe.scheduler)
+        self.objective = ObjectiveConfig(
+            snr_gamma=config.snr_gamma,
+            noise_offset=config.noise_offset,
+            condition_dropout=config.condition_dropout,
+        )
+        self.conditioner = Conditioner(
+            self.pipe, accel.device, text_cache_size=config.text_cache_size
+        )
+        self.global_step = 0
+        self.consumed = 0  # micro-batches consumed by this process
+        self._stream = None
+        if config.resume:
+            self.resume(config.resume)
+        if accel.is_main_process:
+            write_json_atomic(config.output / "train_config.json", config.to_json())
+        if report != "none":
+            accel.init_trackers("idm-vton", config={k: str(v) for k, v in config.to_json().items()})
+
+    def _prepare_model(self, pipe) -> TryonTrainable:
+        """Load the model, write its frozen components once (original dtype), freeze them in the
+        mixed-precision dtype (the VAE in fp32) and return the trainable part in fp32."""
+        config, accel = self.config, self.accelerator
         self.pipe = pipe if pipe is not None else load_base_pipeline(config)
         self.frozen_cache = config.output / ckpt.FROZEN_CACHE
         if accel.is_main_process:
@@ -166,13 +199,15 @@ class Trainer:
         trainable.requires_grad_(True).train()
         if config.gradient_checkpointing:
             self.pipe.unet.enable_gradient_checkpointing()
-        params = [p for p in trainable.parameters() if p.requires_grad]
+        return trainable
 
-        # 2. Data.
+    def _prepare_data(self) -> None:
+        """The dataset and the run length in optimizer steps (``--max-steps`` or epochs)."""
+        config = self.config
         self.clip_size = int(self.pipe.image_encoder.config.image_size)
         self.dataset = build_dataset(config, self.clip_size)
         self.per_epoch = batches_per_epoch(
-            len(self.dataset), config.batch_size, accel.num_processes
+            len(self.dataset), config.batch_size, self.accelerator.num_processes
         )
         steps_per_epoch = max(1, self.per_epoch // config.gradient_accumulation_steps)
         if config.max_steps is not None:
@@ -180,9 +215,12 @@ class Trainer:
         else:
             self.max_steps = (config.epochs or 1) * steps_per_epoch
 
-        # 3. Optimizer, LR schedule, accelerate.
+    def _prepare_optimization(self, trainable: TryonTrainable) -> None:
+        """Optimizer and LR schedule over the trainable parameters, prepared by accelerate."""
         from diffusers.optimization import get_scheduler
 
+        config = self.config
+        params = [p for p in trainable.parameters() if p.requires_grad]
         optimizer = make_optimizer(config.optimizer, params, config)
         lr_scheduler = get_scheduler(
             config.lr_scheduler,
@@ -190,31 +228,12 @@ class Trainer:
             num_warmup_steps=config.lr_warmup_steps,
             num_training_steps=self.max_steps,
         )
-        self.model, self.optimizer, self.lr_scheduler = accel.prepare(
+        self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
             trainable, optimizer, lr_scheduler
         )
         # A list (not a generator that the first clip would exhaust, as in the official trainer).
         self.params_to_clip = list(self.model.parameters())
         self._register_hooks()
-
-        self.noise_scheduler = training_noise_scheduler(self.pipe.scheduler)
-        self.objective = ObjectiveConfig(
-            snr_gamma=config.snr_gamma,
-            noise_offset=config.noise_offset,
-            condition_dropout=config.condition_dropout,
-        )
-        self.conditioner = Conditioner(self.pipe, device, text_cache_size=config.text_cache_size)
-        self.global_step = 0
-        self.consumed = 0  # micro-batches consumed by this process
-        self._stream = None
-        if config.resume:
-            self.resume(config.resume)
-        if accel.is_main_process:
-            (config.output / "train_config.json").write_text(
-                json.dumps(config.to_json(), indent=2) + "\n"
-            )
-        if report != "none":
-            accel.init_trackers("idm-vton", config={k: str(v) for k, v in config.to_json().items()})
 
     # ------------------------------------------------------------------ checkpoint hooks
     def _register_hooks(self) -> None:
@@ -255,9 +274,7 @@ class Trainer:
                 "max_steps": self.max_steps,
             }
             (tmp / ckpt.TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            replace_directory(tmp, final)
             if self.config.checkpoints_total_limit:
                 for path in ckpt.remove_old_checkpoints(
                     output, self.config.checkpoints_total_limit
