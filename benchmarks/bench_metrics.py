@@ -22,7 +22,6 @@ import time
 import numpy as np
 import torch
 
-from idm_vton.evaluation.metrics.clip_score import CLIPImageScorer, _image_processor_class
 from idm_vton.evaluation.metrics.fid import (
     FIDInceptionV3,
     clean_resize,
@@ -32,6 +31,7 @@ from idm_vton.evaluation.metrics.fid import (
 )
 from idm_vton.evaluation.metrics.lpips import LPIPS
 from idm_vton.evaluation.metrics.ssim import ssim
+from idm_vton.testing.metric_shapes import random_clip_scorer
 
 FIGURES = (
     "ssim",
@@ -121,21 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                 includes="clean_resize + FID Inception at 299",
             )
         if "clip_i" in only:
-            from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-            # openai/clip-vit-large-patch14 vision tower dimensions.
-            config = CLIPVisionConfig(
-                hidden_size=1024,
-                intermediate_size=4096,
-                num_hidden_layers=24,
-                num_attention_heads=16,
-                image_size=224,
-                patch_size=14,
-                projection_dim=768,
-            )
-            scorer = CLIPImageScorer(
-                CLIPVisionModelWithProjection(config), _image_processor_class()()
-            )
+            scorer = random_clip_scorer()
             seconds = timed(lambda: scorer.embed(images_u8))
             emit(
                 "clip_i",

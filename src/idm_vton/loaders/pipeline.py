@@ -288,13 +288,7 @@ def load_pipeline(
     whatever class that names (DDPM by default, as the reference), or a scheduler object.
     """
     from diffusers import AutoencoderKL
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPTextModel,
-        CLIPTextModelWithProjection,
-        CLIPTokenizer,
-        CLIPVisionModelWithProjection,
-    )
+    from transformers import CLIPVisionModelWithProjection
 
     from ..pipelines.tryon import TryOnPipeline
 
@@ -316,35 +310,8 @@ def load_pipeline(
         "image encoder",
         dtype=dtype,
     )
-    scheduler_dir = root / "scheduler"
-    if not (scheduler_dir / "scheduler_config.json").is_file():
-        raise CheckpointError(f"missing component folder: {scheduler_dir} (scheduler)")
-    if not isinstance(scheduler, SchedulerMixin):  # else a ready object, as a component override
-        scheduler = build_scheduler(scheduler, _read_json(scheduler_dir / "scheduler_config.json"))
-    text = {}
-    if load_text_encoders:
-        text = {
-            "text_encoder": _hf_component(
-                CLIPTextModel.from_pretrained, root / "text_encoder", "text encoder", dtype=dtype
-            ),
-            "text_encoder_2": _hf_component(
-                CLIPTextModelWithProjection.from_pretrained,
-                root / "text_encoder_2",
-                "text encoder 2",
-                dtype=dtype,
-            ),
-            "tokenizer": _hf_component(
-                CLIPTokenizer.from_pretrained, root / "tokenizer", "tokenizer"
-            ),
-            "tokenizer_2": _hf_component(
-                CLIPTokenizer.from_pretrained, root / "tokenizer_2", "tokenizer 2"
-            ),
-        }
-    feature_extractor = None
-    for folder in (root / "feature_extractor", root / "image_encoder"):
-        if (folder / "preprocessor_config.json").is_file():
-            feature_extractor = CLIPImageProcessor.from_pretrained(folder)
-            break
+    scheduler = _load_scheduler(root, scheduler)
+    text = _load_text_components(root, dtype) if load_text_encoders else {}
     return TryOnPipeline(
         vae=vae.eval(),
         unet=unet,
@@ -352,9 +319,52 @@ def load_pipeline(
         image_projection=projection,
         image_encoder=image_encoder.eval(),
         scheduler=scheduler,
-        feature_extractor=feature_extractor or CLIPImageProcessor(),
+        feature_extractor=_load_feature_extractor(root),
         **text,
     )
+
+
+def _load_scheduler(root: Path, scheduler: SchedulerName | str | SchedulerMixin) -> SchedulerMixin:
+    """The sampler ``scheduler`` built from ``scheduler/scheduler_config.json`` (a ready
+    scheduler object is used as is, as a component override)."""
+    scheduler_dir = root / "scheduler"
+    if not (scheduler_dir / "scheduler_config.json").is_file():
+        raise CheckpointError(f"missing component folder: {scheduler_dir} (scheduler)")
+    if isinstance(scheduler, SchedulerMixin):
+        return scheduler
+    return build_scheduler(scheduler, _read_json(scheduler_dir / "scheduler_config.json"))
+
+
+def _load_text_components(root: Path, dtype: torch.dtype) -> dict:
+    """The two SDXL text encoders and their tokenizers."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    return {
+        "text_encoder": _hf_component(
+            CLIPTextModel.from_pretrained, root / "text_encoder", "text encoder", dtype=dtype
+        ),
+        "text_encoder_2": _hf_component(
+            CLIPTextModelWithProjection.from_pretrained,
+            root / "text_encoder_2",
+            "text encoder 2",
+            dtype=dtype,
+        ),
+        "tokenizer": _hf_component(CLIPTokenizer.from_pretrained, root / "tokenizer", "tokenizer"),
+        "tokenizer_2": _hf_component(
+            CLIPTokenizer.from_pretrained, root / "tokenizer_2", "tokenizer 2"
+        ),
+    }
+
+
+def _load_feature_extractor(root: Path):
+    """The CLIP preprocessing config of the checkpoint (its own or the image encoder's),
+    else CLIP's defaults."""
+    from transformers import CLIPImageProcessor
+
+    for folder in (root / "feature_extractor", root / "image_encoder"):
+        if (folder / "preprocessor_config.json").is_file():
+            return CLIPImageProcessor.from_pretrained(folder)
+    return CLIPImageProcessor()
 
 
 def load_model(

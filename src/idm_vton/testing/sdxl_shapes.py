@@ -39,6 +39,33 @@ def sdxl_unet_config(in_channels: int, tryon: bool) -> dict:
     return config
 
 
+#: CLIP ViT-H/14 vision tower (the IP-Adapter Plus image encoder).
+VIT_H_14 = dict(
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=16,
+    image_size=224,
+    patch_size=14,
+    projection_dim=1024,
+    hidden_act="gelu",
+)
+#: The SDXL VAE.
+SDXL_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=1024,
+    scaling_factor=0.13025,
+    force_upcast=True,
+)
+
+
 def fill_random(model: torch.nn.Module, seed: int) -> None:
     """Materialise a meta-built model with cheap random values (norms 1/0, weights ~ 1/sqrt(fan_in))."""
     pool = torch.randn(1 << 22, generator=torch.Generator().manual_seed(seed))
@@ -91,31 +118,8 @@ def sdxl_pipeline(
             output_dim=2048,
             ff_mult=4,
         )
-        image_encoder = CLIPVisionModelWithProjection(
-            CLIPVisionConfig(
-                hidden_size=1280,
-                intermediate_size=5120,
-                num_hidden_layers=32,
-                num_attention_heads=16,
-                image_size=224,
-                patch_size=14,
-                projection_dim=1024,
-                hidden_act="gelu",
-            )
-        )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            latent_channels=4,
-            norm_num_groups=32,
-            sample_size=1024,
-            scaling_factor=0.13025,
-            force_upcast=True,
-        )
+        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**VIT_H_14))
+        vae = AutoencoderKL(**SDXL_VAE)
     models = dict(
         unet=unet,
         garment_unet=garment_unet,

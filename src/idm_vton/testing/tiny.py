@@ -59,6 +59,41 @@ def _unet_config(in_channels: int, tryon: bool) -> dict:
     return config
 
 
+_TINY_VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    image_size=32,
+    patch_size=8,
+    projection_dim=16,
+)
+_TINY_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(16, 32, 32, 32),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=8,
+    sample_size=256,
+    scaling_factor=0.13025,
+)
+_TINY_TEXT = dict(
+    vocab_size=514,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    max_position_embeddings=77,
+    projection_dim=_POOLED_DIM,
+    bos_token_id=512,
+    eos_token_id=513,
+    pad_token_id=513,
+)
+
+
 def reference_scheduler() -> DDPMScheduler:
     """The DDPM scheduler of the published checkpoint (SDXL's scaled-linear betas, leading spacing)."""
     return DDPMScheduler(
@@ -109,29 +144,8 @@ def tiny_components(seed: int = 0, text_encoders: bool = True) -> dict:
             output_dim=32,
             ff_mult=4,
         )
-        image_encoder = CLIPVisionModelWithProjection(
-            CLIPVisionConfig(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=3,
-                num_attention_heads=4,
-                image_size=32,
-                patch_size=8,
-                projection_dim=16,
-            )
-        )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(16, 32, 32, 32),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=256,
-            scaling_factor=0.13025,
-        )
+        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**_TINY_VISION))
+        vae = AutoencoderKL(**_TINY_VAE)
         components = {
             "unet": unet.eval(),
             "garment_unet": garment_unet.eval(),
@@ -144,21 +158,9 @@ def tiny_components(seed: int = 0, text_encoders: bool = True) -> dict:
             ),
         }
         if text_encoders:
-            text = dict(
-                vocab_size=514,
-                hidden_size=16,
-                intermediate_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                max_position_embeddings=77,
-                projection_dim=_POOLED_DIM,
-                bos_token_id=512,
-                eos_token_id=513,
-                pad_token_id=513,
-            )
             components.update(
-                text_encoder=CLIPTextModel(CLIPTextConfig(**text)).eval(),
-                text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text)).eval(),
+                text_encoder=CLIPTextModel(CLIPTextConfig(**_TINY_TEXT)).eval(),
+                text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**_TINY_TEXT)).eval(),
                 tokenizer=_byte_level_tokenizer(),
                 tokenizer_2=_byte_level_tokenizer(),
             )

@@ -784,24 +784,9 @@ def _indices(state: dict[str, torch.Tensor], pattern: str) -> list[int]:
 def _infer_architecture(
     state: dict[str, torch.Tensor], config: DensePoseRCNNConfig
 ) -> _Architecture:
-    prefix = "backbone.bottom_up."
-    stem_channels = _shape(state, prefix + "stem.conv1.weight")[0]
-    stages = {}
-    for level in _FPN_LEVELS:
-        blocks = _indices(state, re.escape(f"{prefix}res{level}.") + r"(\d+)\.conv1\.weight")
-        if blocks != list(range(len(blocks))) or not blocks:
-            raise PreprocessModelError(
-                f"{_WHAT} checkpoint: stage res{level} blocks are {blocks}, expected 0..n-1"
-            )
-        conv1 = _shape(state, f"{prefix}res{level}.0.conv1.weight")
-        conv2 = _shape(state, f"{prefix}res{level}.0.conv2.weight")
-        conv3 = _shape(state, f"{prefix}res{level}.0.conv3.weight")
-        projections = tuple(
-            f"{prefix}res{level}.{index}.shortcut.weight" in state for index in blocks
-        )
-        stages[level] = _StageSpec(
-            len(blocks), conv1[0], conv3[0], conv1[0] // conv2[1], projections
-        )
+    """The network's sizes, read from the checkpoint's tensor shapes (each part checked)."""
+    stem_channels = _shape(state, "backbone.bottom_up.stem.conv1.weight")[0]
+    stages = _backbone_stages(state)
     fpn_channels = _shape(state, "backbone.fpn_lateral2.weight")[0]
     num_anchors = _shape(state, "proposal_generator.rpn_head.objectness_logits.weight")[0]
     expected_anchors = len(config.anchor_sizes[0]) * len(config.anchor_aspect_ratios)
@@ -810,50 +795,9 @@ def _infer_architecture(
             f"{_WHAT} checkpoint predicts {num_anchors} anchors per location but the config "
             f"defines {expected_anchors} (sizes x aspect ratios)"
         )
-
-    fc_indices = _indices(state, r"roi_heads\.box_head\.fc(\d+)\.weight")
-    if fc_indices != list(range(1, len(fc_indices) + 1)) or not fc_indices:
-        raise PreprocessModelError(f"{_WHAT} checkpoint: box head fc layers are {fc_indices}")
-    box_fc_dims = [_shape(state, f"roi_heads.box_head.fc{i}.weight")[0] for i in fc_indices]
-    box_in = _shape(state, "roi_heads.box_head.fc1.weight")[1]
-    resolution = math.isqrt(box_in // fpn_channels)
-    if resolution * resolution * fpn_channels != box_in:
-        raise PreprocessModelError(
-            f"{_WHAT} checkpoint: box head input {box_in} is not {fpn_channels} x R x R"
-        )
-    num_classes = _shape(state, "roi_heads.box_predictor.cls_score.weight")[0] - 1
-    box_outputs = _shape(state, "roi_heads.box_predictor.bbox_pred.weight")[0]
-
-    decoder_convs = None
-    decoder_channels = decoder_out = 0
-    if any(key.startswith("roi_heads.decoder.") for key in state):
-        decoder_convs = {}
-        for level in _FPN_LEVELS:
-            convs = _indices(state, rf"roi_heads\.decoder\.p{level}\.(\d+)\.weight")
-            step = 1 if level == 2 else 2  # conv, upsample, conv, upsample, ...
-            if not convs or convs != list(range(0, step * len(convs), step)):
-                raise PreprocessModelError(
-                    f"{_WHAT} checkpoint: decoder level p{level} layers are {convs}"
-                )
-            decoder_convs[level] = len(convs)
-        decoder_channels = _shape(state, "roi_heads.decoder.p2.0.weight")[0]
-        decoder_out = _shape(state, "roi_heads.decoder.predictor.weight")[0]
-
-    dp_indices = _indices(state, r"roi_heads\.densepose_head\.body_conv_fcn(\d+)\.weight")
-    if dp_indices != list(range(1, len(dp_indices) + 1)) or not dp_indices:
-        raise PreprocessModelError(f"{_WHAT} checkpoint: DensePose head convs are {dp_indices}")
-    densepose_convs = []
-    for i in dp_indices:
-        shape = _shape(state, f"roi_heads.densepose_head.body_conv_fcn{i}.weight")
-        densepose_convs.append((shape[0], shape[2]))
-    predictor = "roi_heads.densepose_predictor."
-    coarse = _shape(state, predictor + "ann_index_lowres.weight")
-    fine = _shape(state, predictor + "index_uv_lowres.weight")
-    if fine[1] != N_PART_LABELS + 1:
-        raise PreprocessModelError(
-            f"{_WHAT} checkpoint predicts {fine[1]} fine segmentation channels, expected "
-            f"{N_PART_LABELS + 1} (24 body parts + background)"
-        )
+    resolution, box_fc_dims, num_classes, box_outputs = _box_head(state, fpn_channels)
+    decoder_convs, decoder_channels, decoder_out = _decoder(state)
+    densepose_convs, coarse, fine = _densepose_head(state)
     return _Architecture(
         stem_channels=stem_channels,
         stages=stages,
@@ -871,3 +815,82 @@ def _infer_architecture(
         coarse_channels=coarse[1],
         fine_channels=fine[1],
     )
+
+
+def _backbone_stages(state: dict[str, torch.Tensor]) -> dict[int, _StageSpec]:
+    """The ResNet stages res2..res5: blocks, widths, groups, projection shortcuts."""
+    prefix = "backbone.bottom_up."
+    stages = {}
+    for level in _FPN_LEVELS:
+        blocks = _indices(state, re.escape(f"{prefix}res{level}.") + r"(\d+)\.conv1\.weight")
+        if blocks != list(range(len(blocks))) or not blocks:
+            raise PreprocessModelError(
+                f"{_WHAT} checkpoint: stage res{level} blocks are {blocks}, expected 0..n-1"
+            )
+        conv1 = _shape(state, f"{prefix}res{level}.0.conv1.weight")
+        conv2 = _shape(state, f"{prefix}res{level}.0.conv2.weight")
+        conv3 = _shape(state, f"{prefix}res{level}.0.conv3.weight")
+        projections = tuple(
+            f"{prefix}res{level}.{index}.shortcut.weight" in state for index in blocks
+        )
+        stages[level] = _StageSpec(
+            len(blocks), conv1[0], conv3[0], conv1[0] // conv2[1], projections
+        )
+    return stages
+
+
+def _box_head(state: dict[str, torch.Tensor], fpn_channels: int) -> tuple[int, list[int], int, int]:
+    """(pooler resolution, fc widths, number of classes, box regression outputs)."""
+    fc_indices = _indices(state, r"roi_heads\.box_head\.fc(\d+)\.weight")
+    if fc_indices != list(range(1, len(fc_indices) + 1)) or not fc_indices:
+        raise PreprocessModelError(f"{_WHAT} checkpoint: box head fc layers are {fc_indices}")
+    box_fc_dims = [_shape(state, f"roi_heads.box_head.fc{i}.weight")[0] for i in fc_indices]
+    box_in = _shape(state, "roi_heads.box_head.fc1.weight")[1]
+    resolution = math.isqrt(box_in // fpn_channels)
+    if resolution * resolution * fpn_channels != box_in:
+        raise PreprocessModelError(
+            f"{_WHAT} checkpoint: box head input {box_in} is not {fpn_channels} x R x R"
+        )
+    num_classes = _shape(state, "roi_heads.box_predictor.cls_score.weight")[0] - 1
+    box_outputs = _shape(state, "roi_heads.box_predictor.bbox_pred.weight")[0]
+    return resolution, box_fc_dims, num_classes, box_outputs
+
+
+def _decoder(state: dict[str, torch.Tensor]) -> tuple[dict[int, int] | None, int, int]:
+    """(convs per FPN level, channels, output channels) of the DensePose decoder, if any."""
+    if not any(key.startswith("roi_heads.decoder.") for key in state):
+        return None, 0, 0
+    decoder_convs = {}
+    for level in _FPN_LEVELS:
+        convs = _indices(state, rf"roi_heads\.decoder\.p{level}\.(\d+)\.weight")
+        step = 1 if level == 2 else 2  # conv, upsample, conv, upsample, ...
+        if not convs or convs != list(range(0, step * len(convs), step)):
+            raise PreprocessModelError(
+                f"{_WHAT} checkpoint: decoder level p{level} layers are {convs}"
+            )
+        decoder_convs[level] = len(convs)
+    decoder_channels = _shape(state, "roi_heads.decoder.p2.0.weight")[0]
+    decoder_out = _shape(state, "roi_heads.decoder.predictor.weight")[0]
+    return decoder_convs, decoder_channels, decoder_out
+
+
+def _densepose_head(
+    state: dict[str, torch.Tensor],
+) -> tuple[list[tuple[int, int]], tuple[int, ...], tuple[int, ...]]:
+    """(head convs as (channels, kernel), coarse and fine predictor weight shapes)."""
+    dp_indices = _indices(state, r"roi_heads\.densepose_head\.body_conv_fcn(\d+)\.weight")
+    if dp_indices != list(range(1, len(dp_indices) + 1)) or not dp_indices:
+        raise PreprocessModelError(f"{_WHAT} checkpoint: DensePose head convs are {dp_indices}")
+    densepose_convs = []
+    for i in dp_indices:
+        shape = _shape(state, f"roi_heads.densepose_head.body_conv_fcn{i}.weight")
+        densepose_convs.append((shape[0], shape[2]))
+    predictor = "roi_heads.densepose_predictor."
+    coarse = _shape(state, predictor + "ann_index_lowres.weight")
+    fine = _shape(state, predictor + "index_uv_lowres.weight")
+    if fine[1] != N_PART_LABELS + 1:
+        raise PreprocessModelError(
+            f"{_WHAT} checkpoint predicts {fine[1]} fine segmentation channels, expected "
+            f"{N_PART_LABELS + 1} (24 body parts + background)"
+        )
+    return densepose_convs, coarse, fine
