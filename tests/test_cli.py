@@ -158,7 +158,7 @@ def test_console_script_and_module_entry_points(inputs, tmp_path):
 def test_convert_command(tmp_path, capsys):
     from idm_vton.testing.tiny import tiny_pipeline
 
-    from .helpers import write_published_checkpoint
+    from .helpers.checkpoints import write_published_checkpoint
 
     src = write_published_checkpoint(tiny_pipeline(), tmp_path / "published", fmt="bin")
     assert main(["convert", str(src), str(tmp_path / "out"), "--dtype", "bf16"]) == 0

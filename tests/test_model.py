@@ -29,7 +29,11 @@ from idm_vton.pipelines.tryon import TryOnPipeline
 from idm_vton.testing.reference import NaiveGarmentAttentionProcessor
 from idm_vton.testing.tiny import tiny_pipeline
 
-from .helpers import PUBLISHED_EMA_KEYS, published_tryon_state, write_published_checkpoint
+from .helpers.checkpoints import (
+    PUBLISHED_EMA_KEYS,
+    published_tryon_state,
+    write_published_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from idm_vton.testing.reference import OfficialIPAttnProcessor, reference_formul
 from idm_vton.testing.tiny import tiny_pipeline
 
 from .conftest import GOLDEN
-from .test_parity import golden_pipe_call, replay_recorded_noise
+from .helpers.golden import golden_pipe_call, replay_recorded_noise
 
 MODULE_RTOL = 2e-5
 PIPE_RTOL = 2e-4

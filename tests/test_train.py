@@ -27,7 +27,7 @@ from idm_vton.training.objective import (
 )
 from idm_vton.training.trainer import Trainer
 
-from .test_data import make_dresscode, make_vitonhd
+from .helpers.datasets import make_dresscode, make_vitonhd
 
 H, W = 64, 48
 
