@@ -38,14 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Tune, write the delta, print a summary."""
-    from ..devices import resolve_device
-    from ..enums import MixedPrecision
+    from ..devices import default_dtype, resolve_device
+    from ..enums import DType, MixedPrecision
     from ..errors import CustomizationError
     from ..loaders.customization import save_customization
     from ..training.customize import CustomizeConfig, customize, load_base
 
     device = resolve_device(args.device)
-    precision = MixedPrecision(args.mixed_precision or ("bf16" if device.type == "cuda" else "no"))
+    # Autocast in the device's default dtype (bf16 on CUDA) unless asked; no autocast in fp32.
+    default = MixedPrecision.BF16 if default_dtype(device) is DType.BF16 else MixedPrecision.NO
+    precision = MixedPrecision(args.mixed_precision) if args.mixed_precision else default
     for flag in ("person", "garment", "mask", "pose"):
         if not Path(getattr(args, flag)).is_file():
             raise CustomizationError(f"--{flag}: file not found: {getattr(args, flag)}")
