@@ -29,6 +29,7 @@ COMMANDS = {
     "preprocess": "preprocess",
     "mask": "mask",
     "download": "download",
+    "serve": "serve",
 }
 
 

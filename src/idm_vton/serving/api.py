@@ -1,0 +1,388 @@
+"""The HTTP API (FastAPI): ``/v1/tryon``, ``/v1/jobs``, ``/v1/info``, ``/healthz``, ``/readyz``.
+
+Every error is JSON ``{"error": "..."}`` with a status that says whose fault it is: 400 (bad
+image, empty mask, bad parameter; FastAPI's own validation errors included), 401 (API key), 404
+(unknown job), 409 (job not finished / already finished), 410 (job cancelled), 413 (over the byte
+or pixel limit), 429 (queue full), 503 (model not ready), 504 (timed out); 500 only for failures
+of the server itself. See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from typing import Annotated
+
+import numpy as np
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ._library import MAX_PIXELS, TINY_MODEL_NOTE, GarmentCategory, ImageInputError
+from .config import ParameterError, TryOnParams
+from .engine import WorkItem
+from .images import ImageTooLargeError, decode_image, png_bytes
+from .scheduler import Job, JobState, NotReadyError, QueueFullError
+from .service import TryOnService
+
+__all__ = ["ApiError", "build_item", "create_api", "read_upload", "wait_for"]
+
+#: Chunk size for reading an upload from its spool file.
+_CHUNK = 1 << 20
+
+
+class ApiError(Exception):
+    """An HTTP error answered as ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def read_upload(upload: UploadFile | None, what: str, max_bytes: int) -> bytes | None:
+    """The bytes of an uploaded file, refusing more than ``max_bytes`` (413) while reading."""
+    if upload is None or (not upload.filename and not upload.size):
+        return None
+    if upload.size is not None and upload.size > max_bytes:
+        raise ApiError(413, f"{what}: {upload.size} bytes is over the limit of {max_bytes} bytes")
+    chunks, total = [], 0
+    while chunk := await upload.read(_CHUNK):
+        total += len(chunk)
+        if total > max_bytes:
+            raise ApiError(413, f"{what}: over the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode_all(person: bytes, garment: bytes, mask: bytes | None, pose: bytes | None):
+    images = {
+        "person": decode_image(person, "person"),
+        "garment": decode_image(garment, "garment"),
+        "mask": decode_image(mask, "mask", mode="L") if mask is not None else None,
+        "pose": decode_image(pose, "pose") if pose is not None else None,
+    }
+    if images["mask"] is not None and not (np.asarray(images["mask"]) >= 128).any():
+        raise ImageInputError("mask: it is empty (white = the area to re-generate)")
+    return images
+
+
+async def build_item(service: TryOnService, uploads: dict, fields: dict) -> WorkItem:
+    """Validate fields, read and decode the uploads (in a worker thread): one :class:`WorkItem`."""
+    config = service.config
+    try:
+        params = TryOnParams.parse(config, **fields)
+    except ParameterError as err:
+        raise ApiError(400, str(err)) from None
+    data = {
+        name: await read_upload(uploads.get(name), name, config.max_upload_bytes)
+        for name in ("person", "garment", "mask", "pose")
+    }
+    for required in ("person", "garment"):
+        if data[required] is None:
+            raise ApiError(400, f"{required}: an image file is required")
+    try:
+        images = await run_in_threadpool(
+            _decode_all, data["person"], data["garment"], data["mask"], data["pose"]
+        )
+    except ImageTooLargeError as err:
+        raise ApiError(413, str(err)) from None
+    except ImageInputError as err:
+        raise ApiError(400, str(err)) from None
+    return WorkItem(id=secrets.token_urlsafe(12), params=params, **images)
+
+
+def submit(service: TryOnService, item: WorkItem) -> Job:
+    """Queue ``item``, turning a refusal into its HTTP error."""
+    try:
+        return service.submit(item)
+    except QueueFullError as err:
+        raise ApiError(429, str(err)) from None
+    except NotReadyError as err:
+        raise ApiError(503, str(err)) from None
+
+
+async def wait_for(service: TryOnService, job: Job, request: Request | None = None) -> None:
+    """Wait until ``job`` is final; cancel it if the client goes away first."""
+    while not job.state.final:
+        await job.changed(job.version, timeout=0.5)
+        if request is not None and not job.state.final and await request.is_disconnected():
+            service.scheduler.cancel(job.id)
+            return
+
+
+def _wants_json(request: Request) -> bool:
+    return "application/json" in request.headers.get("accept", "").lower()
+
+
+async def result_response(request: Request, job: Job) -> Response:
+    """The answer for a finished job: PNG (one image) or JSON with base64 PNGs."""
+    if job.state is JobState.CANCELLED:
+        return _error(410, "the job was cancelled")
+    if job.state is JobState.FAILED:
+        return _error(job.status, job.error or "failed")
+    if not job.state.final:
+        return _error(409, f"the job is {job.state.value}; poll GET /v1/jobs/{job.id}")
+    outcome = job.outcome
+    assert outcome is not None
+    encoded = await run_in_threadpool(lambda: [png_bytes(image) for image in outcome.images])
+    headers = {"X-Job-Id": job.id, "X-Seed": ",".join(str(s) for s in outcome.seeds)}
+    if outcome.worker:
+        headers["X-Worker"] = outcome.worker
+    if len(encoded) == 1 and not _wants_json(request):
+        return Response(encoded[0], media_type="image/png", headers=headers)
+    width, height = outcome.images[0].size
+    mask_png = await run_in_threadpool(png_bytes, outcome.mask) if outcome.mask else None
+    payload = {
+        "id": job.id,
+        "seeds": outcome.seeds,
+        "width": width,
+        "height": height,
+        "media_type": "image/png",
+        "images": [base64.b64encode(data).decode("ascii") for data in encoded],
+        "mask": base64.b64encode(mask_png).decode("ascii") if mask_png else None,
+    }
+    return JSONResponse(payload, headers=headers)
+
+
+# Form fields shared by /v1/tryon and /v1/jobs (typed for the OpenAPI page; checked again by
+# TryOnParams against the server's limits).
+PersonFile = Annotated[UploadFile, File(description="photo of the person (PNG/JPEG/WebP...)")]
+GarmentFile = Annotated[UploadFile, File(description="in-shop photo of the garment")]
+MaskFile = Annotated[
+    UploadFile | None, File(description="inpaint mask, white = re-generate (absent: automatic)")
+]
+PoseFile = Annotated[
+    UploadFile | None, File(description="DensePose picture of the person (absent: automatic)")
+]
+Description = Annotated[str | None, Form(description="garment text, e.g. 'short sleeve t-shirt'")]
+Category = Annotated[str | None, Form(description=f"one of {', '.join(GarmentCategory.values())}")]
+Steps = Annotated[int | None, Form(description="denoising steps (default 30)")]
+Guidance = Annotated[float | None, Form(description="classifier-free guidance (default 2.0)")]
+Seed = Annotated[int | None, Form(description="seed; -1 or absent = random (returned in X-Seed)")]
+NumImages = Annotated[int | None, Form(description="images to render (different seeds)")]
+PasteBack = Annotated[
+    bool | None, Form(description="paste the render into the full photo (default true)")
+]
+
+
+def create_api(service: TryOnService) -> FastAPI:
+    """The FastAPI application with every HTTP route (the UI is mounted on it by ``app.py``)."""
+    app = FastAPI(
+        title="idm-vton",
+        version=__version__,
+        description="IDM-VTON virtual try-on: see docs/serving.md.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    config = service.config
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, err: ApiError) -> JSONResponse:
+        return _error(err.status, err.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+        problems = []
+        for problem in err.errors():
+            where = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
+            problems.append(f"{where}: {problem.get('msg', 'invalid')}")
+        return _error(400, "; ".join(problems) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        status = 400 if err.status_code == 422 else err.status_code
+        return _error(status, str(err.detail), headers=getattr(err, "headers", None))
+
+    @app.get("/healthz", tags=["status"])
+    async def healthz() -> dict:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["status"], responses={503: {"description": "not ready"}})
+    async def readyz() -> Response:
+        """The model is loaded and warmed up (200), or not yet / failed (503)."""
+        if service.ready:
+            return JSONResponse({"status": "ready"})
+        return _error(503, service.load_error or "the model is loading")
+
+    @app.get("/v1/info", tags=["status"])
+    async def info() -> dict:
+        """Model, device, defaults and limits."""
+        scheduler = service.scheduler
+        return {
+            "version": __version__,
+            "ready": service.ready,
+            "model": config.model,
+            "note": TINY_MODEL_NOTE if config.is_tiny else None,
+            "device": config.device,
+            "dtype": config.dtype,
+            **service.info,
+            "defaults": {
+                "steps": config.default_steps,
+                "guidance": config.default_guidance,
+                "category": config.default_category,
+                "num_images": 1,
+                "paste_back": True,
+                "seed": -1,
+            },
+            "limits": {
+                "max_upload_bytes": config.max_upload_bytes,
+                "max_pixels": MAX_PIXELS,
+                "max_queue": config.max_queue,
+                "max_batch": config.max_batch,
+                "max_images": config.max_images,
+                "max_steps": config.max_steps,
+                "timeout_s": config.timeout_s,
+            },
+            "categories": GarmentCategory.values(),
+            "queued": scheduler.queued if scheduler is not None else 0,
+            "auth": config.api_key is not None,
+        }
+
+    responses = {
+        200: {"content": {"image/png": {}, "application/json": {}}, "description": "the image(s)"},
+        400: {"description": "bad image, empty mask or bad parameter"},
+        401: {"description": "missing or wrong API key"},
+        413: {"description": "upload over the byte or pixel limit"},
+        429: {"description": "queue full"},
+        503: {"description": "model not ready"},
+    }
+
+    def fields(description, category, steps, guidance, seed, num_images, paste_back) -> dict:
+        return dict(
+            description=description,
+            category=category,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            num_images=num_images,
+            paste_back=paste_back,
+        )
+
+    @app.post("/v1/tryon", tags=["try-on"], responses=responses, response_class=Response)
+    async def tryon(
+        request: Request,
+        person: PersonFile,
+        garment: GarmentFile,
+        mask: MaskFile = None,
+        pose: PoseFile = None,
+        description: Description = None,
+        category: Category = None,
+        steps: Steps = None,
+        guidance: Guidance = None,
+        seed: Seed = None,
+        num_images: NumImages = None,
+        paste_back: PasteBack = None,
+    ) -> Response:
+        """Render and wait. One image: ``image/png`` (seed in ``X-Seed``); several images or
+        ``Accept: application/json``: JSON with base64 PNGs and their seeds."""
+        if not service.ready:
+            raise ApiError(503, service.load_error or "the model is loading; retry shortly")
+        uploads = dict(person=person, garment=garment, mask=mask, pose=pose)
+        item = await build_item(
+            service,
+            uploads,
+            fields(description, category, steps, guidance, seed, num_images, paste_back),
+        )
+        job = submit(service, item)
+        await wait_for(service, job, request)
+        try:
+            return await result_response(request, job)
+        finally:
+            service.scheduler.forget(job.id)  # answered: nothing to fetch later
+
+    @app.post("/v1/jobs", tags=["jobs"], status_code=202, responses=responses)
+    async def create_job(
+        person: PersonFile,
+        garment: GarmentFile,
+        mask: MaskFile = None,
+        pose: PoseFile = None,
+        description: Description = None,
+        category: Category = None,
+        steps: Steps = None,
+        guidance: Guidance = None,
+        seed: Seed = None,
+        num_images: NumImages = None,
+        paste_back: PasteBack = None,
+    ) -> JSONResponse:
+        """Queue a try-on and return at once: ``{"id", "seed", ...}`` (202)."""
+        if not service.ready:
+            raise ApiError(503, service.load_error or "the model is loading; retry shortly")
+        uploads = dict(person=person, garment=garment, mask=mask, pose=pose)
+        item = await build_item(
+            service,
+            uploads,
+            fields(description, category, steps, guidance, seed, num_images, paste_back),
+        )
+        job = submit(service, item)
+        status = service.scheduler.status(job)
+        status.pop("version")
+        return JSONResponse(
+            {**status, "seeds": item.params.seeds},
+            status_code=202,
+            headers={"Location": f"/v1/jobs/{job.id}"},
+        )
+
+    def find(job_id: str) -> Job:
+        job = service.scheduler.get(job_id) if service.scheduler is not None else None
+        if job is None:
+            raise ApiError(404, "no such job (unknown id, or its result has expired)")
+        return job
+
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"])
+    async def job_status(job_id: str) -> dict:
+        """State (queued, running, done, failed, cancelled), queue position, step i of n."""
+        status = service.scheduler.status(find(job_id))
+        status.pop("version")
+        return status
+
+    @app.get("/v1/jobs/{job_id}/result", tags=["jobs"], response_class=Response)
+    async def job_result(request: Request, job_id: str) -> Response:
+        """The result, as ``POST /v1/tryon`` answers it; 409 while the job is not finished."""
+        return await result_response(request, find(job_id))
+
+    @app.delete("/v1/jobs/{job_id}", tags=["jobs"])
+    async def cancel_job(job_id: str) -> Response:
+        """Cancel: a queued job leaves the queue, a running one stops at its next step."""
+        job = find(job_id)
+        if job.state in (JobState.DONE, JobState.FAILED):
+            return _error(409, f"the job is already {job.state.value}")
+        service.scheduler.cancel(job_id)
+        return JSONResponse({"id": job.id, "state": job.state.value})
+
+    @app.get("/v1/jobs/{job_id}/events", tags=["jobs"])
+    async def job_events(request: Request, job_id: str) -> StreamingResponse:
+        """Server-sent events: ``queued`` (with the position), ``step`` (i of n), then one of
+        ``done``, ``failed`` or ``cancelled``; the stream ends after that."""
+        job = find(job_id)
+        scheduler = service.scheduler
+
+        async def stream():
+            seen = -1
+            while True:
+                if job.version != seen:
+                    status = scheduler.status(job)
+                    seen = status.pop("version")
+                    state = status["state"]
+                    name = "step" if state == JobState.RUNNING.value else state
+                    yield f"event: {name}\ndata: {json.dumps(status)}\n\n"
+                    if JobState(state).final:
+                        return
+                elif not await job.changed(seen, timeout=15.0):
+                    yield ": keep-alive\n\n"
+                if await request.is_disconnected():
+                    return
+
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+    return app

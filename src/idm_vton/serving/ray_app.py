@@ -1,0 +1,310 @@
+"""The server on Ray Serve: the same app in front, one model replica per GPU behind it.
+
+Two deployments:
+
+- ``TryOnIngress`` (one replica, no GPU) is the same ASGI application as ``idm-vton serve``
+  (FastAPI API + Gradio UI, :func:`~.app.create_app`), with the same work queue
+  (:class:`~.scheduler.Scheduler`): uploads are checked there, jobs live there and same-garment
+  requests are batched there. Its workers (one per model replica) send each batch to:
+- ``TryOnModel`` (``num_replicas`` or autoscaled, ``num_gpus=1`` each on CUDA), which holds a
+  pipeline and a :class:`~.engine.TryOnEngine` and streams the batch's step events back, then its
+  results; cancelling the stream stops the batch at its next step.
+
+Why not N copies of the whole app: Ray Serve's HTTP proxy spreads requests over replicas with no
+stickiness, so a job created on one replica could be polled, streamed or cancelled on another,
+and a browser's Gradio session would hop between replicas. With one ingress, jobs, progress
+streams and UI sessions have one home, and batching sees every request.
+
+The same code runs on one machine with several GPUs (a local Ray instance) and on a cluster
+(``ray start --head`` / ``ray start --address=HEAD:6379`` on each node, then ``idm-vton serve
+--ray --ray-address auto`` or ``serve run idm_vton.serving.ray_app:app`` on the head node).
+Only plain data crosses process boundaries (dicts, numbers, strings, raw pixel bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, replace
+
+from PIL import Image
+from ray import serve
+
+from .config import ServeConfig, TryOnParams
+from .engine import Outcome, TryOnEngine, WorkItem
+from .service import LoadedModel, TryOnService
+
+__all__ = [
+    "RayBackend",
+    "TryOnIngress",
+    "TryOnModel",
+    "app",
+    "build_application",
+    "serve_on_ray",
+]
+
+logger = logging.getLogger("idm_vton.serving")
+
+
+# ---------------------------------------------------------------------------- plain-data transport
+def _image_data(image: Image.Image | None) -> dict | None:
+    if image is None:
+        return None
+    return {"mode": image.mode, "size": list(image.size), "pixels": image.tobytes()}
+
+
+def _image(data: dict | None) -> Image.Image | None:
+    if data is None:
+        return None
+    return Image.frombytes(data["mode"], tuple(data["size"]), data["pixels"])
+
+
+def item_to_data(item: WorkItem) -> dict:
+    """A :class:`WorkItem` as plain data (for a call to a model replica)."""
+    return {
+        "id": item.id,
+        "params": asdict(item.params),
+        "garment_hash": item.garment_hash,
+        **{
+            name: _image_data(getattr(item, name))
+            for name in ("person", "garment", "mask", "pose", "extra_mask")
+        },
+    }
+
+
+def item_from_data(data: dict) -> WorkItem:
+    return WorkItem(
+        id=data["id"],
+        params=TryOnParams(**data["params"]),
+        garment_hash=data["garment_hash"],
+        **{
+            name: _image(data[name]) for name in ("person", "garment", "mask", "pose", "extra_mask")
+        },
+    )
+
+
+def outcome_to_data(outcome: Outcome) -> dict:
+    data = asdict(outcome)
+    data["images"] = [_image_data(image) for image in outcome.images]
+    data["mask"], data["pose"] = _image_data(outcome.mask), _image_data(outcome.pose)
+    return data
+
+
+def outcome_from_data(data: dict) -> Outcome:
+    data = dict(data)
+    data["images"] = [_image(image) for image in data["images"]]
+    data["mask"], data["pose"] = _image(data["mask"]), _image(data["pose"])
+    return Outcome(**data)
+
+
+# ---------------------------------------------------------------------------- model replicas
+class TryOnModel:
+    """One pipeline on one device; renders batches sent by the ingress (a Ray Serve replica)."""
+
+    def __init__(self, config: dict) -> None:
+        from ._library import MemoryOptions, apply_memory_options
+        from .command import load_pipeline
+
+        self.config = ServeConfig(**config)
+        device = self.config.device
+        pipe = load_pipeline(self.config.model, device, self.config.dtype)
+        apply_memory_options(pipe, MemoryOptions(**self.config.memory_options), device)
+        self.engine = TryOnEngine(
+            pipe,
+            max_batch=self.config.max_batch,
+            preprocess_models=self.config.preprocess_models,
+            preprocess_device=device,
+            garment_cache_bytes=self.config.garment_cache_bytes,
+        )
+        self.engine.warm_up()
+        self.name = serve.get_replica_context().replica_tag
+        # One pipeline call at a time on this replica's device.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idm-vton-gpu")
+
+    def info(self) -> dict:
+        height, width = self.engine.work_size
+        return {"work_height": height, "work_width": width}
+
+    async def run(self, batch: dict):
+        """Stream ``{"step": ...}`` events, then ``{"outcomes": [...]}`` for one batch."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+        items = [item_from_data(data) for data in batch["items"]]
+
+        def progress(ids, done, total) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, (list(ids), done, total))
+
+        work = loop.run_in_executor(
+            self._executor, self.engine.run, items, progress, lambda ids: stop.is_set()
+        )
+        try:
+            while not work.done():
+                next_event = asyncio.ensure_future(events.get())
+                await asyncio.wait({next_event, work}, return_when=asyncio.FIRST_COMPLETED)
+                if next_event.done():
+                    ids, done, total = next_event.result()
+                    yield {"step": {"ids": ids, "done": done, "total": total}}
+                else:
+                    next_event.cancel()
+            outcomes = await work
+            for outcome in outcomes:
+                outcome.worker = self.name
+            yield {"outcomes": [outcome_to_data(outcome) for outcome in outcomes]}
+        except BaseException:
+            stop.set()  # cancelled by the ingress (or the client left): stop at the next step
+            raise
+
+
+class RayBackend:
+    """The ingress side: sends one batch to a free model replica and relays its events."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+
+    def __call__(self, items, progress, stopped) -> list[Outcome]:
+        ids = [item.id for item in items]
+        stream = self.handle.options(stream=True).run.remote(
+            {"items": [item_to_data(item) for item in items]}
+        )
+        for event in stream:
+            if "step" in event:
+                step = event["step"]
+                progress(step["ids"], step["done"], step["total"])
+                if stopped(ids):
+                    stream.cancel()
+                    break
+            else:
+                return [outcome_from_data(data) for data in event["outcomes"]]
+        return [Outcome(item_id, status=499, error="cancelled") for item_id in ids]
+
+
+# ---------------------------------------------------------------------------- ingress
+class TryOnIngress:
+    """The FastAPI + Gradio app of ``idm-vton serve``, with model replicas as its backend."""
+
+    def __init__(self, model, config: dict, workers: int, ui: bool = True) -> None:
+        self.config = ServeConfig(**config)
+        self.ui = ui
+        backend = RayBackend(model)
+
+        def load() -> LoadedModel:
+            info = model.info.remote().result()
+            info.update(backend="ray", replicas=workers)
+            return LoadedModel(backend=backend, workers=workers, info=info)
+
+        self.service = TryOnService(self.config, load)
+        self.service.start()
+
+    def __serve_build_asgi_app__(self):
+        from .app import create_app
+
+        return create_app(self.service, ui=self.ui)
+
+
+def build_application(
+    config: ServeConfig,
+    replicas: int = 1,
+    max_replicas: int | None = None,
+    ui: bool = True,
+):
+    """The Ray Serve application: ingress + model deployment for ``config``.
+
+    ``replicas`` model replicas (one GPU each when the device is CUDA, none on the CPU); with
+    ``max_replicas``, autoscaled between the two by the number of batches in flight.
+    """
+    on_gpu = config.device.startswith("cuda")
+    model_options: dict = {
+        "ray_actor_options": {"num_gpus": 1 if on_gpu else 0, "num_cpus": 1},
+        "max_ongoing_requests": 1,
+    }
+    if max_replicas and max_replicas > replicas:
+        model_options["autoscaling_config"] = {
+            "min_replicas": replicas,
+            "max_replicas": max_replicas,
+            "target_ongoing_requests": 1,
+        }
+    else:
+        model_options["num_replicas"] = replicas
+    if on_gpu:
+        config = replace(config, device="cuda")  # a replica sees only its own GPU, as cuda:0
+    model = serve.deployment(TryOnModel, name="TryOnModel").options(**model_options)
+    ingress = serve.deployment(
+        serve.ingress()(TryOnIngress),
+        name="TryOnIngress",
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=max(100, 2 * config.max_queue),
+    )
+    workers = max_replicas if max_replicas and max_replicas > replicas else replicas
+    return ingress.bind(model.bind(asdict(config)), asdict(config), workers, ui)
+
+
+def app(args: dict[str, str]):
+    """Builder for ``serve run idm_vton.serving.ray_app:app [key=value ...]``.
+
+    Keys: ``model`` (default yisol/IDM-VTON), ``device``, ``dtype``, ``replicas``,
+    ``max_replicas``, ``max_batch``, ``max_queue``, ``api_key`` (default
+    ``$IDM_VTON_API_KEY``), ``preprocess_models``, ``ui`` (true/false).
+    """
+    import os
+
+    from ._library import DType, resolve_device, resolve_dtype
+
+    device = resolve_device(args.get("device"))
+    config = ServeConfig(
+        model=args.get("model", "yisol/IDM-VTON"),
+        device=str(device),
+        dtype=DType.of(resolve_dtype(args.get("dtype"), device)).value,
+        api_key=args.get("api_key") or os.environ.get("IDM_VTON_API_KEY") or None,
+        max_batch=int(args.get("max_batch", 4)),
+        max_queue=int(args.get("max_queue", 64)),
+        preprocess_models=args.get("preprocess_models"),
+    )
+    max_replicas = args.get("max_replicas")
+    return build_application(
+        config,
+        replicas=int(args.get("replicas", 1)),
+        max_replicas=int(max_replicas) if max_replicas else None,
+        ui=str(args.get("ui", "true")).lower() not in ("0", "false", "no"),
+    )
+
+
+def serve_on_ray(
+    config: ServeConfig,
+    replicas: int = 1,
+    max_replicas: int | None = None,
+    address: str | None = None,
+    ui: bool = True,
+) -> int:
+    """``idm-vton serve --ray``: deploy on Ray Serve and block until interrupted."""
+    import os
+
+    import ray
+
+    if not ray.is_initialized():
+        if address or os.environ.get("RAY_ADDRESS"):
+            ray.init(address=address)  # join the cluster
+        else:
+            # A local instance: Ray's own services listen on the loopback interface only.
+            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
+    serve.start(http_options={"host": config.host, "port": config.port})
+    print(f"deploying {replicas} replica(s) of {config.model} on Ray ...", file=sys.stderr)
+    serve.run(
+        build_application(config, replicas, max_replicas, ui), name="idm-vton", route_prefix="/"
+    )
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+    print(f"ready: http://{host}:{config.port}/ (API docs: /docs)", file=sys.stderr, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0

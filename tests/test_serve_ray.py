@@ -1,0 +1,93 @@
+"""The server on Ray Serve: two replicas of the tiny model on the CPU in a local Ray instance
+answer concurrent requests through the same HTTP API, with the same images as one process."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from .serve_support import (
+    STEPS,
+    decode_png,
+    example_files,
+    free_socket,
+    image_difference,
+    multipart,
+    running_server,
+    variant_garments,
+)
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def ray_url(monkeypatch_module):
+    from idm_vton.serving.config import ServeConfig
+    from idm_vton.serving.ray_app import build_application
+
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    monkeypatch_module.setenv("RAY_USAGE_STATS_ENABLED", "0")  # no usage report
+    ray.init(
+        num_cpus=4,
+        _node_ip_address="127.0.0.1",  # every Ray service on the loopback interface
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        object_store_memory=200 * 1024 * 1024,
+    )
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        config = ServeConfig(model="tiny", device="cpu", dtype="fp32", max_batch=2)
+        serve.run(
+            build_application(config, replicas=2, ui=False), name="idm-vton", route_prefix="/"
+        )
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def test_two_replicas_answer_concurrent_requests(ray_url):
+    garments = variant_garments()
+    person = example_files()
+    specs = [(garments[i % 2], 300 + i) for i in range(8)]
+
+    def call(spec, url=ray_url):
+        garment, seed = spec
+        with httpx.Client(base_url=url, timeout=120) as client:
+            response = client.post(
+                "/v1/tryon", **multipart({**person, "garment": garment}, steps=STEPS, seed=seed)
+            )
+        assert response.status_code == 200, response.text
+        return decode_png(response.content), response.headers.get("x-worker", "")
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(call, specs))
+    workers = {worker for _, worker in answers}
+    assert len(workers) == 2, f"expected both replicas to render, got {workers}"
+    with httpx.Client(base_url=ray_url, timeout=60) as client:
+        info = client.get("/v1/info").json()
+        assert info["backend"] == "ray" and info["replicas"] == 2
+        assert client.get("/readyz").status_code == 200
+        bad = example_files()
+        bad["mask"] = b"not an image"
+        assert client.post("/v1/tryon", **multipart(bad)).status_code == 400
+        job = client.post("/v1/jobs", **multipart(person, steps=STEPS, seed=1)).json()
+        assert client.get(f"/v1/jobs/{job['id']}").status_code == 200  # one home for jobs
+    # the same requests in one local process give the same images
+    with running_server(max_batch=1) as (url, _):
+        for (image, _), spec in zip(answers[:4], specs[:4], strict=True):
+            local, _ = call(spec, url)
+            largest, share = image_difference(image, local)
+            assert largest <= 1 and share < 1e-3

@@ -1,0 +1,211 @@
+"""The web UI against a real server: its endpoint through ``gradio_client``, the API key login,
+and a real browser (Debian's Chromium driven by Playwright) doing a try-on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("gradio")
+
+from .conftest import EXAMPLES  # noqa: E402
+from .serve_support import (  # noqa: E402
+    assert_outside_mask_unchanged,
+    file_bytes,
+    make_preprocess_models,
+    photo_mask,
+    running_server,
+)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def preprocess_dir(tmp_path_factory):
+    return make_preprocess_models(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="module")
+def ui_server(preprocess_dir):
+    with running_server(ui=True, preprocess_models=str(preprocess_dir), default_steps=4) as s:
+        yield s
+
+
+def mask_layer_file(tmp_path: Path) -> Path:
+    """The example mask as an editor layer: opaque red where painted, transparent elsewhere."""
+    painted = np.asarray(Image.open(EXAMPLES / "mask.png").convert("L")) >= 128
+    layer = np.zeros((*painted.shape, 4), np.uint8)
+    layer[painted] = (255, 0, 0, 255)
+    path = tmp_path / "layer.png"
+    Image.fromarray(layer).save(path)
+    return path
+
+
+def test_gradio_client_gets_the_image(ui_server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    url, _ = ui_server
+    client = Client(url + "/", verbose=False, analytics_enabled=False, download_files=tmp_path)
+    editor = {
+        "background": handle_file(str(EXAMPLES / "person.jpg")),
+        "layers": [handle_file(str(mask_layer_file(tmp_path)))],
+        "composite": None,
+    }
+    gallery, slider, seed, files, mask, pose = client.predict(
+        editor,
+        handle_file(str(EXAMPLES / "garment.jpg")),
+        "short sleeve t-shirt",  # description
+        "upper_body",
+        False,  # automatic mask off: the painted layer is the mask
+        False,  # automatic DensePose off: the picture below is used
+        handle_file(str(EXAMPLES / "densepose.png")),
+        2,  # steps
+        2.0,  # guidance
+        21,  # seed
+        1,  # samples
+        True,  # keep the original size
+        api_name="/tryon",
+    )
+    assert seed == "21" and gallery[0]["caption"] == "seed 21"
+    result = Image.open(gallery[0]["image"])
+    person = file_bytes(EXAMPLES / "person.jpg")
+    assert_outside_mask_unchanged(
+        result, person, photo_mask(file_bytes(EXAMPLES / "mask.png"), (512, 512))
+    )
+    download = Image.open(files[0])
+    assert download.format == "PNG" and download.size == (512, 512)
+    assert np.array_equal(np.asarray(download.convert("RGB")), np.asarray(result.convert("RGB")))
+    assert Image.open(slider[0]).size == (512, 512)  # before / after
+    assert np.array_equal(
+        np.asarray(Image.open(mask).convert("L")) >= 128,
+        photo_mask(file_bytes(EXAMPLES / "mask.png"), (512, 512)),
+    )
+
+
+def test_gradio_client_reports_errors_as_messages(ui_server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    url, _ = ui_server
+    client = Client(url + "/", verbose=False, analytics_enabled=False, download_files=tmp_path)
+    editor = {
+        "background": handle_file(str(EXAMPLES / "person.jpg")),
+        "layers": [],
+        "composite": None,
+    }
+    with pytest.raises(Exception) as info:
+        client.predict(
+            editor,
+            handle_file(str(EXAMPLES / "garment.jpg")),
+            "",
+            "upper_body",
+            False,
+            True,
+            None,
+            2,
+            2.0,
+            1,
+            1,
+            True,
+            api_name="/tryon",
+        )
+    message = str(info.value)
+    assert "Paint the area" in message and "Traceback" not in message
+
+
+def test_ui_needs_the_key(tmp_path):
+    from gradio_client import Client, handle_file
+
+    key = "ui-key"
+    with running_server(ui=True, api_key=key) as (url, _):
+        with httpx.Client(base_url=url, timeout=60) as client:
+            page = client.get("/", headers={"Accept": "text/html"})
+            assert page.status_code == 303 and page.headers["location"] == "/login"
+            assert client.get("/gradio_api/info").status_code == 401
+            assert client.post("/login", data={"key": "wrong"}).status_code == 401
+            login = client.post("/login", data={"key": key})
+            assert login.status_code == 303
+            cookie = login.headers["set-cookie"]
+            assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and key not in cookie
+            assert client.get("/", headers={"Accept": "text/html"}).status_code == 200
+        # gradio_client with the key as a bearer token
+        gc = Client(
+            url + "/",
+            verbose=False,
+            analytics_enabled=False,
+            download_files=tmp_path,
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        editor = {
+            "background": handle_file(str(EXAMPLES / "person.jpg")),
+            "layers": [handle_file(str(mask_layer_file(tmp_path)))],
+            "composite": None,
+        }
+        gallery, *_ = gc.predict(
+            editor,
+            handle_file(str(EXAMPLES / "garment.jpg")),
+            "",
+            "upper_body",
+            False,
+            False,
+            handle_file(str(EXAMPLES / "densepose.png")),
+            1,
+            2.0,
+            1,
+            1,
+            True,
+            api_name="/tryon",
+        )
+        assert Image.open(gallery[0]["image"]).size == (512, 512)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
+def test_browser_try_on(ui_server, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, service = ui_server
+    shots = Path(os.environ.get("IDM_VTON_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url + "/", wait_until="load")
+            page.locator("#run").wait_for(state="visible", timeout=30_000)
+            banner = page.locator("#tiny-banner")
+            assert "noise" in banner.inner_text()
+            page.locator("#person input[type=file]").set_input_files(str(EXAMPLES / "person.jpg"))
+            page.locator("#garment input[type=file]").set_input_files(str(EXAMPLES / "garment.jpg"))
+            page.wait_for_timeout(500)
+            page.locator("#run").click()
+            result = page.locator("#results img").first
+            result.wait_for(state="visible", timeout=60_000)
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(shots / "ui_result.png"), full_page=True)
+            size = result.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+            assert size == [512, 512]
+            seed = page.locator("#seed-used textarea, #seed-used input").first.input_value()
+            assert seed.isdigit()
+            # the mask and DensePose used, then that mask loaded into the editor for editing
+            page.get_by_text("Mask and DensePose used").click()
+            page.locator("#mask-used img").wait_for(state="visible", timeout=10_000)
+            page.get_by_role("button", name="Edit this mask").click()
+            page.wait_for_function(
+                "() => !document.querySelector('#auto-mask input').checked", timeout=10_000
+            )
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(shots / "ui_mask_edit.png"), full_page=True)
+        finally:
+            browser.close()

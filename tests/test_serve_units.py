@@ -1,0 +1,362 @@
+"""Serving pieces on their own: request parameters, upload decoding, the queue and batching with a
+stand-in backend, failure isolation in the engine, the editor mask, and the body-limit guard."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+
+from idm_vton.serving.config import ParameterError, ServeConfig, TryOnParams  # noqa: E402
+from idm_vton.serving.engine import Outcome, TryOnEngine, WorkItem, batch_key  # noqa: E402
+from idm_vton.serving.images import (  # noqa: E402
+    ImageTooLargeError,
+    decode_image,
+    image_digest,
+    png_bytes,
+)
+from idm_vton.serving.scheduler import JobState, QueueFullError, Scheduler  # noqa: E402
+
+from .conftest import EXAMPLES  # noqa: E402
+from .serve_support import png_of  # noqa: E402
+
+
+def params(**fields) -> TryOnParams:
+    return TryOnParams.parse(ServeConfig(), **{"seed": 1, "steps": 2, **fields})
+
+
+_ids = itertools.count()
+
+
+def item(garment_color=(200, 0, 0), n=1, **fields) -> WorkItem:
+    return WorkItem(
+        id=f"job-{next(_ids)}",
+        person=Image.new("RGB", (32, 32), (90, 90, 90)),
+        garment=Image.new("RGB", (32, 32), garment_color),
+        params=params(num_images=n, **fields),
+        mask=Image.new("L", (32, 32), 255),
+        pose=Image.new("RGB", (32, 32)),
+    )
+
+
+# ---------------------------------------------------------------------------- parameters
+def test_params_defaults_and_seed():
+    config = ServeConfig(default_steps=30, default_guidance=2.0)
+    p = TryOnParams.parse(config)
+    assert (p.steps, p.guidance, p.category, p.num_images, p.paste_back) == (
+        30,
+        2.0,
+        "upper_body",
+        1,
+        True,
+    )
+    assert 0 <= p.seed < 2**32
+    assert TryOnParams.parse(config, seed="-1").seed != -1
+    q = TryOnParams.parse(config, seed="4294967295", num_images="3", paste_back="false")
+    assert q.seeds == [4294967295, 0, 1] and q.paste_back is False
+    assert TryOnParams.parse(config, steps="12", guidance="1.5").steps == 12
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"steps": "0"},
+        {"steps": "2.5"},
+        {"steps": "inf"},
+        {"guidance": "-1"},
+        {"guidance": "1e400"},
+        {"seed": str(2**32)},
+        {"num_images": "5"},
+        {"category": "shoes"},
+        {"description": "x" * 501},
+        {"paste_back": "2"},
+    ],
+)
+def test_params_refused(fields):
+    with pytest.raises(ParameterError):
+        TryOnParams.parse(ServeConfig(), **fields)
+
+
+# ---------------------------------------------------------------------------- uploads
+def test_decode_image_formats_and_modes():
+    data = (EXAMPLES / "person.jpg").read_bytes()
+    image = decode_image(data, "person")
+    assert image.mode == "RGB" and image.size == (512, 512)
+    rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    assert decode_image(png_of(rgba), "x").getpixel((0, 0)) == (255, 255, 255)  # on white
+    assert decode_image(png_of(Image.new("L", (8, 8), 200)), "m", mode="L").getpixel((1, 1)) == 200
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"GIF89a", b"not an image at all", b"%!PS-Adobe-3.0 EPSF-3.0\n"],
+)
+def test_decode_image_refuses_non_images(data):
+    from idm_vton.serving._library import ImageInputError
+
+    with pytest.raises(ImageInputError) as info:
+        decode_image(data, "garment")
+    assert "garment" in str(info.value) and not isinstance(info.value, ImageTooLargeError)
+
+
+def test_decode_image_refuses_truncated_files():
+    from idm_vton.serving._library import ImageInputError
+
+    data = (EXAMPLES / "person.jpg").read_bytes()
+    with pytest.raises(ImageInputError):
+        decode_image(data[: len(data) // 3], "person")
+
+
+def test_pixel_limit_checked_from_the_header():
+    from .test_serve_api import huge_png_header
+
+    with pytest.raises(ImageTooLargeError):
+        decode_image(huge_png_header(5000, 5000), "person", max_pixels=1_000_000)
+    with pytest.raises(ImageTooLargeError):
+        decode_image(huge_png_header(40_000, 40_000), "person")  # Pillow's own bomb guard
+    small = png_of(Image.new("RGB", (100, 100)))
+    assert decode_image(small, "person", max_pixels=10_000).size == (100, 100)
+
+
+def test_png_bytes_has_pixels_only():
+    image = Image.new("RGB", (4, 4), (1, 2, 3))
+    image.info["icc_profile"] = b"fake profile"
+    image.info["comment"] = "secret"
+    data = png_bytes(image)
+    with Image.open(io.BytesIO(data)) as out:
+        assert out.format == "PNG" and not out.info
+        assert np.array_equal(np.asarray(out), np.asarray(image))
+    assert b"secret" not in data and b"fake profile" not in data
+
+
+def test_image_digest_compares_content():
+    a = Image.new("RGB", (4, 4), (1, 2, 3))
+    assert image_digest(a) == image_digest(a.copy())
+    assert image_digest(a) != image_digest(Image.new("RGB", (4, 4), (1, 2, 4)))
+
+
+# ---------------------------------------------------------------------------- queue and batching
+class FakeBackend:
+    """Records batches; each run takes ``delay`` seconds and reports ``steps`` steps."""
+
+    def __init__(self, delay=0.05, steps=2, gate=None):
+        self.batches, self.delay, self.steps, self.gate = [], delay, steps, gate
+
+    def __call__(self, items, progress, stopped):
+        if self.gate is not None:
+            self.gate.wait(10)
+        self.batches.append([i.id for i in items])
+        ids = [i.id for i in items]
+        for step in range(self.steps):
+            time.sleep(self.delay / self.steps)
+            progress(ids, step + 1, self.steps)
+            if stopped(ids):
+                return [Outcome(i.id, status=499, error="cancelled") for i in items]
+        return [Outcome(i.id, images=[i.person], seeds=i.params.seeds) for i in items]
+
+
+def wait_final(job, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not job.state.final:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+def test_batches_group_same_garment_and_settings_in_queue_order():
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate)
+    scheduler = Scheduler(max_queue=20, max_batch=3)
+    scheduler.start(backend)
+    try:
+        first = scheduler.submit(item())  # taken alone while the gate is closed
+        time.sleep(0.05)
+        red = [scheduler.submit(item()) for _ in range(4)]
+        blue = [scheduler.submit(item((0, 0, 200))) for _ in range(2)]
+        other_steps = scheduler.submit(item(steps=5))
+        two_images = scheduler.submit(item(n=2))
+        gate.set()
+        for job in [first, *red, *blue, other_steps, two_images]:
+            wait_final(job)
+            assert job.state is JobState.DONE
+    finally:
+        scheduler.close()
+    ids = lambda jobs: [j.id for j in jobs]  # noqa: E731
+    assert backend.batches[0] == [first.id]
+    assert backend.batches[1] == ids(red[:3])  # max_batch images
+    # the oldest waiting job leads the next batch; a 2-image request with its key fits beside it
+    assert backend.batches[2] == [red[3].id, two_images.id]
+    assert backend.batches[3] == ids(blue)
+    assert backend.batches[4] == [other_steps.id]
+
+
+def test_queue_limit_and_cancel_of_a_queued_job():
+    gate = threading.Event()
+    scheduler = Scheduler(max_queue=2, max_batch=1)
+    scheduler.start(FakeBackend(gate=gate))
+    try:
+        running = scheduler.submit(item())
+        time.sleep(0.05)
+        queued = [scheduler.submit(item(steps=s)) for s in (3, 4)]
+        with pytest.raises(QueueFullError):
+            scheduler.submit(item(steps=5))
+        assert scheduler.status(queued[1])["queue_position"] == 2
+        scheduler.cancel(queued[0].id)
+        assert queued[0].state is JobState.CANCELLED
+        assert scheduler.status(queued[1])["queue_position"] == 1
+        scheduler.submit(item(steps=6))  # room again
+        gate.set()
+        wait_final(running)
+        wait_final(queued[1])
+        assert queued[1].state is JobState.DONE
+    finally:
+        scheduler.close()
+
+
+def test_running_job_cancelled_stops_its_batch_and_timeouts_fail_alone():
+    backend = FakeBackend(delay=2.0, steps=200)
+    scheduler = Scheduler(max_queue=5, max_batch=1, timeout_s=0.3)
+    scheduler.start(backend)
+    try:
+        job = scheduler.submit(item())
+        while job.step < 2:
+            time.sleep(0.005)
+        wait_final(job, timeout=5)
+        assert job.state is JobState.FAILED and job.status == 504 and job.step < 200
+    finally:
+        scheduler.close()
+    scheduler = Scheduler(max_queue=5, max_batch=1)
+    scheduler.start(FakeBackend(delay=2.0, steps=200))
+    try:
+        job = scheduler.submit(item())
+        while job.step < 2:
+            time.sleep(0.005)
+        scheduler.cancel(job.id)
+        assert job.state is JobState.CANCELLED
+        follow = scheduler.submit(item())
+        wait_final(follow, timeout=5)  # the worker left the cancelled batch early
+        assert follow.state is JobState.DONE
+    finally:
+        scheduler.close()
+
+
+def test_batch_key_ignores_the_category_and_the_seed():
+    assert batch_key(item(category="dresses", seed=3)) == batch_key(item(seed=9))
+    assert batch_key(item()) != batch_key(item(description="a shirt"))
+    assert batch_key(item()) != batch_key(item(guidance=3.0))
+
+
+# ---------------------------------------------------------------------------- engine
+class FlakyPipeline:
+    """Stands in for the pipeline: fails any call containing a person marked as poison."""
+
+    default_height, default_width = 32, 24
+
+    def __init__(self):
+        self.calls = []
+        self.garment_cache = None
+
+    def __call__(
+        self,
+        person_image,
+        callback_on_step_end=None,
+        num_inference_steps=1,
+        garment_generator=None,
+        **kwargs,
+    ):
+        self.calls.append(len(person_image))
+        if any(p.getpixel((0, 0)) == (255, 0, 255) for p in person_image):
+            raise RuntimeError("simulated device failure")
+        for step in range(num_inference_steps):
+            callback_on_step_end(self, step, 0, {})
+        return type("Out", (), {"images": [p.copy() for p in person_image]})()
+
+
+def test_a_failing_request_fails_alone():
+    pipe = FlakyPipeline()
+    engine = TryOnEngine(pipe, max_batch=4)
+    good = [item() for _ in range(2)]
+    poison = item()
+    poison.person = Image.new("RGB", (32, 32), (255, 0, 255))
+    empty = item()
+    empty.mask = Image.new("L", (32, 32), 0)
+    outcomes = engine.run([good[0], poison, empty, good[1]])
+    assert [o.ok for o in outcomes] == [True, False, False, True]
+    assert outcomes[1].status == 500 and "internal" in outcomes[1].error
+    assert outcomes[2].status == 400 and "empty" in outcomes[2].error
+    # one batched call of the three with a valid mask, then one call per request
+    assert pipe.calls == [3, 1, 1, 1]
+    assert outcomes[0].images[0].size == (32, 32)
+
+
+def test_requests_larger_than_a_batch_run_in_several_calls():
+    pipe = FlakyPipeline()
+    engine = TryOnEngine(pipe, max_batch=2)
+    outcomes = engine.run([item(n=3), item(n=2)])
+    assert pipe.calls == [2, 2, 1]
+    assert [len(o.images) for o in outcomes] == [3, 2]
+
+
+def test_editor_mask_is_the_painted_part_of_the_layers():
+    from idm_vton.serving.ui import editor_mask, mask_layer
+
+    assert editor_mask([], (8, 6)) is None
+    assert editor_mask([Image.new("RGBA", (8, 6), (255, 0, 0, 0))], (8, 6)) is None
+    layer = Image.new("RGBA", (8, 6), (0, 0, 0, 0))
+    layer.putpixel((2, 3), (255, 0, 0, 255))
+    other = Image.new("RGBA", (16, 12), (0, 0, 0, 0))  # another size: resized to the photo
+    other.paste((0, 255, 0, 40), (10, 0, 16, 2))
+    mask = np.asarray(editor_mask([layer, other], (8, 6)))
+    expected = np.zeros((6, 8), bool)
+    expected[3, 2] = True
+    expected[0, 5:8] = True
+    assert np.array_equal(mask >= 128, expected)
+    # a mask loaded into the editor comes back as the same mask
+    original = Image.fromarray((np.arange(48).reshape(6, 8) % 3 == 0).astype(np.uint8) * 255)
+    assert np.array_equal(
+        np.asarray(editor_mask([mask_layer(original)], (8, 6))), np.asarray(original)
+    )
+
+
+# ---------------------------------------------------------------------------- body limit
+def test_body_limit_middleware_cuts_streams_off():
+    import asyncio
+
+    from idm_vton.serving.security import BodyLimitMiddleware
+
+    seen = []
+
+    async def app(scope, receive, send):
+        while True:
+            message = await receive()
+            seen.append(message["type"])
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def run(chunks, headers=()):
+        sent, queue = [], list(chunks)
+
+        async def receive():
+            body = queue.pop(0)
+            return {"type": "http.request", "body": body, "more_body": bool(queue)}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "headers": list(headers)}
+        await BodyLimitMiddleware(app, max_bytes=10)(scope, receive, send)
+        return sent[0]["status"]
+
+    assert asyncio.run(run([b"12345", b"12345"])) == 200
+    assert asyncio.run(run([b"12345", b"123456", b"more"])) == 413
+    assert seen[-1] == "http.disconnect"  # the app saw the input end, not the rest
+    assert asyncio.run(run([b""], headers=[(b"content-length", b"11")])) == 413
+    assert asyncio.run(run([b""], headers=[(b"content-length", b"x")])) == 400
