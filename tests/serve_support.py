@@ -177,14 +177,17 @@ def make_preprocess_models(root: Path) -> Path:
     from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE
     from idm_vton.preprocess.preprocessor import MODEL_FILES
 
-    from .test_densepose import _write_pickle, tiny_densepose_state
-    from .test_openpose import make_body_state_dict
-    from .test_parsing import make_random_schp
+    from .helpers.preprocess_models import (
+        make_body_state_dict,
+        make_random_schp,
+        tiny_densepose_state,
+        write_pickle,
+    )
 
     for key in MODEL_FILES.values():
         (root / key).parent.mkdir(parents=True, exist_ok=True)
     make_random_schp(root / MODEL_FILES["parsing_atr"], ATR_INPUT_SIZE, 18, seed=1)
     make_random_schp(root / MODEL_FILES["parsing_lip"], LIP_INPUT_SIZE, 20, seed=2)
     torch.save(make_body_state_dict(), root / MODEL_FILES["openpose"])
-    _write_pickle(root / MODEL_FILES["densepose"], {"model": tiny_densepose_state()})
+    write_pickle(root / MODEL_FILES["densepose"], {"model": tiny_densepose_state()})
     return root

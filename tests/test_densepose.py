@@ -51,6 +51,7 @@ from idm_vton.preprocess.densepose.roi_ops import (
 )
 
 from .conftest import example_person_3x4
+from .helpers.preprocess_models import REAL_SIZES, tiny_densepose_state, write_pickle
 
 # ----------------------------------------------------------------------------------------------
 # RoIAlign
@@ -241,18 +242,13 @@ def test_frozen_batch_norm_is_detectron2s_fused_batch_norm_bit_for_bit():
 # Weight files
 
 
-def _write_pickle(path: Path, payload: object, protocol: int = 2) -> Path:
-    path.write_bytes(pickle.dumps(payload, protocol=protocol))
-    return path
-
-
 def test_restricted_unpickler_loads_numpy_checkpoint(tmp_path):
     arrays = OrderedDict(
         [("a.weight", np.arange(600, dtype=np.float32).reshape(20, 30)), ("b", np.ones(3))]
     )
     payload = {"model": arrays, "__author__": "Detectron2 Model Zoo", "matching_heuristics": True}
     for protocol in (2, 4):
-        path = _write_pickle(tmp_path / f"ok{protocol}.pkl", payload, protocol)
+        path = write_pickle(tmp_path / f"ok{protocol}.pkl", payload, protocol)
         state = load_densepose_state_dict(path)
         assert set(state) == {"a.weight", "b"}
         assert torch.equal(state["a.weight"], torch.arange(600.0).reshape(20, 30))
@@ -272,7 +268,7 @@ class _Exploit:
 def test_restricted_unpickler_refuses_code(tmp_path):
     marker = tmp_path / "pwned"
     payload = {"model": {"w": np.zeros(2000, np.float32)}, "evil": _Exploit(marker)}
-    path = _write_pickle(tmp_path / "evil.pkl", payload)
+    path = write_pickle(tmp_path / "evil.pkl", payload)
     with pytest.raises(PreprocessModelError, match="refusing to load global"):
         load_densepose_state_dict(path)
     assert not marker.exists()
@@ -295,7 +291,7 @@ def _detectron2_like_arrays() -> OrderedDict:
 def test_detectron2_pickles_of_every_protocol_round_trip(tmp_path, protocol):
     arrays = _detectron2_like_arrays()
     payload = {"model": arrays, "__author__": "Detectron2 Model Zoo", "matching_heuristics": True}
-    path = _write_pickle(tmp_path / f"model{protocol}.pkl", payload, protocol)
+    path = write_pickle(tmp_path / f"model{protocol}.pkl", payload, protocol)
     state = load_densepose_state_dict(path)
     assert list(state) == list(arrays)
     for key, array in arrays.items():
@@ -311,7 +307,7 @@ def test_code_and_object_arrays_are_refused_in_one_line(tmp_path, protocol):
     with pytest.raises(
         PreprocessModelError, match=r"refusing to load global (posix|nt|os)\.system"
     ):
-        load_densepose_state_dict(_write_pickle(tmp_path / "code.pkl", code, protocol))
+        load_densepose_state_dict(write_pickle(tmp_path / "code.pkl", code, protocol))
     assert not marker.exists()
     objects = np.array([1, "text", None] * 400, dtype=object)
     for name, value in (
@@ -319,7 +315,7 @@ def test_code_and_object_arrays_are_refused_in_one_line(tmp_path, protocol):
         ("field", np.zeros(400, dtype=[("a", "f4"), ("b", "O")])),
         ("subarray", np.zeros(400, dtype=("O", (2,)))),
     ):
-        path = _write_pickle(tmp_path / f"{name}.pkl", {"model": {"w": value}}, protocol)
+        path = write_pickle(tmp_path / f"{name}.pkl", {"model": {"w": value}}, protocol)
         with pytest.raises(PreprocessModelError, match="object array") as err:
             load_densepose_state_dict(path)
         assert "\n" not in str(err.value), name
@@ -359,111 +355,11 @@ def test_pth_and_safetensors_copies_load(tmp_path):
 # A scaled-down checkpoint with detectron2's key names
 
 
-TINY_SIZES = {
-    "stem": 8,
-    "stages": {2: (4, 16, 1), 3: (8, 24, 2), 4: (8, 32, 1), 5: (16, 48, 1)},
-    "fpn": 16,
-    "fc": 32,
-    "decoder": (12, 16),
-    "head": (2, 20),
-}
-# The shapes of model_final_162be9.pkl (R50: 3, 4, 6, 3 bottlenecks; 8 x 512 DensePose convs).
-REAL_SIZES = {
-    "stem": 64,
-    "stages": {2: (64, 256, 3), 3: (128, 512, 4), 4: (256, 1024, 6), 5: (512, 2048, 3)},
-    "fpn": 256,
-    "fc": 1024,
-    "decoder": (256, 256),
-    "head": (8, 512),
-}
-
-
-def tiny_densepose_state(
-    seed: int = 0, decoder: bool = True, person_logit: float = 6.0, sizes=None
-) -> dict[str, np.ndarray]:
-    """Random weights with the real key names and small shapes (numpy, as in the .pkl).
-
-    RPN and box deltas are zero, so every detection is an anchor clipped to the image; the
-    classifier has zero weights, so every box scores softmax(person_logit, 0): ~0.998 by
-    default, ~0.002 with ``person_logit=-6``.
-    """
-    sizes = sizes or TINY_SIZES
-    rng = np.random.default_rng(seed)
-    state: dict[str, np.ndarray] = {}
-
-    def conv(name, out_ch, in_ch, k, bias=True, std=None):
-        std = (2.0 / (in_ch * k * k)) ** 0.5 if std is None else std
-        weight = rng.standard_normal((out_ch, in_ch, k, k), dtype=np.float32) * np.float32(std)
-        state[name + ".weight"] = weight
-        if bias:
-            state[name + ".bias"] = np.zeros(out_ch, np.float32)
-
-    def conv_bn(name, out_ch, in_ch, k, std=None):
-        conv(name, out_ch, in_ch, k, bias=False, std=std)
-        state[name + ".norm.weight"] = np.ones(out_ch, np.float32)
-        state[name + ".norm.bias"] = (rng.standard_normal(out_ch) * 0.1).astype(np.float32)
-        state[name + ".norm.running_mean"] = np.zeros(out_ch, np.float32)
-        state[name + ".norm.running_var"] = np.ones(out_ch, np.float32)
-
-    def linear(name, out_features, in_features, std):
-        weight = rng.standard_normal((out_features, in_features), dtype=np.float32)
-        state[name + ".weight"] = weight * np.float32(std)
-        state[name + ".bias"] = np.zeros(out_features, np.float32)
-
-    bottom_up, fpn, fc = "backbone.bottom_up.", sizes["fpn"], sizes["fc"]
-    conv_bn(bottom_up + "stem.conv1", sizes["stem"], 3, 7, std=0.01)
-    in_ch = sizes["stem"]
-    for level, (width, out_ch, blocks) in sizes["stages"].items():
-        for index in range(blocks):
-            block = f"{bottom_up}res{level}.{index}."
-            if index == 0:
-                conv_bn(block + "shortcut", out_ch, in_ch, 1)
-            conv_bn(block + "conv1", width, in_ch if index == 0 else out_ch, 1)
-            conv_bn(block + "conv2", width, width, 3)
-            conv_bn(block + "conv3", out_ch, width, 1)
-            in_ch = out_ch
-        conv(f"backbone.fpn_lateral{level}", fpn, out_ch, 1)
-        conv(f"backbone.fpn_output{level}", fpn, fpn, 3)
-    conv("proposal_generator.rpn_head.conv", fpn, fpn, 3)
-    conv("proposal_generator.rpn_head.objectness_logits", 3, fpn, 1)
-    conv("proposal_generator.rpn_head.anchor_deltas", 12, fpn, 1, std=0.0)
-    linear("roi_heads.box_head.fc1", fc, fpn * 49, (1.0 / (fpn * 49)) ** 0.5)
-    linear("roi_heads.box_head.fc2", fc, fc, (1.0 / fc) ** 0.5)
-    linear("roi_heads.box_predictor.cls_score", 2, fc, 0.0)  # score = softmax(bias)
-    state["roi_heads.box_predictor.cls_score.bias"][0] = person_logit
-    linear("roi_heads.box_predictor.bbox_pred", 4, fc, 0.0)
-    dp_in = fpn
-    if decoder:
-        dims, dp_in = sizes["decoder"]
-        for level, convs in {2: 1, 3: 1, 4: 2, 5: 3}.items():
-            for index in range(convs):
-                # Sequential indices: conv, upsample, conv, ... (no upsample at stride 4).
-                position = index if level == 2 else 2 * index
-                conv(f"roi_heads.decoder.p{level}.{position}", dims, fpn if index == 0 else dims, 3)
-        conv("roi_heads.decoder.predictor", dp_in, dims, 1)
-    head_convs, head_dim = sizes["head"]
-    for index in range(head_convs):
-        conv(f"roi_heads.densepose_head.body_conv_fcn{index + 1}", head_dim, dp_in, 3)
-        dp_in = head_dim
-    for name, out_ch in {
-        "ann_index_lowres": 2,
-        "index_uv_lowres": 25,
-        "u_lowres": 25,
-        "v_lowres": 25,
-    }.items():
-        key = f"roi_heads.densepose_predictor.{name}"
-        weight = rng.standard_normal((head_dim, out_ch, 4, 4), dtype=np.float32)
-        state[key + ".weight"] = weight * np.float32((2.0 / (head_dim * 4)) ** 0.5)
-        state[key + ".bias"] = np.zeros(out_ch, np.float32)
-    state["roi_heads.densepose_predictor.ann_index_lowres.bias"][1] = 1.0
-    return state
-
-
 @pytest.fixture(scope="module")
 def tiny_pkl(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("densepose") / "model_final_162be9.pkl"
     payload = {"model": tiny_densepose_state(), "__author__": "test", "matching_heuristics": True}
-    return _write_pickle(path, payload)
+    return write_pickle(path, payload)
 
 
 @pytest.fixture(scope="module")
@@ -557,16 +453,14 @@ def test_densepose_image_is_the_demo_composition(predictor, photo):
 
 
 def test_legacy_checkpoint_without_decoder_runs(tmp_path, photo):
-    path = _write_pickle(tmp_path / "legacy.pkl", {"model": tiny_densepose_state(decoder=False)})
+    path = write_pickle(tmp_path / "legacy.pkl", {"model": tiny_densepose_state(decoder=False)})
     legacy = DensePosePredictor(path)
     assert legacy.model.roi_heads.decoder is None
     assert len(legacy(photo.resize((192, 256)))) > 0
 
 
 def test_no_person_raises(tmp_path, photo):
-    path = _write_pickle(
-        tmp_path / "nobody.pkl", {"model": tiny_densepose_state(person_logit=-6.0)}
-    )
+    path = write_pickle(tmp_path / "nobody.pkl", {"model": tiny_densepose_state(person_logit=-6.0)})
     nobody = DensePosePredictor(path)
     small = photo.resize((192, 256))
     assert len(nobody(small)) == 0
@@ -655,7 +549,7 @@ def test_render_keeps_only_the_last_instance_like_the_demo():
 @pytest.mark.skipif(os.environ.get("IDM_VTON_SLOW") != "1", reason="set IDM_VTON_SLOW=1")
 def test_real_sized_checkpoint_layout_runs(tmp_path, photo):
     """The real R50-FPN shapes (random values) go through inference at the demo's size."""
-    path = _write_pickle(tmp_path / "real.pkl", {"model": tiny_densepose_state(sizes=REAL_SIZES)})
+    path = write_pickle(tmp_path / "real.pkl", {"model": tiny_densepose_state(sizes=REAL_SIZES)})
     config = DensePoseRCNNConfig(detections_per_image=2)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     real = DensePosePredictor(path, device=device, config=config)

@@ -42,9 +42,7 @@ from idm_vton.loaders.weights import check_weight_file
 from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE
 from idm_vton.preprocess.preprocessor import MODEL_FILES, Preprocessor
 
-from .test_densepose import tiny_densepose_state
-from .test_openpose import make_body_state_dict
-from .test_parsing import make_random_schp
+from .helpers.preprocess_models import make_body_state_dict, make_random_schp, tiny_densepose_state
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 RESOLVE = f"/spaces/{PREPROCESS_REPO_ID}/resolve/main/"

@@ -25,45 +25,9 @@ from idm_vton.preprocess.openpose import (
 )
 
 from .conftest import example_person_3x4
+from .helpers.preprocess_models import make_body_state_dict
 
 # --- a scaled-down body_pose_model.pth ------------------------------------------------------
-
-
-def body_layer_shapes(width: int = 8, mid: int = 16) -> dict[str, tuple[int, int, int, int]]:
-    """Conv shapes (out, in, k, k) of the CMU body model with narrow hidden layers.
-
-    The real model has widths 64-512; only the 38 PAF and 19 heatmap outputs are kept here.
-    """
-    shapes = {}
-    prev = 3
-    for name in [
-        "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv3_4",
-        "conv4_1", "conv4_2", "conv4_3_CPM", "conv4_4_CPM",
-    ]:  # fmt: skip
-        shapes[name] = (width, prev, 3, 3)
-        prev = width
-    for branch, out in (("L1", 38), ("L2", 19)):
-        for i in (1, 2, 3):
-            shapes[f"conv5_{i}_CPM_{branch}"] = (width, width, 3, 3)
-        shapes[f"conv5_4_CPM_{branch}"] = (mid, width, 1, 1)
-        shapes[f"conv5_5_CPM_{branch}"] = (out, mid, 1, 1)
-        for stage in range(2, 7):
-            shapes[f"Mconv1_stage{stage}_{branch}"] = (width, 38 + 19 + width, 7, 7)
-            for i in (2, 3, 4, 5):
-                shapes[f"Mconv{i}_stage{stage}_{branch}"] = (width, width, 7, 7)
-            shapes[f"Mconv6_stage{stage}_{branch}"] = (width, width, 1, 1)
-            shapes[f"Mconv7_stage{stage}_{branch}"] = (out, width, 1, 1)
-    return shapes
-
-
-def make_body_state_dict(seed: int = 0, **kw) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for name, shape in body_layer_shapes(**kw).items():
-        fan_in = shape[1] * shape[2] * shape[3]
-        sd[f"{name}.weight"] = torch.randn(shape, generator=g) * (2.0 / fan_in) ** 0.5
-        sd[f"{name}.bias"] = torch.randn(shape[0], generator=g) * 0.1
-    return sd
 
 
 @pytest.fixture(scope="module")

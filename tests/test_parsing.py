@@ -10,9 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from idm_vton.errors import PreprocessModelError
@@ -30,72 +28,7 @@ from idm_vton.preprocess.parsing import (
 )
 
 from .conftest import EXAMPLES, example_person_3x4
-
-
-def _quarter(size: tuple[int, int]) -> tuple[int, int]:
-    return -(-size[0] // 4), -(-size[1] // 4)
-
-
-def _save_schp_graph(path: Path, input_size, num_labels: int, nodes, initializers) -> Path:
-    h, w = input_size
-    oh, ow = _quarter(input_size)
-    graph = helper.make_graph(
-        nodes,
-        "schp",
-        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, h, w])],
-        [
-            helper.make_tensor_value_info("parsing", TensorProto.FLOAT, [1, num_labels, oh, ow]),
-            helper.make_tensor_value_info("fusion", TensorProto.FLOAT, [1, num_labels, oh, ow]),
-            helper.make_tensor_value_info("edge", TensorProto.FLOAT, [1, 2, oh, ow]),
-        ],
-        initializer=initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
-
-
-def make_random_schp(path: Path, input_size, num_labels: int, seed: int) -> Path:
-    """Quarter-resolution average pool followed by random 3x3 convolutions."""
-    rng = np.random.default_rng(seed)
-
-    def weight(name: str, *shape: int):
-        return numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
-
-    inits = [
-        weight("w_parse", num_labels, 3, 3, 3),
-        weight("w_fuse", num_labels, 3, 3, 3),
-        weight("b_fuse", num_labels),
-        weight("w_edge", 2, 3, 3, 3),
-    ]
-    pool = dict(kernel_shape=[4, 4], strides=[4, 4], ceil_mode=1)
-    nodes = [
-        helper.make_node("AveragePool", ["input.1"], ["pooled"], **pool),
-        helper.make_node("Conv", ["pooled", "w_parse"], ["parsing"], pads=[1, 1, 1, 1]),
-        helper.make_node("Conv", ["pooled", "w_fuse", "b_fuse"], ["fusion"], pads=[1, 1, 1, 1]),
-        helper.make_node("Conv", ["pooled", "w_edge"], ["edge"], pads=[1, 1, 1, 1]),
-    ]
-    return _save_schp_graph(path, input_size, num_labels, nodes, inits)
-
-
-def make_constant_schp(path: Path, input_size, fused_logits: np.ndarray) -> Path:
-    """A graph whose fused output is ``fused_logits`` whatever the image (input * 0 + const)."""
-    num_labels = fused_logits.shape[0]
-    inits = [
-        numpy_helper.from_array(fused_logits[None].astype(np.float32), "const"),
-        numpy_helper.from_array(np.zeros((), np.float32), "zero"),
-        numpy_helper.from_array(np.zeros((1, 2, 1, 1), np.float32), "edge_const"),
-    ]
-    nodes = [
-        helper.make_node("ReduceMean", ["input.1"], ["mean"], keepdims=1),
-        helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
-        helper.make_node("Add", ["nothing", "const"], ["parsing"]),
-        helper.make_node("Add", ["nothing", "const"], ["fusion"]),
-        helper.make_node("Add", ["nothing", "edge_const"], ["edge"]),
-    ]
-    return _save_schp_graph(path, input_size, num_labels, nodes, inits)
+from .helpers.preprocess_models import make_constant_schp, make_random_schp, quarter
 
 
 @pytest.fixture(scope="module")
@@ -145,11 +78,11 @@ def test_parse_rejects_bad_image(parser):
 
 def test_neck_from_lip_end_to_end(tmp_path):
     """ATR says face in the top half, LIP says face in the top quarter -> neck in between."""
-    ah, aw = _quarter(ATR_INPUT_SIZE)
+    ah, aw = quarter(ATR_INPUT_SIZE)
     atr = np.zeros((18, ah, aw), np.float32)
     atr[11, : ah // 2] = 5.0  # face over the top half of the network input
     atr[0, ah // 2 :] = 5.0
-    lh, lw = _quarter(LIP_INPUT_SIZE)
+    lh, lw = quarter(LIP_INPUT_SIZE)
     lip = np.zeros((20, lh, lw), np.float32)
     lip[13, : lh // 4] = 5.0  # face over the top quarter ...
     lip[13, 3 * lh // 4 :] = 5.0  # ... and the bottom quarter, where ATR says background
@@ -199,7 +132,7 @@ def test_center_scale_and_affine_hand_values():
 def test_logits_to_photo_maps_a_ramp_exactly():
     # Channel 0 = column index of the quarter-resolution grid. After align_corners upsampling it
     # is u * (w - 1) / 511 at input column u, and photo column x sits at input column x + 64.
-    h, w = _quarter(ATR_INPUT_SIZE)
+    h, w = quarter(ATR_INPUT_SIZE)
     logits = np.zeros((2, h, w), np.float32)
     logits[0] = np.arange(w, dtype=np.float32)[None, :]
     logits[1] = 7.0

@@ -18,9 +18,12 @@ from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE
 from idm_vton.preprocess.preprocessor import MODEL_FILES, Preprocessor, dataset_paths, mask_preview
 
 from .conftest import EXAMPLES, example_person, example_person_3x4
-from .test_densepose import tiny_densepose_state
-from .test_openpose import make_body_state_dict
-from .test_parsing import make_constant_schp, make_random_schp
+from .helpers.preprocess_models import (
+    make_body_state_dict,
+    make_constant_schp,
+    make_random_schp,
+    tiny_densepose_state,
+)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from .helpers.images import huge_png_header
 from .serve_support import (
     STEPS,
     assert_outside_mask_unchanged,
@@ -241,24 +242,6 @@ def test_byte_limit_is_413():
             assert (
                 client.post("/v1/tryon", **multipart(example_files(), steps=1)).status_code == 200
             )
-
-
-def huge_png_header(width: int, height: int) -> bytes:
-    """A PNG whose header declares ``width x height`` pixels, with a token of pixel data."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
-        + chunk(b"IEND", b"")
-    )
 
 
 def test_pixel_limit_is_413(client):

@@ -25,6 +25,7 @@ from idm_vton.serving.images import (  # noqa: E402
 from idm_vton.serving.scheduler import JobState, QueueFullError, Scheduler  # noqa: E402
 
 from .conftest import EXAMPLES  # noqa: E402
+from .helpers.images import huge_png_header  # noqa: E402
 from .serve_support import png_of  # noqa: E402
 
 
@@ -115,8 +116,6 @@ def test_decode_image_refuses_truncated_files():
 
 
 def test_pixel_limit_checked_from_the_header():
-    from .test_serve_api import huge_png_header
-
     with pytest.raises(ImageTooLargeError):
         decode_image(huge_png_header(5000, 5000), "person", max_pixels=1_000_000)
     with pytest.raises(ImageTooLargeError):
