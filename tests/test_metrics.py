@@ -35,6 +35,20 @@ from idm_vton.evaluation.metrics.ssim import ssim
 from idm_vton.evaluation.metrics.weights import KNOWN_WEIGHTS, WeightFile, resolve_weight_file
 
 from .conftest import EXAMPLES
+from .helpers.metrics import (
+    ALEX_CONVS,
+    VGG_WIDTHS,
+    direct_fid,
+    direct_mmd2,
+    pt_inception_shapes,
+    random_heads,
+    random_pt_inception,
+    random_trunk,
+    reference_clean_resize,
+    reference_inception_features,
+    reference_lpips,
+    vgg_convs,
+)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -101,31 +115,6 @@ def test_ssim_identical_is_one_and_rejects_bad_input():
 
 
 # ----------------------------------------------------------------------------- FID / KID
-
-
-def direct_fid(x: np.ndarray, y: np.ndarray) -> float:
-    """FID written from the definition, with the matrix square root's trace from eigenvalues."""
-    mu_x, mu_y = x.mean(0), y.mean(0)
-    cov_x = (x - mu_x).T @ (x - mu_x) / (len(x) - 1)
-    cov_y = (y - mu_y).T @ (y - mu_y) / (len(y) - 1)
-    # Tr sqrt(A B) = sum sqrt(eig(A B)): eigenvalues of a product of SPD matrices are positive.
-    eigenvalues = np.linalg.eigvals(cov_x @ cov_y).real
-    tr_sqrt = np.sqrt(np.clip(eigenvalues, 0, None)).sum()
-    return float(((mu_x - mu_y) ** 2).sum() + np.trace(cov_x) + np.trace(cov_y) - 2 * tr_sqrt)
-
-
-def direct_mmd2(x: np.ndarray, y: np.ndarray, unbiased: bool) -> float:
-    d = x.shape[1]
-    m = len(x)
-
-    def k(a, b):
-        return (a @ b.T / d + 1.0) ** 3
-
-    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
-    if unbiased:
-        off = ~np.eye(m, dtype=bool)
-        return float(kxx[off].mean() + kyy[off].mean() - 2 * kxy.mean())
-    return float(kxx.mean() + kyy.mean() - 2 * kxy.mean())
 
 
 def test_fid_of_a_set_with_itself_is_zero():
@@ -221,84 +210,8 @@ def test_kid_is_unbiased_and_the_biased_estimator_is_not():
 
 # ----------------------------------------------------------------------------- LPIPS
 
-# Written out here from torchvision's definitions: conv index -> (out, in, k, stride, padding).
-ALEX_CONVS = {
-    0: (64, 3, 11, 4, 2),
-    3: (192, 64, 5, 1, 2),
-    6: (384, 192, 3, 1, 1),
-    8: (256, 384, 3, 1, 1),
-    10: (256, 256, 3, 1, 1),
-}
-VGG_STAGES = [[0, 2], [5, 7], [10, 12, 14], [17, 19, 21], [24, 26, 28]]
-VGG_WIDTHS = [64, 128, 256, 512, 512]
-LPIPS_SHIFT = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
-LPIPS_SCALE = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
 
-
-def vgg_convs() -> dict[int, tuple[int, int, int, int, int]]:
-    convs, cin = {}, 3
-    for stage, width in zip(VGG_STAGES, VGG_WIDTHS, strict=True):
-        for index in stage:
-            convs[index] = (width, cin, 3, 1, 1)
-            cin = width
-    return convs
-
-
-def random_trunk(convs: dict, seed: int) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for index, (cout, cin, k, _, _) in convs.items():
-        std = (2.0 / (cin * k * k)) ** 0.5
-        state[f"features.{index}.weight"] = torch.randn(cout, cin, k, k, generator=gen) * std
-        state[f"features.{index}.bias"] = torch.randn(cout, generator=gen) * 0.01
-    return state
-
-
-def random_heads(widths: list[int], seed: int) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return {
-        f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1, generator=gen)
-        for k, c in enumerate(widths)
-    }
-
-
-def reference_lpips(net: str, trunk: dict, heads: dict, x0, x1) -> torch.Tensor:
-    """LPIPS v0.1 written directly with functional ops in float64."""
-    trunk = {k: v.double() for k, v in trunk.items()}
-
-    def conv(h, index, convs):
-        _, _, _, stride, padding = convs[index]
-        w, b = trunk[f"features.{index}.weight"], trunk[f"features.{index}.bias"]
-        return F.relu(F.conv2d(h, w, b, stride=stride, padding=padding))
-
-    def features(x):
-        h = ((2 * x.double() - 1) - LPIPS_SHIFT.double()) / LPIPS_SCALE.double()
-        taps = []
-        if net == "alex":
-            for index in (0, 3, 6, 8, 10):
-                if index in (3, 6):
-                    h = F.max_pool2d(h, 3, 2)
-                h = conv(h, index, ALEX_CONVS)
-                taps.append(h)
-        else:
-            convs = vgg_convs()
-            for stage_number, stage in enumerate(VGG_STAGES):
-                if stage_number:
-                    h = F.max_pool2d(h, 2, 2)
-                for index in stage:
-                    h = conv(h, index, convs)
-                taps.append(h)
-        return taps
-
-    total = torch.zeros(x0.shape[0], dtype=torch.float64)
-    for k, (f0, f1) in enumerate(zip(features(x0), features(x1), strict=True)):
-        f0 = f0 / (torch.sqrt((f0**2).sum(1, keepdim=True)) + 1e-10)
-        f1 = f1 / (torch.sqrt((f1**2).sum(1, keepdim=True)) + 1e-10)
-        weight = heads[f"lin{k}.model.1.weight"].double().view(1, -1, 1, 1)
-        total += ((f0 - f1) ** 2 * weight).sum(1).mean(dim=(1, 2))
-    return total
-
-
+# The reference networks are written out in tests/helpers/metrics.py.
 @pytest.mark.parametrize(
     "net,convs,widths",
     [("alex", ALEX_CONVS, [64, 192, 384, 256, 256]), ("vgg", None, VGG_WIDTHS)],
@@ -371,110 +284,6 @@ def test_lpips_state_dict_errors_name_each_key():
 # ----------------------------------------------------------------------------- FID Inception
 
 
-def basic_conv(name: str, cin: int, cout: int, kh: int, kw: int | None = None) -> dict:
-    kw = kh if kw is None else kw
-    return {
-        f"{name}.conv.weight": (cout, cin, kh, kw),
-        f"{name}.bn.weight": (cout,),
-        f"{name}.bn.bias": (cout,),
-        f"{name}.bn.running_mean": (cout,),
-        f"{name}.bn.running_var": (cout,),
-    }
-
-
-def inception_a(name, cin, pool):
-    return [
-        (f"{name}.branch1x1", cin, 64, 1),
-        (f"{name}.branch5x5_1", cin, 48, 1),
-        (f"{name}.branch5x5_2", 48, 64, 5),
-        (f"{name}.branch3x3dbl_1", cin, 64, 1),
-        (f"{name}.branch3x3dbl_2", 64, 96, 3),
-        (f"{name}.branch3x3dbl_3", 96, 96, 3),
-        (f"{name}.branch_pool", cin, pool, 1),
-    ]
-
-
-def inception_c(name, c7):
-    return [
-        (f"{name}.branch1x1", 768, 192, 1),
-        (f"{name}.branch7x7_1", 768, c7, 1),
-        (f"{name}.branch7x7_2", c7, c7, 1, 7),
-        (f"{name}.branch7x7_3", c7, 192, 7, 1),
-        (f"{name}.branch7x7dbl_1", 768, c7, 1),
-        (f"{name}.branch7x7dbl_2", c7, c7, 7, 1),
-        (f"{name}.branch7x7dbl_3", c7, c7, 1, 7),
-        (f"{name}.branch7x7dbl_4", c7, c7, 7, 1),
-        (f"{name}.branch7x7dbl_5", c7, 192, 1, 7),
-        (f"{name}.branch_pool", 768, 192, 1),
-    ]
-
-
-def inception_e(name, cin):
-    return [
-        (f"{name}.branch1x1", cin, 320, 1),
-        (f"{name}.branch3x3_1", cin, 384, 1),
-        (f"{name}.branch3x3_2a", 384, 384, 1, 3),
-        (f"{name}.branch3x3_2b", 384, 384, 3, 1),
-        (f"{name}.branch3x3dbl_1", cin, 448, 1),
-        (f"{name}.branch3x3dbl_2", 448, 384, 3),
-        (f"{name}.branch3x3dbl_3a", 384, 384, 1, 3),
-        (f"{name}.branch3x3dbl_3b", 384, 384, 3, 1),
-        (f"{name}.branch_pool", cin, 192, 1),
-    ]
-
-
-def pt_inception_shapes() -> dict[str, tuple[int, ...]]:
-    """Key -> shape of pytorch-fid's pt_inception file (torchvision InceptionV3 names, 1008 classes)."""
-    convs = [
-        ("Conv2d_1a_3x3", 3, 32, 3),
-        ("Conv2d_2a_3x3", 32, 32, 3),
-        ("Conv2d_2b_3x3", 32, 64, 3),
-        ("Conv2d_3b_1x1", 64, 80, 1),
-        ("Conv2d_4a_3x3", 80, 192, 3),
-        *inception_a("Mixed_5b", 192, 32),
-        *inception_a("Mixed_5c", 256, 64),
-        *inception_a("Mixed_5d", 288, 64),
-        ("Mixed_6a.branch3x3", 288, 384, 3),
-        ("Mixed_6a.branch3x3dbl_1", 288, 64, 1),
-        ("Mixed_6a.branch3x3dbl_2", 64, 96, 3),
-        ("Mixed_6a.branch3x3dbl_3", 96, 96, 3),
-        *inception_c("Mixed_6b", 128),
-        *inception_c("Mixed_6c", 160),
-        *inception_c("Mixed_6d", 160),
-        *inception_c("Mixed_6e", 192),
-        ("Mixed_7a.branch3x3_1", 768, 192, 1),
-        ("Mixed_7a.branch3x3_2", 192, 320, 3),
-        ("Mixed_7a.branch7x7x3_1", 768, 192, 1),
-        ("Mixed_7a.branch7x7x3_2", 192, 192, 1, 7),
-        ("Mixed_7a.branch7x7x3_3", 192, 192, 7, 1),
-        ("Mixed_7a.branch7x7x3_4", 192, 192, 3),
-        *inception_e("Mixed_7b", 1280),
-        *inception_e("Mixed_7c", 2048),
-    ]
-    shapes = {}
-    for spec in convs:
-        shapes.update(basic_conv(*spec))
-    shapes["fc.weight"] = (1008, 2048)
-    shapes["fc.bias"] = (1008,)
-    return shapes
-
-
-def random_pt_inception(seed: int) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape in pt_inception_shapes().items():
-        if key.endswith("running_var"):
-            state[key] = 0.5 + torch.rand(shape, generator=gen)
-        elif key.endswith("conv.weight"):
-            fan_in = shape[1] * shape[2] * shape[3]
-            state[key] = torch.randn(shape, generator=gen) * (2.0 / fan_in) ** 0.5
-        elif key.endswith("bn.weight"):
-            state[key] = 1 + 0.1 * torch.randn(shape, generator=gen)
-        else:
-            state[key] = 0.1 * torch.randn(shape, generator=gen)
-    return state
-
-
 def test_fid_inception_architecture_loads_pt_inception_layout(tmp_path):
     shapes = pt_inception_shapes()
     backbone_parameters = sum(
@@ -495,11 +304,18 @@ def test_fid_inception_architecture_loads_pt_inception_layout(tmp_path):
     )
     assert record["fid_inception"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
+    # The forward equals the network written out block by block from the same state dict
+    # (tests/helpers/metrics.py): a swapped branch, pool or padding would change the features.
     gen = torch.Generator().manual_seed(1)
-    images = torch.rand(2, 3, 299, 299, generator=gen) * 255
+    noise = torch.rand(3, 299, 299, generator=gen) * 255
+    ramp = torch.linspace(0, 255, 299)
+    colours = torch.stack([ramp.expand(299, 299), ramp[:, None].expand(299, 299), 255 - noise[2]])
+    images = torch.stack([noise, colours])
     features = loaded(images)
-    assert features.shape == (2, 2048)
-    assert torch.isfinite(features).all() and (features >= 0).all() and features.abs().sum() > 0
+    expected = reference_inception_features(state, images)
+    scale = expected.abs().max()
+    assert (expected[0] - expected[1]).abs().max() > 0.1 * scale  # the input reaches pool3
+    torch.testing.assert_close(features.double(), expected, rtol=1e-4, atol=1e-5 * scale)
     with pytest.raises(ValueError, match="299"):
         loaded(torch.rand(1, 3, 224, 224))
 
@@ -554,14 +370,9 @@ def test_clean_resize_is_per_channel_float_bicubic():
     image = np.random.default_rng(0).integers(0, 256, (37, 29, 3), dtype=np.uint8)
     resized = clean_resize(image)
     assert resized.shape == (299, 299, 3) and resized.dtype == np.float32
-    for c in range(3):
-        plane = Image.fromarray(image[:, :, c].astype(np.float32), mode="F")
-        expected = np.asarray(plane.resize((299, 299), Image.BICUBIC)).clip(0, 255)
-        np.testing.assert_array_equal(resized[:, :, c], expected)
-    # Not re-quantised to uint8 (that is the difference from the "legacy" resizers).
-    assert not np.allclose(resized, np.round(resized))
-    with pytest.raises(ValueError, match="uint8"):
-        clean_resize(image.astype(np.float32))
+    np.testing.assert_array_equal(resized, reference_clean_resize(image))
+    # Not re-quantised: bicubic overshoot between pixels leaves fractional values.
+    assert (resized != np.round(resized)).mean() > 0.5
 
 
 # ----------------------------------------------------------------------------- weight files
