@@ -20,7 +20,8 @@ run draws exactly what the uninterrupted run drew.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from ..models.tryon_net import ImageProjection, garment_features, tryon_forward
 __all__ = [
     "Conditioner",
     "ObjectiveConfig",
+    "TrainingStep",
     "TryonTrainable",
     "diffusion_loss",
     "min_snr_weights",
@@ -210,6 +212,45 @@ class Conditioner:
         )
 
 
+@dataclass
+class _Encoded:
+    """A batch through the frozen encoders: latents at H/8 x W/8, text and CLIP embeddings."""
+
+    latents: torch.Tensor  # the clean person (the diffusion target's x0)
+    mask: torch.Tensor  # the inpainting mask at latent size (nearest)
+    masked: torch.Tensor  # the masked person, grey (0) inside the mask as at inference
+    pose: torch.Tensor
+    garment: torch.Tensor  # GarmentNet's input
+    text: torch.Tensor
+    pooled: torch.Tensor
+    garment_text: torch.Tensor
+    clip_hidden: torch.Tensor
+    size: tuple[int, int]  # (H, W) in pixels, for the SDXL time ids
+
+
+@dataclass
+class _Rows:
+    """TryonNet's inputs and target, one row per example (every field is indexed by row)."""
+
+    noisy: torch.Tensor
+    mask: torch.Tensor
+    masked: torch.Tensor
+    pose: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    text: torch.Tensor
+    pooled: torch.Tensor
+    clip_hidden: torch.Tensor
+    image_dropped: torch.Tensor | None = None
+
+    def reordered(self, order: torch.Tensor) -> _Rows:
+        return _Rows(**{f.name: _take(getattr(self, f.name), order) for f in fields(self)})
+
+
+def _take(value: torch.Tensor | None, order: torch.Tensor) -> torch.Tensor | None:
+    return None if value is None else value[order]
+
+
 def _to(batch: dict, key: str, device) -> torch.Tensor:
     return batch[key].to(device=device, dtype=torch.float32)
 
@@ -227,79 +268,180 @@ def diffusion_loss(
 
     ``batch`` holds dataset items (``person``, ``garment``, ``pose`` in [0, 1], ``mask`` in
     {0, 1}, ``garment_clip``, ``caption``, ``garment_caption``). ``timesteps`` overrides the
-    uniform draw (for evaluation at fixed timesteps); every other draw comes from ``generator``.
+    uniform draw (for evaluation at fixed timesteps); every other draw comes from ``generator``,
+    in a fixed order: VAE posterior samples, noise, offset noise, timesteps, condition dropout.
     """
+    encoded = _encode(conditioner, batch, generator)
+    rows, dropped = _draw_noisy_rows(encoded, scheduler, generator, config, timesteps)
+    garment = conditioner.garment_features(encoded.garment, rows.timesteps, encoded.garment_text)
+    null_rows, null_clip = 0, None
+    if config.condition_dropout > 0:
+        rows, garment, null_rows = _drop_conditions(conditioner, rows, garment, dropped)
+        null_clip = conditioner.null_clip_hidden(batch["garment_clip"])
+    dtype = conditioner.weight_dtype
+    height, width = encoded.size
+    time_ids = torch.tensor(
+        [height, width, 0, 0, height, width], device=conditioner.device, dtype=torch.float32
+    ).expand(rows.noisy.shape[0], -1)
+    pred = model(
+        torch.cat([rows.noisy, rows.mask, rows.masked, rows.pose], dim=1),
+        rows.timesteps,
+        rows.text.to(dtype),
+        rows.pooled.to(dtype),
+        time_ids,
+        rows.clip_hidden,
+        garment,
+        null_garment_rows=null_rows,
+        image_dropped=rows.image_dropped,
+        null_clip_hidden=null_clip,
+    )
+    per_example = F.mse_loss(pred.float(), rows.noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    if config.snr_gamma is not None:
+        per_example = per_example * min_snr_weights(scheduler, rows.timesteps, config.snr_gamma)
+    return per_example.mean()
+
+
+def _encode(conditioner: Conditioner, batch: dict, generator: torch.Generator) -> _Encoded:
+    """The frozen encoders: four VAE encodes in one call (posterior samples from ``generator``),
+    the two captions' text embeddings and the garment's CLIP hidden states."""
     device = conditioner.device
     person = _to(batch, "person", device)
     mask = (_to(batch, "mask", device) >= 0.5).float()
     pose = _to(batch, "pose", device)
     garment = _to(batch, "garment", device)
-    bsz, _, height, width = person.shape
-
-    # Frozen encoders. The masked person is grey (0) inside the mask, as at inference.
     person_pm = 2.0 * person - 1.0
     latents, masked, pose_latents, garment_latents = conditioner.vae_encode(
         torch.cat([person_pm, person_pm * (mask < 0.5), 2.0 * pose - 1.0, 2.0 * garment - 1.0]),
         generator,
     ).chunk(4)
-    mask_latent = F.interpolate(mask, size=latents.shape[-2:], mode="nearest")
     text, pooled = conditioner.text(list(batch["caption"]))
     garment_text, _ = conditioner.text(list(batch["garment_caption"]))
-    clip_hidden = conditioner.clip_hidden(batch["garment_clip"])
+    return _Encoded(
+        latents=latents,
+        mask=F.interpolate(mask, size=latents.shape[-2:], mode="nearest"),
+        masked=masked,
+        pose=pose_latents,
+        garment=garment_latents,
+        text=text,
+        pooled=pooled,
+        garment_text=garment_text,
+        clip_hidden=conditioner.clip_hidden(batch["garment_clip"]),
+        size=(person.shape[2], person.shape[3]),
+    )
 
-    # Noise, timesteps and condition dropout, all from the step's generator.
+
+def _draw_noisy_rows(
+    encoded: _Encoded,
+    scheduler: DDPMScheduler,
+    generator: torch.Generator,
+    config: ObjectiveConfig,
+    timesteps: torch.Tensor | None,
+) -> tuple[_Rows, torch.Tensor]:
+    """Noise (plus offset noise), timesteps and the (3, B) condition-dropout draws (text, image
+    prompt, garment), all from ``generator``; returns the noised rows and the dropout draws."""
+    latents = encoded.latents
+    device, bsz = latents.device, latents.shape[0]
     noise = randn_tensor(latents.shape, generator=generator, device=device)
     if config.noise_offset:
         offset = randn_tensor((bsz, latents.shape[1], 1, 1), generator=generator, device=device)
         noise = noise + config.noise_offset * offset
     drawn = torch.randint(0, scheduler.config.num_train_timesteps, (bsz,), generator=generator)
     timesteps = (drawn if timesteps is None else timesteps.cpu()).to(device=device).long()
-    drop = torch.rand((3, bsz), generator=generator) < config.condition_dropout
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-
-    garment_feats = conditioner.garment_features(garment_latents, timesteps, garment_text)
-
-    image_dropped = null_clip = None
-    null_rows = 0
-    if config.condition_dropout > 0:
-        text_dropped, image_drop, garment_dropped = (d.to(device) for d in drop)
-        empty_text, empty_pooled = conditioner.text([""])
-        text = torch.where(text_dropped[:, None, None], empty_text.to(text.dtype), text)
-        pooled = torch.where(text_dropped[:, None], empty_pooled.to(pooled.dtype), pooled)
-        image_dropped, null_clip = image_drop, conditioner.null_clip_hidden(batch["garment_clip"])
-        # Rows without garment come first: TryonNet's garment attention serves its first
-        # ``null_rows`` rows with the pipeline's zero garment tokens. The loss is a mean over
-        # rows, so the order does not matter.
-        order = torch.argsort((~garment_dropped).int(), stable=True)
-        null_rows = int(garment_dropped.sum())
-        noisy, mask_latent, masked, pose_latents, noise, timesteps = (
-            t[order] for t in (noisy, mask_latent, masked, pose_latents, noise, timesteps)
-        )
-        text, pooled, clip_hidden, image_dropped = (
-            t[order] for t in (text, pooled, clip_hidden, image_dropped)
-        )
-        # (All rows without garment: the features are not read, one row satisfies the check.)
-        keep = slice(null_rows, None) if null_rows < bsz else slice(0, 1)
-        garment_feats = {k: v[order][keep] for k, v in garment_feats.items()}
-
-    sample = torch.cat([noisy, mask_latent, masked, pose_latents], dim=1)
-    time_ids = torch.tensor(
-        [height, width, 0, 0, height, width], device=device, dtype=torch.float32
-    ).expand(bsz, -1)
-    dtype = conditioner.weight_dtype
-    pred = model(
-        sample,
-        timesteps,
-        text.to(dtype),
-        pooled.to(dtype),
-        time_ids,
-        clip_hidden,
-        garment_feats,
-        null_garment_rows=null_rows,
-        image_dropped=image_dropped,
-        null_clip_hidden=null_clip,
+    dropped = torch.rand((3, bsz), generator=generator) < config.condition_dropout
+    rows = _Rows(
+        noisy=scheduler.add_noise(latents, noise, timesteps),
+        mask=encoded.mask,
+        masked=encoded.masked,
+        pose=encoded.pose,
+        noise=noise,
+        timesteps=timesteps,
+        text=encoded.text,
+        pooled=encoded.pooled,
+        clip_hidden=encoded.clip_hidden,
     )
-    per_example = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
-    if config.snr_gamma is not None:
-        per_example = per_example * min_snr_weights(scheduler, timesteps, config.snr_gamma)
-    return per_example.mean()
+    return rows, dropped
+
+
+def _drop_conditions(
+    conditioner: Conditioner,
+    rows: _Rows,
+    garment: dict[str, torch.Tensor],
+    dropped: torch.Tensor,
+) -> tuple[_Rows, dict[str, torch.Tensor], int]:
+    """Classifier-free guidance training: the pipeline's unconditional inputs where dropped.
+
+    Text: the empty prompt; image prompt: flagged in ``image_dropped`` (the model swaps in the
+    tokens of an all-zero CLIP image); garment: rows without garment come first, since TryonNet's
+    garment attention serves its first ``null_rows`` rows with the pipeline's zero garment tokens.
+    The loss is a mean over rows, so the order does not matter. Returns (rows, garment features
+    of the rows that keep theirs, null_rows).
+    """
+    text_dropped, image_dropped, garment_dropped = (d.to(conditioner.device) for d in dropped)
+    empty_text, empty_pooled = conditioner.text([""])
+    rows.text = torch.where(text_dropped[:, None, None], empty_text.to(rows.text.dtype), rows.text)
+    rows.pooled = torch.where(
+        text_dropped[:, None], empty_pooled.to(rows.pooled.dtype), rows.pooled
+    )
+    rows.image_dropped = image_dropped
+    order = torch.argsort((~garment_dropped).int(), stable=True)
+    null_rows = int(garment_dropped.sum())
+    bsz = garment_dropped.shape[0]
+    # (All rows without garment: the features are not read, one row satisfies the check.)
+    keep = slice(null_rows, None) if null_rows < bsz else slice(0, 1)
+    return rows.reordered(order), {k: v[order][keep] for k, v in garment.items()}, null_rows
+
+
+class TrainingStep:
+    """One micro-batch of training: the step :class:`~.trainer.Trainer` and
+    :func:`~.customize.customize` share.
+
+    :meth:`loss` is :func:`diffusion_loss` with the micro-batch's own generator
+    (:func:`step_generator` of ``(seed, micro-batch index, rank)``), so a step is reproducible
+    from its index alone; :meth:`update` backpropagates, clips, steps the optimizer and drops the
+    garment features the step stored. The frozen parts (:class:`Conditioner`) and the training
+    noise schedule are built once here.
+    """
+
+    def __init__(
+        self,
+        pipe,
+        model: torch.nn.Module,
+        device: torch.device,
+        objective: ObjectiveConfig,
+        seed: int,
+        text_cache_size: int = 512,
+    ) -> None:
+        self.pipe = pipe
+        self.model = model
+        self.objective = objective
+        self.seed = int(seed)
+        self.conditioner = Conditioner(pipe, device, text_cache_size=text_cache_size)
+        self.noise_scheduler = training_noise_scheduler(pipe.scheduler)
+
+    def loss(self, batch: dict, micro_batch: int, rank: int = 0) -> torch.Tensor:
+        """The objective of one micro-batch; its randomness depends only on (seed, index, rank)."""
+        generator = step_generator(self.seed, micro_batch, rank)
+        return diffusion_loss(
+            self.model, self.conditioner, self.noise_scheduler, batch, generator, self.objective
+        )
+
+    def update(
+        self,
+        loss: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+        clip_gradients: Callable[[], float | None] | None = None,
+    ) -> float | None:
+        """Backpropagate ``loss``, clip (when ``clip_gradients`` is given; it returns the
+        pre-clip norm), step and zero the optimizer, clear the garment store.
+
+        ``backward`` and ``clip_gradients`` are accelerate's in training (gradient accumulation,
+        mixed-precision scaling, sharded clipping), plain torch in customization. Returns the
+        pre-clip gradient norm, or None when nothing was clipped.
+        """
+        backward(loss)
+        grad_norm = clip_gradients() if clip_gradients is not None else None
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.pipe.garment_store.clear()
+        return grad_norm

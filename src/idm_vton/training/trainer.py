@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
 
 from ..enums import DatasetKind
@@ -27,14 +28,7 @@ from ..files import replace_directory, write_json_atomic
 from . import checkpointing as ckpt
 from .config import OptimizerKind, TrainConfig
 from .data import batch_stream, batches_per_epoch
-from .objective import (
-    Conditioner,
-    ObjectiveConfig,
-    TryonTrainable,
-    diffusion_loss,
-    step_generator,
-    training_noise_scheduler,
-)
+from .objective import Conditioner, ObjectiveConfig, TrainingStep, TryonTrainable
 
 logger = logging.getLogger(__name__)
 
@@ -159,14 +153,18 @@ class Trainer:
         self._prepare_optimization(trainable)  # 3. Optimizer, LR schedule, accelerate.
 
         # 4. Objective, step counters, resume, logging.
-        self.noise_scheduler = training_noise_scheduler(self.pipe.scheduler)
-        self.objective = ObjectiveConfig(
+        objective = ObjectiveConfig(
             snr_gamma=config.snr_gamma,
             noise_offset=config.noise_offset,
             condition_dropout=config.condition_dropout,
         )
-        self.conditioner = Conditioner(
-            self.pipe, accel.device, text_cache_size=config.text_cache_size
+        self.step = TrainingStep(
+            self.pipe,
+            self.model,
+            accel.device,
+            objective,
+            config.seed,
+            text_cache_size=config.text_cache_size,
         )
         self.global_step = 0
         self.consumed = 0  # micro-batches consumed by this process
@@ -177,6 +175,21 @@ class Trainer:
             write_json_atomic(config.output / "train_config.json", config.to_json())
         if report != "none":
             accel.init_trackers("idm-vton", config={k: str(v) for k, v in config.to_json().items()})
+
+    @property
+    def conditioner(self) -> Conditioner:
+        """The frozen parts (VAE, text and image encoders, GarmentNet) of the training step."""
+        return self.step.conditioner
+
+    @property
+    def noise_scheduler(self) -> DDPMScheduler:
+        """The training noise schedule (zero terminal SNR) of the training step."""
+        return self.step.noise_scheduler
+
+    @property
+    def objective(self) -> ObjectiveConfig:
+        """The loss options of the training step."""
+        return self.step.objective
 
     def _prepare_model(self, pipe) -> TryonTrainable:
         """Load the model, write its frozen components once (original dtype), freeze them in the
@@ -328,15 +341,7 @@ class Trainer:
 
     def compute_loss(self, batch: dict, micro_batch: int) -> torch.Tensor:
         """The objective of one micro-batch; its randomness depends only on (seed, index, rank)."""
-        generator = step_generator(self.config.seed, micro_batch, self.accelerator.process_index)
-        return diffusion_loss(
-            self.model,
-            self.conditioner,
-            self.noise_scheduler,
-            batch,
-            generator,
-            self.objective,
-        )
+        return self.step.loss(batch, micro_batch, self.accelerator.process_index)
 
     def clip_gradients(self) -> float | None:
         """Clip the global gradient norm to ``max_grad_norm``; returns the norm *before* clipping.
@@ -357,12 +362,10 @@ class Trainer:
             index, batch = next(stream)
             with accel.accumulate(self.model):
                 loss = self.compute_loss(batch, index)
-                accel.backward(loss)
-                if accel.sync_gradients:
-                    grad_norm = self.clip_gradients()
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            self.pipe.garment_store.clear()
+                # Clip on the micro-batch that syncs gradients (the last one: the optimizer
+                # really steps there), so its pre-clip norm is the step's.
+                clip = self.clip_gradients if accel.sync_gradients else None
+                grad_norm = self.step.update(loss, self.optimizer, accel.backward, clip)
             self.consumed = index + 1
             losses.append(loss.detach())
         assert accel.sync_gradients, "an optimizer step must end on a gradient sync"
