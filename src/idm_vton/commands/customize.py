@@ -1,5 +1,6 @@
 """Fine-tune TryonNet on one photo of a person wearing the garment (``idm-vton customize``,
-paper Sec. 3.3); writes a small delta that ``idm-vton tryon --customization`` applies."""
+paper Sec. 3.3); writes a small delta (``--method lora``: a diffusers/PEFT LoRA file) that
+``idm-vton tryon --customization`` applies."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask", required=True, help="inpaint mask, white = garment area")
     parser.add_argument("--pose", required=True, help="DensePose image of the person")
     parser.add_argument("--description", required=True, help="garment text V")
-    parser.add_argument("--out", required=True, type=Path, help="delta file (.safetensors)")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output .safetensors (lora: diffusers LoRA format)"
+    )
     add_dataclass_arguments(parser, CustomizeConfig)
     add_shared(parser, "height", "width", "device", defaults={"height": None, "width": None})
     parser.add_argument(

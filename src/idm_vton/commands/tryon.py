@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--customization",
         default=None,
-        help="customization delta (.safetensors) from `idm-vton customize` to apply to the model",
+        help="customization file (.safetensors, full delta or LoRA) from `idm-vton customize`",
     )
     parser.add_argument(
         "--no-paste-back",

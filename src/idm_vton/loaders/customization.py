@@ -1,15 +1,23 @@
-"""Customization deltas (paper Sec. 3.3, SPEC section 5): the file format and applying one.
+"""Customization files (paper Sec. 3.3, SPEC section 5): the two formats and applying one.
 
 ``idm-vton customize`` (:mod:`idm_vton.training.customize`) tunes TryonNet's up-block attention
 on one photo and stores the result as a small safetensors file that loads on top of the base
-checkpoint:
+checkpoint. Two kinds, told apart by their metadata:
 
-* **full**: ``tuned - base`` for each tuned tensor (weights and biases);
-* **lora**: the factors ``A`` and ``B`` of ``W + scale * B A`` for each tuned linear layer.
+* **full** (``format`` = ``idm-vton-customization``, ``version`` 1): ``tuned - base`` under each
+  tuned tensor's own name (``<module>.weight`` / ``.bias``, weights and biases);
+* **lora**: a diffusers/PEFT LoRA file, the format diffusers' ``load_lora_weights`` reads: for
+  each tuned linear layer ``unet.<module>.lora_A.weight`` (rank x in) and
+  ``unet.<module>.lora_B.weight`` (out x rank), so ``W' = W + (lora_alpha / r) B A``; metadata
+  ``format`` = ``pt`` and ``lora_adapter_metadata``, the JSON of the ``peft.LoraConfig`` arguments
+  with the ``unet.`` prefix (``unet.r``, ``unet.lora_alpha``, ``unet.target_modules``), from which
+  diffusers rebuilds the config; plus ours: ``idm_vton_customization`` (= ``2``) and ``method``.
 
-The file's metadata names the base: the ``--model`` string and a fingerprint (SHA-256 of the base
-values of the tuned tensors in fp32) plus per-tensor sums, so :func:`apply_customization` refuses
-another base with a clear message and still accepts the same base loaded in bf16/fp16.
+Both carry the base: the ``--model`` string and a fingerprint (SHA-256 of the base values of the
+tuned tensors in fp32) plus per-tensor sums, so :func:`apply_customization` refuses another base
+with a clear message and still accepts the same base loaded in bf16/fp16. Every tensor of a file
+is checked against the layer it changes (name and exact shape, nothing broadcast) before any
+weight is touched.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -30,16 +39,31 @@ from ..files import atomic_path
 
 __all__ = [
     "FORMAT",
+    "LORA_MARKER",
+    "LORA_PREFIX",
+    "LORA_VERSION",
     "VERSION",
     "CustomizationInfo",
     "apply_customization",
+    "apply_customization_to_unet",
     "base_fingerprint",
+    "lora_config",
+    "lora_file_metadata",
+    "lora_key",
+    "merge_lora",
     "save_customization",
     "target_tensors",
 ]
 
+#: ``format`` metadata of a full-delta file, and its version.
 FORMAT = "idm-vton-customization"
 VERSION = "1"
+#: Metadata key marking a LoRA file as an idm-vton customization (its value: LORA_VERSION).
+#: The ``format`` key of a LoRA file is safetensors' ``pt``, as diffusers writes it.
+LORA_MARKER = "idm_vton_customization"
+LORA_VERSION = "2"
+#: diffusers' component prefix of a pipeline LoRA file (``StableDiffusionXLPipeline.unet_name``).
+LORA_PREFIX = "unet"
 
 
 @dataclass
@@ -78,6 +102,44 @@ def base_fingerprint(tensors: dict[str, torch.Tensor]) -> tuple[str, dict[str, l
     return digest.hexdigest(), stats
 
 
+# ---------------------------------------------------------------------------------- LoRA format
+def lora_config(modules: list[str], rank: int, alpha: float) -> dict:
+    """The ``peft.LoraConfig`` arguments of a customization LoRA: training builds its adapter from
+    them and the file stores them, so diffusers' loader rebuilds the same config."""
+    return {"r": int(rank), "lora_alpha": float(alpha), "target_modules": list(modules)}
+
+
+def lora_key(module: str, factor: str) -> str:
+    """File key of factor ``"A"`` or ``"B"`` of ``module`` (diffusers' pipeline LoRA layout)."""
+    assert factor in ("A", "B"), factor
+    return f"{LORA_PREFIX}.{module}.lora_{factor}.weight"
+
+
+def lora_file_metadata(config: dict) -> dict[str, str]:
+    """The metadata diffusers reads from a LoRA file (``format`` and the prefixed config)."""
+    packed = {f"{LORA_PREFIX}.{key}": value for key, value in config.items()}
+    return {
+        "format": "pt",
+        LORA_ADAPTER_METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True),
+        LORA_MARKER: LORA_VERSION,
+    }
+
+
+def merge_lora(unet: torch.nn.Module, factors: dict[str, torch.Tensor], config: dict) -> None:
+    """``W += (lora_alpha / r) * B @ A`` for every module of ``config`` (in fp32, cast back).
+
+    ``factors`` are keyed as in the file (:func:`lora_key`) and already checked against ``unet``.
+    """
+    scale = config["lora_alpha"] / config["r"]
+    with torch.no_grad():
+        for module in config["target_modules"]:
+            weight = unet.get_submodule(module).weight
+            a = factors[lora_key(module, "A")].to(device=weight.device, dtype=torch.float32)
+            b = factors[lora_key(module, "B")].to(device=weight.device, dtype=torch.float32)
+            weight.copy_((weight.float() + scale * (b @ a)).to(weight.dtype))
+
+
+# ---------------------------------------------------------------------------------- files
 def save_customization(customization: dict, path: str | Path, dtype: DType | str = "fp16") -> Path:
     """Write a customization (from :func:`~idm_vton.training.customize.customize`) to ``path``
     as safetensors in ``dtype``, atomically."""
@@ -90,36 +152,38 @@ def save_customization(customization: dict, path: str | Path, dtype: DType | str
 
 
 def apply_customization(pipe, path: str | Path, *, check_base: bool = True) -> CustomizationInfo:
-    """Load a customization file onto ``pipe.unet`` (in place); refuse one made for another base.
+    """Load a customization file onto ``pipe.unet`` (in place); see
+    :func:`apply_customization_to_unet`."""
+    return apply_customization_to_unet(pipe.unet, path, check_base=check_base)
 
-    The base check compares the fingerprint stored in the file with the pipeline's current values
+
+def apply_customization_to_unet(
+    unet: torch.nn.Module, path: str | Path, *, check_base: bool = True
+) -> CustomizationInfo:
+    """Load a customization file (full delta or LoRA, told apart by its metadata) onto ``unet``
+    in place; refuse one made for another base or one whose tensors do not fit.
+
+    The base check compares the fingerprint stored in the file with the UNet's current values
     of the tuned tensors (exact, or per-tensor sums within 1 % when the base was loaded in
-    bf16/fp16). Apply to an unmodified base, once.
+    bf16/fp16). A LoRA is merged into the weights: the UNet stays a plain UNet. Apply to an
+    unmodified base, once.
     """
     path = Path(path)
     metadata, tensors = _read_customization(path)
-    modules = json.loads(metadata["tuned_modules"])
-    try:
-        current = target_tensors(pipe.unet, modules)
-    except AttributeError as err:
-        raise CustomizationError(
-            f"{path} tunes layers this model does not have ({err}): it was made for another base"
-        ) from err
+    method = _file_kind(path, metadata)
+    config = _read_lora_config(path, metadata) if method is CustomizationMethod.LORA else None
+    modules = config["target_modules"] if config else json.loads(metadata["tuned_modules"])
+    current = _current_tensors(path, unet, modules)
     fingerprint, _ = base_fingerprint(current)
     exact = fingerprint == metadata["base_fingerprint"]
     if check_base and not exact:
         _check_same_base(path, metadata, current, fingerprint)
-    try:
-        method = CustomizationMethod(metadata["method"])
-    except ValueError:
-        raise CustomizationError(
-            f"{path}: unknown customization method {metadata['method']!r}"
-        ) from None
-    with torch.no_grad():
-        if method is CustomizationMethod.FULL:
-            _add_full_delta(current, tensors)
-        else:
-            _add_lora_delta(current, tensors, modules, float(metadata["lora_scale"]))
+    if config is None:
+        _check_tensors(path, tensors, {name: value.shape for name, value in current.items()})
+        _add_full_delta(current, tensors)
+    else:
+        _check_tensors(path, tensors, _lora_shapes(unet, config))
+        merge_lora(unet, tensors, config)
     return CustomizationInfo(
         method=method.value,
         base_name=metadata.get("base_name", ""),
@@ -131,7 +195,7 @@ def apply_customization(pipe, path: str | Path, *, check_base: bool = True) -> C
 
 
 def _read_customization(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """(metadata, tensors) of a customization file; refuses other files."""
+    """(metadata, tensors) of a safetensors file."""
     if not path.is_file():
         raise CustomizationError(f"customization file not found: {path}")
     try:
@@ -140,9 +204,103 @@ def _read_customization(path: Path) -> tuple[dict[str, str], dict[str, torch.Ten
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # noqa: BLE001 - safetensors raises several kinds
         raise CustomizationError(f"{path} is not a readable safetensors file ({err})") from err
-    if metadata.get("format") != FORMAT:
-        raise CustomizationError(f"{path} is not an idm-vton customization file")
     return metadata, tensors
+
+
+def _file_kind(path: Path, metadata: dict[str, str]) -> CustomizationMethod:
+    """The kind of file, from its metadata; refuses files that are not ours or lack the base."""
+    if metadata.get("format") == FORMAT:
+        if metadata.get("method") == CustomizationMethod.LORA.value:
+            raise CustomizationError(
+                f"{path.name} is a LoRA in idm-vton's old private format: run idm-vton customize "
+                "again (LoRA files are now diffusers/PEFT files)"
+            )
+        if metadata.get("method") != CustomizationMethod.FULL.value:
+            raise CustomizationError(
+                f"{path}: unknown customization method {metadata.get('method')!r}"
+            )
+        kind, required = CustomizationMethod.FULL, ("tuned_modules",)
+    elif metadata.get(LORA_MARKER) == LORA_VERSION:
+        kind, required = CustomizationMethod.LORA, (LORA_ADAPTER_METADATA_KEY,)
+    elif LORA_ADAPTER_METADATA_KEY in metadata:
+        raise CustomizationError(
+            f"{path.name} is a LoRA file without an idm-vton base fingerprint "
+            "(not written by idm-vton customize)"
+        )
+    else:
+        raise CustomizationError(f"{path} is not an idm-vton customization file")
+    for key in ("base_fingerprint", "base_stats", *required):
+        if key not in metadata:
+            raise CustomizationError(f"{path.name}: metadata {key!r} is missing (damaged file)")
+    return kind
+
+
+def _read_lora_config(path: Path, metadata: dict[str, str]) -> dict:
+    """The LoRA config of the file's ``lora_adapter_metadata`` (as written by :func:`lora_config`)."""
+    try:
+        packed = json.loads(metadata[LORA_ADAPTER_METADATA_KEY])
+        config = {k: packed[f"{LORA_PREFIX}.{k}"] for k in ("r", "lora_alpha", "target_modules")}
+    except (KeyError, TypeError, ValueError) as err:
+        raise CustomizationError(f"{path.name}: unreadable LoRA metadata ({err!r})") from None
+    modules, rank, alpha = config["target_modules"], config["r"], config["lora_alpha"]
+    if not (
+        isinstance(modules, list)
+        and modules
+        and all(isinstance(m, str) for m in modules)
+        and isinstance(rank, int)
+        and rank >= 1
+        and isinstance(alpha, int | float)
+    ):
+        raise CustomizationError(
+            f"{path.name}: LoRA metadata has an invalid rank, alpha or modules"
+        )
+    return config
+
+
+def _current_tensors(
+    path: Path, unet: torch.nn.Module, modules: list[str]
+) -> dict[str, torch.Tensor]:
+    """The UNet's tensors the file changes; a missing or non-linear layer means another base."""
+    for name in modules:
+        try:
+            module = unet.get_submodule(name)
+        except AttributeError:
+            module = None
+        if not isinstance(module, torch.nn.Linear):
+            raise CustomizationError(
+                f"{path.name} tunes a layer this model does not have ({name}): it was made for "
+                "another base"
+            )
+    return target_tensors(unet, modules)
+
+
+def _lora_shapes(unet: torch.nn.Module, config: dict) -> dict[str, tuple[int, ...]]:
+    """The exact shape of every factor: A is (r, in_features), B is (out_features, r)."""
+    shapes = {}
+    for module in config["target_modules"]:
+        linear = unet.get_submodule(module)
+        shapes[lora_key(module, "A")] = (config["r"], linear.in_features)
+        shapes[lora_key(module, "B")] = (linear.out_features, config["r"])
+    return shapes
+
+
+def _check_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]
+) -> None:
+    """Exactly the expected tensors, each with exactly its shape (nothing left to broadcast)."""
+    for key in expected:
+        if key not in tensors:
+            raise CustomizationError(f"{path.name}: tensor {key} is missing (damaged file)")
+    for key, value in tensors.items():
+        if key not in expected:
+            raise CustomizationError(f"{path.name}: unexpected tensor {key} (damaged file)")
+        if tuple(value.shape) != tuple(expected[key]):
+            raise CustomizationError(
+                f"{path.name}: tensor {key} has shape {tuple(value.shape)}, expected "
+                f"{tuple(expected[key])} (damaged file)"
+            )
+        if not value.is_floating_point():
+            raise CustomizationError(f"{path.name}: tensor {key} is not floating point")
 
 
 def _check_same_base(
@@ -173,19 +331,7 @@ def _stats_match(expected: dict[str, list[float]], tensors: dict[str, torch.Tens
 
 def _add_full_delta(current: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -> None:
     """``W += delta`` for every tuned tensor (the delta is added in fp32, then cast back)."""
-    for name, value in current.items():
-        value.add_(delta[name].to(device=value.device, dtype=torch.float32).to(value.dtype))
-
-
-def _add_lora_delta(
-    current: dict[str, torch.Tensor],
-    factors: dict[str, torch.Tensor],
-    modules: list[str],
-    scale: float,
-) -> None:
-    """``W += scale * B @ A`` for every tuned linear layer (in fp32, then cast back)."""
-    for name in modules:
-        weight = current[f"{name}.weight"]
-        a = factors[f"{name}.lora_A"].to(device=weight.device, dtype=torch.float32)
-        b = factors[f"{name}.lora_B"].to(device=weight.device, dtype=torch.float32)
-        weight.copy_((weight.float() + scale * (b @ a)).to(weight.dtype))
+    with torch.no_grad():
+        for name, value in current.items():
+            change = delta[name].to(device=value.device, dtype=torch.float32)
+            value.copy_((value.float() + change).to(value.dtype))

@@ -14,9 +14,13 @@ the base checkpoint (SPEC section 5):
   SDXL they would add 173 M parameters to the delta's 483 M.
 * **full** (default): the delta stores ``tuned - base`` for each tuned tensor (``--delta-dtype``,
   fp16 by default: differences are small, so their rounding error is far below the weights');
-* **lora** (``--method lora --lora-rank r``): each tuned linear layer gets ``W + (alpha/r) B A``
-  (``B`` zero-initialised) through ``torch.nn.utils.parametrize``; the delta stores ``A`` and ``B``.
-  No extra dependency.
+* **lora** (``--method lora --lora-rank r``): a PEFT LoRA adapter on each tuned linear layer,
+  ``W + (alpha/r) B A`` (``B`` zero-initialised); the file is a diffusers/PEFT LoRA file
+  (``unet.<module>.lora_A.weight`` / ``lora_B.weight``) that diffusers' ``load_lora_weights`` also
+  reads.
+
+Both variants run the training step of :class:`~idm_vton.training.objective.TrainingStep`, the
+one :class:`~idm_vton.training.trainer.Trainer` runs (noise, timesteps, min-SNR weighting).
 
 The file format, the base fingerprint and applying a delta to a pipeline are loading, in
 :mod:`idm_vton.loaders.customization`; this module is the tuning loop.
@@ -27,16 +31,28 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
 from ..enums import CustomizationMethod, DType, MixedPrecision
 from ..errors import CustomizationError
-from ..loaders.customization import FORMAT, VERSION, base_fingerprint, target_tensors
+from ..loaders.customization import (
+    FORMAT,
+    LORA_PREFIX,
+    VERSION,
+    base_fingerprint,
+    lora_config,
+    lora_file_metadata,
+    lora_key,
+    merge_lora,
+    target_tensors,
+)
 from ..options import option
 
-__all__ = ["CustomizeConfig", "LoraDelta", "customization_targets", "customize", "load_base"]
+__all__ = ["CustomizeConfig", "customization_targets", "customize", "load_base"]
 
 _ATTN = re.compile(
     r"^up_blocks\.\d+\.attentions\.\d+\.transformer_blocks\.\d+\."
@@ -45,6 +61,8 @@ _ATTN = re.compile(
 _IP = re.compile(
     r"^up_blocks\.\d+\.attentions\.\d+\.transformer_blocks\.\d+\.attn2\.processor\.to_[kv]_ip\.\d+$"
 )
+#: PEFT adapter name while tuning (the adapter is merged and removed afterwards).
+_ADAPTER = "idm_vton_customization"
 
 
 @dataclass
@@ -77,6 +95,7 @@ class CustomizeConfig:
 
     @property
     def lora_scale(self) -> float:
+        """``alpha / rank``, the factor of ``B A`` in ``W + (alpha / rank) B A``."""
         return (self.lora_alpha or self.lora_rank) / self.lora_rank
 
 
@@ -92,22 +111,6 @@ def customization_targets(unet: torch.nn.Module, tune_ip_adapter: bool = False) 
     if not names:
         raise CustomizationError("this UNet has no up-block attention layers to customize")
     return names
-
-
-# ---------------------------------------------------------------------------------- LoRA
-class LoraDelta(torch.nn.Module):
-    """``weight -> weight + scale * B @ A`` (Hu et al. 2021), as a ``parametrize`` hook."""
-
-    def __init__(self, out_features: int, in_features: int, rank: int, scale: float, generator):
-        super().__init__()
-        a = torch.randn(rank, in_features, generator=generator) / math.sqrt(in_features)
-        self.lora_A = torch.nn.Parameter(a)
-        self.lora_B = torch.nn.Parameter(torch.zeros(out_features, rank))
-        self.scale = scale
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        delta = self.lora_B @ self.lora_A
-        return weight + (self.scale * delta).to(weight.dtype)
 
 
 # ---------------------------------------------------------------------------------- tuning
@@ -132,21 +135,23 @@ def load_base(model: str, precision: MixedPrecision | str, device):
     return pipe.to(device)
 
 
-def _example_batch(pipe, person, garment, mask, pose, description, height, width, device):
+def _example_batch(
+    pipe, person, garment, mask, pose, description: str, height: int, width: int, repeat: int
+) -> dict:
+    """The one training example, prepared as at inference (same crop and work size), repeated
+    ``repeat`` times (noise draws per step)."""
     from ..data.captions import garment_prompt, tryon_prompt
 
     prep = pipe.prepare_inputs(person, garment, mask, pose, height, width, 0.1)
     if prep.garment_images is None:
         raise CustomizationError("give the customization inputs as images (paths or PIL)")
-    return {
-        "person": prep.person[:1],
-        "garment": prep.garment[:1],
-        "mask": prep.mask[:1],
-        "pose": prep.pose[:1],
-        "garment_clip": pipe.clip_pixels(prep.garment_images[:1], device).float().cpu(),
-        "caption": [tryon_prompt(description)],
-        "garment_caption": [garment_prompt(description)],
-    }
+    clip = pipe.clip_pixels(prep.garment_images[:1], pipe._execution_device).float().cpu()
+    tensors = {"person": prep.person[:1], "garment": prep.garment[:1], "mask": prep.mask[:1],
+               "pose": prep.pose[:1], "garment_clip": clip}  # fmt: skip
+    batch = {k: v.repeat(repeat, *[1] * (v.ndim - 1)) for k, v in tensors.items()}
+    batch["caption"] = [tryon_prompt(description)] * repeat
+    batch["garment_caption"] = [garment_prompt(description)] * repeat
+    return batch
 
 
 def customize(
@@ -162,124 +167,150 @@ def customize(
     autocast_dtype: torch.dtype | None = None,
     progress: bool = True,
 ) -> dict:
-    """Tune ``pipe.unet`` in place on one person photo; returns the customization (see
-    :func:`save_customization`).
+    """Tune ``pipe.unet`` in place on one person photo; returns the customization
+    (``{"tensors", "metadata", "losses"}``, written by
+    :func:`~idm_vton.loaders.customization.save_customization`).
 
     ``person`` shows the person already wearing ``garment``; ``mask`` marks the garment area,
     ``pose`` is the DensePose image, ``description`` the garment text V. Inputs are prepared as
     at inference (same crop and work size), so the tuned model sees what it will generate.
+    Afterwards ``pipe.unet`` is a plain UNet with the tuned weights (a LoRA is merged).
     """
-    from tqdm.auto import tqdm
-
-    from .objective import (
-        Conditioner,
-        ObjectiveConfig,
-        TryonTrainable,
-        diffusion_loss,
-        step_generator,
-        training_noise_scheduler,
-    )
-
     config = config or CustomizeConfig()
     unet = pipe.unet
-    device = pipe._execution_device
-    height = height or pipe.default_height
-    width = width or pipe.default_width
     if unet.dtype != torch.float32:
         raise CustomizationError(
             "customization trains in fp32: load the pipeline in fp32 (autocast does the rest)"
         )
     modules = customization_targets(unet, config.tune_ip_adapter)
-    base = target_tensors(unet, modules)
-    fingerprint, stats = base_fingerprint(base)
-    base_values = {k: v.detach().clone() for k, v in base.items()}
-
-    batch = _example_batch(pipe, person, garment, mask, pose, description, height, width, device)
-    batch = {k: v * config.batch_size if isinstance(v, list) else v.repeat(
-        config.batch_size, *[1] * (v.ndim - 1)) for k, v in batch.items()}  # fmt: skip
-
+    fingerprint, stats = base_fingerprint(target_tensors(unet, modules))
+    batch = _example_batch(
+        pipe, person, garment, mask, pose, description,
+        height or pipe.default_height, width or pipe.default_width, config.batch_size,
+    )  # fmt: skip
     for module in (pipe.unet, pipe.garment_unet, pipe.image_projection, pipe.image_encoder,
                    pipe.vae, pipe.text_encoder, pipe.text_encoder_2):  # fmt: skip
         if module is not None:
             module.requires_grad_(False)
-    lora: dict[str, LoraDelta] = {}
+    run = partial(_tune, pipe, batch=batch, config=config, autocast_dtype=autocast_dtype,
+                  progress=progress)  # fmt: skip
     if config.method is CustomizationMethod.FULL:
-        params = list(base.values())
-        for p in params:
-            p.requires_grad_(True)
+        tensors, losses = _tune_full(unet, modules, run)
+        metadata = _full_metadata(config, modules)
     else:
-        from torch.nn.utils import parametrize
+        lora = lora_config(modules, config.lora_rank, config.lora_alpha or config.lora_rank)
+        tensors, losses = _tune_lora(unet, lora, config.seed, run)
+        metadata = lora_file_metadata(lora)
+    metadata |= {
+        "method": config.method.value,
+        "base_name": config.base_name,
+        "base_fingerprint": fingerprint,
+        "base_stats": json.dumps(stats),
+        "steps": str(config.steps),
+        "lr": repr(config.lr),
+        "seed": str(config.seed),
+        "final_loss": repr(losses[-1]),
+    }
+    return {"tensors": tensors, "metadata": metadata, "losses": losses}
 
-        generator = torch.Generator().manual_seed(config.seed)
-        for name in modules:
-            linear = unet.get_submodule(name)
-            hook = LoraDelta(
-                linear.out_features, linear.in_features, config.lora_rank, config.lora_scale,
-                generator,
-            ).to(device)  # fmt: skip
-            parametrize.register_parametrization(linear, "weight", hook)
-            lora[name] = hook
-        params = [p for hook in lora.values() for p in hook.parameters()]
 
+def _full_metadata(config: CustomizeConfig, modules: list[str]) -> dict[str, str]:
+    """The full delta's own metadata (format version 1; the LoRA fields are informational)."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "lora_scale": repr(config.lora_scale),
+        "lora_rank": str(config.lora_rank),
+        "tuned_modules": json.dumps(modules),
+    }
+
+
+def _tune_full(
+    unet: torch.nn.Module, modules: list[str], run: Callable[[list], list[float]]
+) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """Tune the target weights and biases themselves; the delta is ``tuned - base``."""
+    tuned = target_tensors(unet, modules)
+    base = {name: value.detach().clone() for name, value in tuned.items()}
+    losses = run(list(tuned.values()))
+    return {name: (value.detach() - base[name]).cpu() for name, value in tuned.items()}, losses
+
+
+def _tune_lora(
+    unet: torch.nn.Module, lora: dict, seed: int, run: Callable[[list], list[float]]
+) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """Tune a PEFT LoRA adapter on the target layers; returns its factors in the file's keys.
+
+    ``lora_A`` starts from ``randn / sqrt(in_features)`` drawn from ``seed`` (PEFT's own init
+    would draw from torch's global RNG), ``lora_B`` at zero, so the tuned UNet starts as the base.
+    Afterwards the adapter is removed and ``W + (alpha / r) B A`` merged into the plain weights by
+    the loader's own :func:`~idm_vton.loaders.customization.merge_lora`, as ``tryon`` applies it.
+    """
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    assert not getattr(unet, "peft_config", None), "the UNet already carries a PEFT adapter"
+    with torch.random.fork_rng(devices=[]):
+        unet.add_adapter(LoraConfig(**lora), adapter_name=_ADAPTER)
+    try:
+        generator = torch.Generator().manual_seed(seed)
+        params = []
+        for module in lora["target_modules"]:
+            layer = unet.get_submodule(module)
+            a, b = layer.lora_A[_ADAPTER].weight, layer.lora_B[_ADAPTER].weight
+            with torch.no_grad():
+                a.copy_(torch.randn(a.shape, generator=generator) / math.sqrt(a.shape[1]))
+            assert not b.any(), "PEFT initialises lora_B at zero"
+            params += [a, b]
+        losses = run(params)
+        state = get_peft_model_state_dict(unet, adapter_name=_ADAPTER)
+    finally:
+        unet.unload_lora()  # the original nn.Linear layers, base weights untouched
+    tensors = {f"{LORA_PREFIX}.{key}": value.detach().cpu() for key, value in state.items()}
+    assert set(tensors) == {lora_key(m, f) for m in lora["target_modules"] for f in "AB"}
+    merge_lora(unet, tensors, lora)
+    return tensors, losses
+
+
+def _tune(
+    pipe,
+    params: list[torch.nn.Parameter],
+    *,
+    batch: dict,
+    config: CustomizeConfig,
+    autocast_dtype: torch.dtype | None,
+    progress: bool,
+) -> list[float]:
+    """``config.steps`` optimizer steps of the training objective (the training step
+    :class:`~.objective.TrainingStep` that ``Trainer`` runs) on the one example; returns the
+    losses. Only ``params`` are trained; the UNet's train/eval mode is restored afterwards."""
+    from tqdm.auto import tqdm
+
+    from .objective import ObjectiveConfig, TrainingStep, TryonTrainable
+
+    unet = pipe.unet
+    device = pipe._execution_device
     model = TryonTrainable(unet, pipe.image_projection)
+    step = TrainingStep(
+        pipe, model, device, ObjectiveConfig(snr_gamma=config.snr_gamma), config.seed
+    )
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    clip = None
+    if config.max_grad_norm > 0:
+        clip = partial(torch.nn.utils.clip_grad_norm_, params, config.max_grad_norm)
+    autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    losses = []
     was_training = unet.training
     unet.train()
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    conditioner = Conditioner(pipe, device)
-    scheduler = training_noise_scheduler(pipe.scheduler)
-    objective = ObjectiveConfig(snr_gamma=config.snr_gamma)
-    autocast = (
-        torch.autocast(device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None
-        else torch.autocast(device.type, enabled=False)
-    )
-    losses = []
+    for p in params:
+        p.requires_grad_(True)
     try:
-        for step in tqdm(range(config.steps), desc="customize", disable=not progress):
+        for index in tqdm(range(config.steps), desc="customize", disable=not progress):
             with autocast:
-                loss = diffusion_loss(
-                    model, conditioner, scheduler, batch, step_generator(config.seed, step),
-                    objective,
-                )  # fmt: skip
-            loss.backward()
-            if config.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            pipe.garment_store.clear()
+                loss = step.loss(batch, index)
+            step.update(loss, optimizer, clip_gradients=clip)
             losses.append(float(loss.detach()))
     finally:
         unet.train(was_training)
         for p in params:
             p.requires_grad_(False)
-
-    tensors: dict[str, torch.Tensor] = {}
-    if config.method is CustomizationMethod.FULL:
-        for name, value in base.items():
-            tensors[name] = (value.detach() - base_values[name]).cpu()
-    else:
-        from torch.nn.utils import parametrize
-
-        for name, hook in lora.items():
-            tensors[f"{name}.lora_A"] = hook.lora_A.detach().cpu()
-            tensors[f"{name}.lora_B"] = hook.lora_B.detach().cpu()
-            # Merge W + s B A into the plain weight: the tuned pipeline is an ordinary UNet again.
-            parametrize.remove_parametrizations(
-                unet.get_submodule(name), "weight", leave_parametrized=True
-            )
-    metadata = {
-        "format": FORMAT,
-        "version": VERSION,
-        "method": config.method.value,
-        "base_name": config.base_name,
-        "base_fingerprint": fingerprint,
-        "base_stats": json.dumps(stats),
-        "lora_scale": repr(config.lora_scale),
-        "lora_rank": str(config.lora_rank),
-        "steps": str(config.steps),
-        "lr": repr(config.lr),
-        "seed": str(config.seed),
-        "tuned_modules": json.dumps(modules),
-        "final_loss": repr(losses[-1]),
-    }
-    return {"tensors": tensors, "metadata": metadata, "losses": losses}
+    return losses
