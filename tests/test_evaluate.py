@@ -17,12 +17,15 @@ from idm_vton.commands.evaluate import add_evaluate_arguments, run_evaluate
 from idm_vton.errors import EvaluationError
 from idm_vton.evaluation.evaluate import evaluate_folders, format_table
 from idm_vton.evaluation.metrics.clip_score import CLIPImageScorer, _image_processor_class
-from idm_vton.evaluation.metrics.fid import (
-    FIDInceptionV3,
-    inception_features,
-    kid_from_features,
+from idm_vton.evaluation.metrics.fid import FIDInceptionV3
+from idm_vton.evaluation.metrics.lpips import LPIPS_CHANNELS, AlexNetFeatures
+
+from .helpers.metrics import (
+    direct_mmd2,
+    reference_clean_resize,
+    reference_inception_features,
+    reference_lpips,
 )
-from idm_vton.evaluation.metrics.lpips import LPIPS, LPIPS_CHANNELS, AlexNetFeatures
 
 RESOLUTION = (48, 40)  # (height, width)
 STEMS = ["00001_00", "00002_00", "00003_00", "00004_00"]
@@ -79,7 +82,7 @@ def dataset(tmp_path_factory):
     weights = root / "weights"
     weights.mkdir()
     trunk, heads = random_alexnet_files(weights)
-    random_inception_file(weights)
+    inception = random_inception_file(weights)
     tiny_clip(weights / "clip")
 
     rng = np.random.default_rng(0)
@@ -108,6 +111,7 @@ def dataset(tmp_path_factory):
         "garment": garment_dir,
         "trunk": trunk,
         "heads": heads,
+        "inception": inception,
     }
 
 
@@ -158,7 +162,33 @@ def loaded(folder, stem):
     return np.asarray(image)
 
 
+def clip_similarity_by_hand(folder, images, references) -> np.ndarray:
+    """CLIP-I computed here: CLIP's preprocessing written out (shortest side to 32 with PIL
+    bicubic, centre crop, CLIP mean/std), the vision tower's projected embedding, cosine."""
+    from transformers import CLIPVisionModelWithProjection
+
+    mean = np.array([0.48145466, 0.4578275, 0.40821073])
+    std = np.array([0.26862954, 0.26130258, 0.27577711])
+
+    def pixels(image: np.ndarray) -> torch.Tensor:
+        height, width = image.shape[:2]
+        short, long = (height, width) if height <= width else (width, height)
+        scaled = int(32 * long / short)
+        size = (scaled, 32) if height <= width else (32, scaled)  # PIL sizes are (W, H)
+        resized = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+        top, left = (resized.shape[0] - 32) // 2, (resized.shape[1] - 32) // 2
+        crop = resized[top : top + 32, left : left + 32] / 255.0
+        return torch.from_numpy(((crop - mean) / std).transpose(2, 0, 1)).float()
+
+    model = CLIPVisionModelWithProjection.from_pretrained(folder).eval()
+    with torch.no_grad():
+        a = model(pixel_values=torch.stack([pixels(x) for x in images])).image_embeds.double()
+        b = model(pixel_values=torch.stack([pixels(x) for x in references])).image_embeds.double()
+    return (torch.nn.functional.cosine_similarity(a, b, dim=-1)).numpy()
+
+
 def test_evaluate_folders_end_to_end(dataset, full_result):
+    """Every metric against a computation made here without the library's metric code."""
     metrics, per_image = full_result["metrics"], full_result["per_image"]
     assert set(metrics) == {"ssim", "lpips", "fid", "kid", "kid_std", "clip_i"}
     assert sorted(per_image) == STEMS
@@ -179,36 +209,46 @@ def test_evaluate_folders_end_to_end(dataset, full_result):
         assert per_image[stem]["ssim"] == pytest.approx(reference, abs=1e-10)
     assert metrics["ssim"] == pytest.approx(np.mean([per_image[s]["ssim"] for s in STEMS]))
 
+    # LPIPS: the AlexNet trunk and heads of the weight files, written out with functional ops.
     def as_tensor(images):
-        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).double() / 255
 
-    lpips = LPIPS.from_state_dicts("alex", dataset["trunk"], dataset["heads"])
-    expected_lpips = lpips(as_tensor(preds), as_tensor(gts)).numpy()
+    expected_lpips = reference_lpips(
+        "alex", dataset["trunk"], dataset["heads"], as_tensor(preds), as_tensor(gts)
+    ).numpy()
     got_lpips = [per_image[s]["lpips"] for s in STEMS]
-    np.testing.assert_allclose(got_lpips, expected_lpips, rtol=1e-5)
-    assert all(v > 0 for v in got_lpips)
+    assert (expected_lpips > 0).all()
+    np.testing.assert_allclose(got_lpips, expected_lpips, rtol=1e-4)
+    assert metrics["lpips"] == pytest.approx(expected_lpips.mean(), rel=1e-4)
 
-    inception = FIDInceptionV3.from_state_dict(
-        torch.load(dataset["weights"] / "pt_inception-2015-12-05-6726825d.pth", weights_only=True)
-    )
-    pred_features = inception_features(inception, preds)
-    gt_features = inception_features(inception, gts)
-    # FID got the Inception features of the outputs and of the ground truth, in that order.
-    # (float32 convolutions differ in the last bits between batch sizes 3 and 4.)
+    # FID / KID: clean-fid resizing and the Inception of the weight file, written out here.
+    def features(images):
+        batch = np.stack([reference_clean_resize(x) for x in images])
+        return reference_inception_features(
+            dataset["inception"], torch.from_numpy(batch).permute(0, 3, 1, 2)
+        ).numpy()
+
+    pred_features, gt_features = features(preds), features(gts)
     scale = np.abs(gt_features).max()
-    np.testing.assert_allclose(full_result["_fid_inputs"]["pred"], pred_features, atol=1e-5 * scale)
-    np.testing.assert_allclose(full_result["_fid_inputs"]["gt"], gt_features, atol=1e-5 * scale)
     assert np.abs(pred_features - gt_features).max() > 0.1 * scale
-    assert metrics["fid"] == low_rank_fid(*full_result["_fid_inputs"].values())
-    kid = kid_from_features(pred_features, gt_features, num_subsets=5, seed=0)
-    assert metrics["kid"] == pytest.approx(kid.mean, rel=1e-3, abs=1e-9)
+    # FID was given the features of the outputs and of the ground truth, in that order.
+    seen = full_result["_fid_inputs"]
+    np.testing.assert_allclose(seen["pred"], pred_features, atol=1e-4 * scale)
+    np.testing.assert_allclose(seen["gt"], gt_features, atol=1e-4 * scale)
+    assert metrics["fid"] == pytest.approx(low_rank_fid(pred_features, gt_features), rel=1e-4)
+    # With 4 images every KID subset of size 4 is the whole set (in some order), so KID is the
+    # unbiased MMD^2 of the two sets and does not vary across subsets.
+    expected_kid = direct_mmd2(pred_features, gt_features, unbiased=True)
+    assert metrics["kid"] == pytest.approx(expected_kid, rel=1e-3, abs=1e-9)
+    assert metrics["kid_std"] == pytest.approx(0, abs=1e-6 * abs(expected_kid) + 1e-12)
 
-    scorer = CLIPImageScorer.from_pretrained(dataset["weights"] / "clip")
+    # CLIP-I: each output against the garment of the same name.
     garments = [
         np.asarray(Image.open(dataset["garment"] / f"{s}.jpg").convert("RGB")) for s in STEMS
     ]
-    expected_clip = scorer.similarity(preds, garments)
-    np.testing.assert_allclose([per_image[s]["clip_i"] for s in STEMS], expected_clip, atol=1e-6)
+    expected_clip = clip_similarity_by_hand(dataset["weights"] / "clip", preds, garments)
+    np.testing.assert_allclose([per_image[s]["clip_i"] for s in STEMS], expected_clip, atol=1e-5)
+    assert metrics["clip_i"] == pytest.approx(expected_clip.mean(), abs=1e-5)
 
 
 def test_protocol_is_recorded(dataset, full_result):
