@@ -17,11 +17,11 @@ from idm_vton.commands.evaluate import add_evaluate_arguments, run_evaluate
 from idm_vton.errors import EvaluationError
 from idm_vton.evaluation.evaluate import evaluate_folders, format_table
 from idm_vton.evaluation.metrics.clip_score import CLIPImageScorer, _image_processor_class
-from idm_vton.evaluation.metrics.fid import FIDInceptionV3
 from idm_vton.evaluation.metrics.lpips import LPIPS_CHANNELS, AlexNetFeatures
 
 from .helpers.metrics import (
     direct_mmd2,
+    pt_inception_shapes,
     reference_clean_resize,
     reference_inception_features,
     reference_lpips,
@@ -44,15 +44,19 @@ def random_alexnet_files(folder, seed=0):
 
 
 def random_inception_file(folder, seed=0):
+    """A pt_inception file (the key layout of tests/helpers/metrics.py, not the library's)."""
     # He-initialised convolutions and identity BatchNorm keep the random features dependent on
     # the input (PyTorch's default init makes them collapse to a near-constant vector).
-    torch.manual_seed(seed)
-    state = FIDInceptionV3().state_dict()
-    for key, value in state.items():
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in pt_inception_shapes().items():
         if key.endswith("conv.weight"):
-            value.normal_(0, (2.0 / value[0].numel()) ** 0.5)
-    state["fc.weight"] = torch.zeros(1008, 2048)
-    state["fc.bias"] = torch.zeros(1008)
+            std = (2.0 / np.prod(shape[1:])) ** 0.5
+            state[key] = torch.randn(shape, generator=generator) * std
+        elif key.endswith(("bn.weight", "running_var")):
+            state[key] = torch.ones(shape)
+        else:  # BatchNorm bias and mean, and the unused 1008-way classifier
+            state[key] = torch.zeros(shape)
     torch.save(state, folder / "pt_inception-2015-12-05-6726825d.pth")
     return state
 
