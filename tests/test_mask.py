@@ -350,13 +350,48 @@ def test_invalid_label_maps_are_rejected(parse):
         agnostic_mask(parse, np.zeros((18, 2)), "upper_body")
 
 
-def test_label_tables_match_the_reference():
-    # Guard the constants the algorithm is defined by (official utils_mask.py).
-    assert mask_module.ARM_WIDTH_AT_REFERENCE == {"hd": 60, "dc": 45}
-    assert mask_module.GARMENT_LABELS[GarmentCategory.UPPER_BODY] == (4, 7)
-    assert set(mask_module.GARMENT_LABELS[GarmentCategory.LOWER_BODY]) == {5, 6, 12, 13}
-    assert set(mask_module.GARMENT_LABELS[GarmentCategory.DRESSES]) == {4, 5, 6, 7}
-    assert set(mask_module.ALWAYS_KEPT_LABELS) == {1, 3, 9, 10, 16}
+# What each ATR label (+ 18 neck) does in each category, from SPEC section 6 and the official
+# get_mask_location: "garment" labels are re-generated on their own, "kept" labels are protected
+# even where the dilated garment reaches them; every other label is re-generated only there.
+# Without arm keypoints the parsed arms (14, 15) stand in for the sleeves, so they count as garment
+# where the arms are drawn (upper body, dresses); the neck (18) joins those two categories too.
+LABEL_ROLES = {
+    "upper_body": {"garment": {4, 7, 14, 15, 18}, "kept": {1, 3, 5, 6, 9, 10, 11, 16}},
+    "lower_body": {"garment": {5, 6, 12, 13}, "kept": {1, 3, 4, 9, 10, 11, 14, 15, 16}},
+    "dresses": {"garment": {4, 5, 6, 7, 14, 15, 18}, "kept": {1, 3, 9, 10, 11, 16}},
+}
+
+
+def _region_masked(result: np.ndarray, rows: slice, cols: slice) -> bool:
+    """Whether the region is masked, checking that it is masked all over or not at all."""
+    inside = result[rows, cols]
+    assert inside.all() or not inside.any(), "region partly masked"
+    return bool(inside.all())
+
+
+@pytest.mark.parametrize("category", list(LABEL_ROLES))
+def test_each_label_is_regenerated_kept_or_reached_as_the_spec_says(category):
+    no_pose = np.zeros((18, 2))
+    garment, kept = set(), set()
+    for label in range(1, 19):  # ATR 1-17 and the neck
+        # The label alone: re-generated only if it is part of the garment region.
+        alone = np.zeros((128, 96), np.uint8)
+        alone[24:104, 24:72] = label
+        result = agnostic_mask(alone, no_pose, category)
+        if _region_masked(result, slice(30, 98), slice(30, 66)):
+            garment.add(label)
+        else:
+            assert not result.any(), label
+        # The label beside a garment (and out to the image edge, so it encloses no hole): kept,
+        # or re-generated as far as the garment's 10 px dilation reaches.
+        beside = np.zeros((128, 96), np.uint8)
+        beside[24:104, 16:48] = 6 if category == "lower_body" else 4
+        beside[:, 48:] = label
+        result = agnostic_mask(beside, no_pose, category)
+        if not _region_masked(result, slice(30, 98), slice(49, 55)):
+            kept.add(label)
+    assert garment == LABEL_ROLES[category]["garment"]
+    assert kept == LABEL_ROLES[category]["kept"]
 
 
 def test_polygon_fill_follows_opencv4():
