@@ -27,10 +27,8 @@ from idm_vton.data.augment import (
 from idm_vton.data.captions import (
     GarmentCategory,
     describe_vitonhd,
-    garment_prompt,
     load_dresscode_captions,
     load_vitonhd_tags,
-    tryon_prompt,
 )
 from idm_vton.data.datasets import (
     DressCodeDataset,
@@ -39,7 +37,8 @@ from idm_vton.data.datasets import (
     collate,
     load_rgb,
 )
-from idm_vton.errors import DatasetError
+from idm_vton.enums import parse_dataset_category
+from idm_vton.errors import DatasetError, IdmVtonError, UsageError
 
 from .helpers.datasets import DC_IDS, FILE_H, FILE_W, make_dresscode, make_vitonhd
 
@@ -104,11 +103,6 @@ def test_describe_vitonhd_takes_first_non_null_tag_in_fixed_order():
     assert describe_vitonhd({"tag_info": [{"tag_name": "item", "tag_category": None}]}) == ""
 
 
-def test_prompts():
-    assert tryon_prompt("Sleeveless Blouse ") == "model is wearing Sleeveless Blouse "
-    assert garment_prompt("Sleeveless Blouse ") == "a photo of Sleeveless Blouse "
-
-
 def test_dresscode_captions_keyed_with_and_without_extension(tmp_path):
     path = tmp_path / "dc_caption.txt"
     path.write_text("013563_1.jpg  short sleeve   t-shirt\n\n013564_1 jeans\nlonely_name\n")
@@ -119,11 +113,24 @@ def test_dresscode_captions_keyed_with_and_without_extension(tmp_path):
     assert "lonely_name" not in captions
 
 
-def test_garment_category_enum():
-    assert GarmentCategory("lower_body") is GarmentCategory.LOWER_BODY
-    assert str(GarmentCategory.DRESSES) == "dresses"
-    with pytest.raises(ValueError, match="upper_body"):
-        GarmentCategory.parse("shoes")
+def test_category_parsing_explains_a_bad_value_in_one_line():
+    assert GarmentCategory.parse("lower_body") is GarmentCategory.LOWER_BODY
+    assert GarmentCategory.parse(GarmentCategory.DRESSES) is GarmentCategory.DRESSES
+    for bad in ("shoes", "Upper_Body", "upper body", 3):  # values are exact, not normalised
+        with pytest.raises(UsageError) as info:
+            GarmentCategory.parse(bad)
+        assert str(info.value) == (
+            f"unknown garment category {bad!r}; expected one of: upper_body, lower_body, dresses"
+        )
+        assert isinstance(info.value, IdmVtonError)
+    # The caller names the setting and the error class; DressCode also takes "all" (= every
+    # category, None) and names its own setting.
+    with pytest.raises(DatasetError, match=r"^unknown category of row 3 'hat'; expected one of: "):
+        GarmentCategory.parse("hat", "category of row 3", DatasetError)
+    assert parse_dataset_category("all") is None and parse_dataset_category(None) is None
+    assert parse_dataset_category("dresses") is GarmentCategory.DRESSES
+    with pytest.raises(UsageError, match=r"^unknown DressCode category 'All'; expected one of: "):
+        parse_dataset_category("All")
 
 
 # ------------------------------------------------------------------------------------------
