@@ -383,22 +383,47 @@ def test_architecture_is_read_from_weight_shapes(predictor):
 
 def test_checkpoint_keys_and_shapes_are_checked():
     state = {k: torch.from_numpy(v) for k, v in tiny_densepose_state().items()}
-    ignored = DensePoseRCNN.from_state_dict({**state, "roi_heads.mask_head.w": torch.zeros(1)})
-    assert ignored is not None
-    with pytest.raises(PreprocessModelError, match="does not use"):
+    model = DensePoseRCNN.from_state_dict(state)
+    assert model.load_checked_state_dict(state) == []
+    # Entries the network has no use for outside the modules it runs are ignored and named:
+    # another task's head, BatchNorm counters, the pixel statistics and the anchor buffers.
+    extras = {
+        "roi_heads.mask_head.mask_fcn1.weight": torch.zeros(1),
+        "backbone.bottom_up.stem.conv1.norm.num_batches_tracked": torch.tensor(0),
+        "pixel_mean": torch.zeros(3, 1, 1),
+        "proposal_generator.anchor_generator.cell_anchors.0": torch.zeros(3, 4),
+    }
+    ignored = model.load_checked_state_dict({**state, **extras})
+    assert ignored == sorted(extras)
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[key], state[key]) for key in state if key in loaded)
+
+    # A key inside a module the network runs is a different architecture: refused, named.
+    with pytest.raises(PreprocessModelError) as info:
         DensePoseRCNN.from_state_dict({**state, "roi_heads.box_head.conv1.weight": torch.zeros(1)})
+    assert "1 weights this network does not use" in str(info.value)
+    assert "['roi_heads.box_head.conv1.weight']" in str(info.value)
     bad = dict(state)
     bad["backbone.fpn_output3.weight"] = torch.zeros(16, 16, 1, 1)
-    with pytest.raises(PreprocessModelError, match="unexpected shape"):
+    with pytest.raises(PreprocessModelError) as info:
         DensePoseRCNN.from_state_dict(bad)
+    assert "backbone.fpn_output3.weight: checkpoint (16, 16, 1, 1) vs model (16, 16, 3, 3)" in str(
+        info.value
+    )
+    missing = dict(state)
+    del missing["roi_heads.densepose_predictor.u_lowres.bias"]
+    del missing["backbone.fpn_lateral4.bias"]
+    with pytest.raises(PreprocessModelError) as info:
+        DensePoseRCNN.from_state_dict(missing)
+    assert "lacks 2 weights" in str(info.value)
+    assert "['backbone.fpn_lateral4.bias', 'roi_heads.densepose_predictor.u_lowres.bias']" in str(
+        info.value
+    )
+    assert "\n" not in str(info.value)  # one line
     # Frozen BN saved without statistics (early detectron2) gets mean 0, variance 1.
     no_stats = {k: v for k, v in state.items() if not k.endswith("stem.conv1.norm.running_var")}
     stem_norm = DensePoseRCNN.from_state_dict(no_stats).backbone.bottom_up.stem.conv1.norm
     assert torch.equal(stem_norm.running_var, torch.ones(8))
-    missing = dict(state)
-    del missing["roi_heads.densepose_predictor.u_lowres.bias"]
-    with pytest.raises(PreprocessModelError, match="lacks"):
-        DensePoseRCNN.from_state_dict(missing)
 
 
 def test_shortest_edge_resize_and_preprocess(predictor):
