@@ -40,6 +40,7 @@ import time
 
 import torch
 
+from idm_vton.pipelines.garment_schedule import TryonConditioning
 from idm_vton.pipelines.tryon import TryOnPipeline
 from idm_vton.testing.reference import reference_formulation
 from idm_vton.testing.sdxl_shapes import sdxl_pipeline
@@ -100,19 +101,19 @@ def step_inputs(pipe: TryOnPipeline, inputs: dict, batch: int, device) -> dict:
 
     uncond, cond = pipe.encode_image_prompt(inputs["garment_clip_pixels"].to(dtype=dtype))
     pipe.scheduler.set_timesteps(30, device=device)
-    return dict(
-        model_input=torch.randn(rows, 13, h, w, generator=g).to(device, dtype),
-        t=pipe.scheduler.timesteps[0],
+    size = [inputs["height"], inputs["width"], 0, 0, inputs["height"], inputs["width"]]
+    conditioning = TryonConditioning(
         text=torch.cat([rep(inputs["negative_prompt_embeds"]), rep(inputs["prompt_embeds"])]),
         pooled=torch.cat(
             [rep(inputs["negative_pooled_prompt_embeds"]), rep(inputs["pooled_prompt_embeds"])]
         ),
-        time_ids=torch.tensor(
-            [inputs["height"], inputs["width"], 0, 0, inputs["height"], inputs["width"]],
-            device=device,
-            dtype=dtype,
-        ).expand(rows, -1),
+        time_ids=torch.tensor(size, device=device, dtype=dtype).expand(rows, -1),
         image_tokens=torch.cat([rep(uncond), rep(cond)]),
+    )
+    return dict(
+        model_input=torch.randn(rows, 13, h, w, generator=g).to(device, dtype),
+        t=pipe.scheduler.timesteps[0],
+        conditioning=conditioning,
         garment_latents=torch.randn(1, 4, h, w, generator=g).to(device, dtype),
         garment_text=inputs["garment_prompt_embeds"].to(device, dtype),
         garment_index=torch.zeros(batch, dtype=torch.long, device=device),
@@ -127,19 +128,14 @@ def _sync(device) -> None:
 
 
 def run_step(pipe: TryOnPipeline, s: dict) -> torch.Tensor:
-    """One denoising step through the pipeline's own step methods (overridden by the reference)."""
-    features = pipe._garment_step_features(
-        s["garment_latents"], s["t"], s["garment_text"], s["garment_index"]
+    """One denoising step through the pipeline's garment schedule (``pipe.garment_schedule``:
+    the default one, or the official one inside ``reference_formulation``)."""
+    schedule = pipe.garment_schedule
+    features = schedule.step_features(
+        pipe, s["garment_latents"], s["t"], s["garment_text"], s["garment_index"]
     )
-    noise = pipe._predict_noise(
-        s["model_input"],
-        s["t"],
-        s["text"],
-        s["pooled"],
-        s["time_ids"],
-        s["image_tokens"],
-        features,
-        null_rows=s["null_rows"],
+    noise = schedule.predict_noise(
+        pipe, s["model_input"], s["t"], s["conditioning"], features, s["null_rows"]
     ).float()
     uncond, cond = noise.chunk(2)
     return uncond + 2.0 * (cond - uncond)

@@ -18,10 +18,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import idm_vton.pipelines.tryon as pipeline_module
+import idm_vton.pipelines.garment_schedule as pipeline_module
 from idm_vton.commands._flags import add_memory_arguments, apply_memory_options
 from idm_vton.models.tryon_net import garment_features, tryon_forward
 from idm_vton.pipelines.garment_cache import GarmentCache
+from idm_vton.pipelines.garment_schedule import TryonConditioning
 from idm_vton.pipelines.tryon import TryOnPipeline
 from idm_vton.testing.reference import OfficialIPAttnProcessor, reference_formulation
 from idm_vton.testing.tiny import tiny_pipeline
@@ -185,11 +186,12 @@ def test_reference_formulation_golden_tryon_cfg(golden, golden_pipe):
         t["tryon_cfg.in.image_embeds"],
     ]
     ref_out = t["tryon_cfg.out.noise_pred"]
+    conditioning = TryonConditioning(*args[2:])
+    cond_features = {k: v[half:] for k, v in garment.items()}
     with reference_formulation(golden_pipe):
         # the official call: materialised zeros, all queries, IP map
-        out = golden_pipe._predict_noise(
-            *args[:5], args[5], {k: v[half:] for k, v in garment.items()}, null_rows=half
-        )
+        schedule = golden_pipe.garment_schedule
+        out = schedule.predict_noise(golden_pipe, *args[:2], conditioning, cond_features, half)
         assert_close(out, ref_out, MODULE_RTOL, "reference formulation")
         maps = [
             p.attn_map
@@ -197,7 +199,8 @@ def test_reference_formulation_golden_tryon_cfg(golden, golden_pipe):
             if isinstance(p, OfficialIPAttnProcessor)
         ]
         assert maps and maps[0].shape[-1] == 16
-    out = golden_pipe._predict_noise(*args, {k: v[half:] for k, v in garment.items()}, half)
+    schedule = golden_pipe.garment_schedule
+    out = schedule.predict_noise(golden_pipe, *args[:2], conditioning, cond_features, half)
     assert_close(out, ref_out, MODULE_RTOL, "ours")
 
 

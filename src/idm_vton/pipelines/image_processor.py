@@ -4,6 +4,11 @@ IDM-VTON works on an H x W (default 1024 x 768) view of the person. The official
 any photo to that size and returns the stretched render; here the person photo keeps its size
 and aspect: the pipeline renders an H:W region around the mask and pastes the generated pixels
 back inside the mask only, so every pixel outside it is returned unchanged.
+
+:class:`TryOnImageProcessor` is the pipeline's boundary, as diffusers' ``VaeImageProcessor`` is
+for its pipelines: :meth:`~TryOnImageProcessor.preprocess` turns the user's images (or tensors)
+into work-size tensors plus the regions to paste into, :meth:`~TryOnImageProcessor.postprocess`
+turns decoded renders into PIL images, arrays or tensors, pasted back into the photos.
 """
 
 from __future__ import annotations
@@ -12,21 +17,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import ImageInputError
+from ..errors import ImageInputError, UsageError
 from ..files import atomic_path
 
 __all__ = [
+    "OUTPUT_TYPES",
     "ImageInputError",
+    "PreparedInputs",
+    "Region",
+    "TryOnImageProcessor",
     "binary_mask",
     "crop_region",
-    "Region",
     "load_image",
     "mask_region",
     "paste_back",
     "save_image_atomic",
 ]
+
+#: What ``TryOnPipeline(output_type=...)`` returns: PIL images, float arrays in [0, 1], float
+#: tensors in [0, 1], or the final latents (no decode).
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 # Pillow's decompression-bomb guard, made an error: 89 Mpx is far above any photo we need.
 MAX_PIXELS = 89_478_485
@@ -219,3 +232,188 @@ def save_image_atomic(image: Image.Image, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         image.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     return path
+
+
+@dataclass
+class PreparedInputs:
+    """The pipeline's inputs at the work size H x W, and what paste-back needs.
+
+    ``person``, ``pose``: (B, 3, H, W) in [0, 1]; ``mask``: (B, 1, H, W) in {0, 1};
+    ``garment``: (G, 3, H, W) in [0, 1] with G = 1 (shared) or B. For image inputs,
+    ``garment_images`` are the decoded garment photos (for the CLIP image prompt) and
+    ``photos``, ``photo_masks``, ``regions`` the full photos, their masks and the rendered
+    regions; for tensor inputs all four are None.
+    """
+
+    person: torch.Tensor
+    mask: torch.Tensor
+    pose: torch.Tensor
+    garment: torch.Tensor
+    garment_images: list[Image.Image] | None = None
+    photos: list[Image.Image] | None = None
+    photo_masks: list[np.ndarray] | None = None
+    regions: list[Region] | None = None
+
+    @property
+    def people(self) -> int:
+        return self.person.shape[0]
+
+    @property
+    def garments(self) -> int:
+        return self.garment.shape[0]
+
+
+def _as_list(value) -> list:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, torch.Tensor) and value.ndim == 4:
+        return list(value.split(1))
+    return [value]
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def _to_pil(images: torch.Tensor) -> list[Image.Image]:
+    arrays = images.permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arrays]
+
+
+def _stack_if_same_shape(items: list, stack):
+    return stack(items) if len({tuple(item.shape) for item in items}) == 1 else items
+
+
+class TryOnImageProcessor:
+    """Pre- and postprocessing of :class:`~idm_vton.pipelines.tryon.TryOnPipeline` images.
+
+    Images (paths, PIL, uint8 or float arrays) get the work region of :func:`mask_region`:
+    person and pose are cropped to it and resized to H x W (bicubic, like PIL's default in the
+    official demo), the mask likewise (nearest); the garment is resized whole. Tensors must
+    already be at H x W in [0, 1] and are used as they are (no region, no paste-back).
+    """
+
+    def preprocess(
+        self,
+        person: object,
+        garment: object,
+        mask: object,
+        pose: object,
+        height: int,
+        width: int,
+        crop_margin: float = 0.1,
+    ) -> PreparedInputs:
+        """The inputs as work-size tensors; ``ValueError`` / ``ImageInputError`` say what is wrong."""
+        people = _as_list(person)
+        masks, poses, garments = _as_list(mask), _as_list(pose), _as_list(garment)
+        n = len(people)
+        if len(masks) != n or len(poses) != n:
+            raise ImageInputError(
+                f"got {n} person images but {len(masks)} masks and {len(poses)} pose images"
+            )
+        if len(garments) not in (1, n):
+            raise ImageInputError(
+                f"got {n} person images and {len(garments)} garments (give 1 or {n})"
+            )
+        if all(isinstance(p, torch.Tensor) for p in people):
+            return self._tensors(people, masks, poses, garments, height, width)
+        photos, photo_masks, regions = [], [], []
+        person_t, mask_t, pose_t = [], [], []
+        size = (width, height)
+        for i, (p, m, q) in enumerate(zip(people, masks, poses, strict=True)):
+            tag = f" {i}" if n > 1 else ""
+            photo = load_image(p, f"person image{tag}")
+            m_bool = binary_mask(load_image(m, f"mask{tag}", mode="L"), photo.size, f"mask{tag}")
+            pose_img = load_image(q, f"pose image{tag}")
+            if pose_img.size != photo.size:
+                pose_img = pose_img.resize(photo.size, Image.Resampling.BICUBIC)
+            region = mask_region(m_bool, height, width, crop_margin)
+            person_t.append(_to_tensor(_crop_resize(photo, region, size)))
+            pose_t.append(_to_tensor(_crop_resize(pose_img, region, size)))
+            crop_m = crop_region(Image.fromarray(m_bool.astype(np.uint8) * 255), region)
+            crop_m = crop_m.resize(size, Image.Resampling.NEAREST)
+            mask_t.append(torch.from_numpy(np.asarray(crop_m) >= 128))
+            photos.append(photo)
+            photo_masks.append(m_bool)
+            regions.append(region)
+        garment_images = [load_image(g, "garment image") for g in garments]
+        return PreparedInputs(
+            person=torch.stack(person_t),
+            mask=torch.stack(mask_t)[:, None].float(),
+            pose=torch.stack(pose_t),
+            garment=torch.stack(
+                [_to_tensor(g.resize(size, Image.Resampling.BICUBIC)) for g in garment_images]
+            ),
+            garment_images=garment_images,
+            photos=photos,
+            photo_masks=photo_masks,
+            regions=regions,
+        )
+
+    @staticmethod
+    def _tensors(people, masks, poses, garments, height, width) -> PreparedInputs:
+        def stack(items, what, channels):
+            if not all(isinstance(t, torch.Tensor) for t in items):
+                raise ImageInputError(
+                    f"{what}: mix of tensors and images; give all inputs the same way"
+                )
+            t = torch.cat([x if x.ndim == 4 else x[None] for x in items]).float()
+            if t.shape[1] != channels or t.shape[-2:] != (height, width):
+                raise ImageInputError(
+                    f"{what}: expected (B, {channels}, {height}, {width}), got {tuple(t.shape)}"
+                )
+            return t
+
+        mask = (stack(masks, "mask", 1) >= 0.5).float()
+        if not mask.flatten(1).any(dim=1).all():
+            raise ImageInputError("mask is empty: mark the garment area to re-generate")
+        return PreparedInputs(
+            person=stack(people, "person image", 3),
+            mask=mask,
+            pose=stack(poses, "pose image", 3),
+            garment=stack(garments, "garment image", 3),
+        )
+
+    def postprocess(
+        self,
+        decoded: torch.Tensor,
+        prepared: PreparedInputs,
+        output_type: str = "pil",
+        paste: bool = True,
+        num_images_per_prompt: int = 1,
+    ) -> list[Image.Image] | np.ndarray | torch.Tensor | list:
+        """Decoded renders (B, 3, H, W) in [-1, 1] -> ``output_type`` (not ``"latent"``).
+
+        With ``paste`` and image inputs each render goes back into its photo (row ``i``
+        belongs to person ``i // num_images_per_prompt``), rounded to 8 bits as the photo is;
+        arrays and tensors of photos of different sizes come as lists.
+        """
+        if output_type not in OUTPUT_TYPES[:3]:
+            raise UsageError(f"unknown output_type '{output_type}' (pil, np or pt)")
+        images = (decoded / 2 + 0.5).clamp(0, 1)
+        if not paste or prepared.photos is None:
+            if output_type == "pt":
+                return images
+            if output_type == "np":
+                return images.permute(0, 2, 3, 1).cpu().numpy()
+            return _to_pil(images)
+        k = num_images_per_prompt
+        pasted = [
+            paste_back(
+                prepared.photos[i // k],
+                render,
+                prepared.regions[i // k],
+                prepared.photo_masks[i // k],
+            )
+            for i, render in enumerate(_to_pil(images))
+        ]
+        if output_type == "pil":
+            return pasted
+        if output_type == "np":
+            arrays = [np.asarray(p, dtype=np.float32) / 255.0 for p in pasted]
+            return _stack_if_same_shape(arrays, np.stack)
+        return _stack_if_same_shape([_to_tensor(p) for p in pasted], torch.stack)
+
+
+def _crop_resize(image: Image.Image, region: Region, size: tuple[int, int]) -> Image.Image:
+    return crop_region(image, region).resize(size, Image.Resampling.BICUBIC)

@@ -1,16 +1,25 @@
 """The IDM-VTON try-on pipeline (paper Sec. 3, inference as in the official ``tryon_pipeline``).
 
-Per call: encode the captions (SPEC section 3), the garment image prompt (CLIP penultimate hidden
-states -> Resampler), the masked person, the DensePose image and the garment with the VAE; then
-for every timestep run GarmentNet once on the clean garment latent and TryonNet on
-``[uncond ; cond]`` with the garment features, apply classifier-free guidance and the scheduler
-step; decode, and paste the generated region back into the original photo.
+``TryOnPipeline.__call__`` reads as the algorithm, one named stage per step:
+
+1. :meth:`~TryOnPipeline.check_inputs`, then the images to work-size tensors and paste-back
+   regions (:class:`~idm_vton.pipelines.image_processor.TryOnImageProcessor`);
+2. :meth:`~TryOnPipeline.encode_prompts` (the captions, SPEC section 3) and
+   :meth:`~TryOnPipeline.encode_image_prompt` (garment CLIP penultimate states -> Resampler);
+3. :meth:`~TryOnPipeline.get_timesteps` and :meth:`~TryOnPipeline.prepare_latents`;
+4. :meth:`~TryOnPipeline.prepare_condition_latents` (mask, masked person, DensePose) and
+   :meth:`~TryOnPipeline.prepare_garment` (the garment latent, handed to the pipeline's
+   :class:`~idm_vton.pipelines.garment_schedule.GarmentSchedule`);
+5. :meth:`~TryOnPipeline.denoise`: per step the garment features, TryonNet on ``[uncond ; cond]``,
+   classifier-free guidance and the scheduler step;
+6. decode, and paste the generated region back into the original photo.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,40 +39,31 @@ from transformers import (
 )
 
 from ..data.captions import garment_prompt, tryon_prompt
-from ..errors import ImageInputError, NonFiniteOutputError, UsageError
-from ..models.garment_attention import GarmentAttentionProcessor
-from ..models.tryon_net import (
-    ImageProjection,
-    garment_features,
-    install_garment_attention,
-    tryon_forward,
+from ..errors import NonFiniteOutputError, UsageError
+from ..models.garment_attention import GarmentAttentionProcessor, GarmentFeatureStore
+from ..models.tryon_net import ImageProjection, install_garment_attention
+from .garment_cache import GarmentCache
+from .garment_schedule import (
+    GarmentInputs,
+    GarmentSchedule,
+    GarmentSteps,
+    TryonConditioning,
+    TwoPhaseGarment,
 )
-from .garment_cache import GarmentCache, GarmentKey
-from .image_processor import (
-    Region,
-    binary_mask,
-    crop_region,
-    load_image,
-    mask_region,
-)
-from .image_processor import paste_back as paste_into_photo
+from .image_processor import OUTPUT_TYPES, PreparedInputs, TryOnImageProcessor
 
 __all__ = [
     "DEFAULT_NEGATIVE_PROMPT",
     "NonFiniteOutputError",
+    "PromptEmbeddings",
     "TryOnPipeline",
     "TryOnPipelineOutput",
+    "vae_compute_dtype",
 ]
 
 DEFAULT_NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality"
 
-
-@dataclass
-class TwoPhaseGarment:
-    """Settings of the two-phase mode (:meth:`TryOnPipeline.enable_two_phase_garment`)."""
-
-    features_on_host: bool = False
-    swap_unets: bool = True
+StepCallback = Callable[["TryOnPipeline", int, torch.Tensor, dict], "dict | None"]
 
 
 @dataclass
@@ -74,29 +74,69 @@ class TryOnPipelineOutput(BaseOutput):
 
 
 @dataclass
-class _Prepared:
-    person: torch.Tensor  # (B, 3, H, W) in [0, 1]
-    mask: torch.Tensor  # (B, 1, H, W) in {0, 1}
-    pose: torch.Tensor  # (B, 3, H, W) in [0, 1]
-    garment: torch.Tensor  # (G, 3, H, W) in [0, 1]
-    garment_images: list[Image.Image] | None
-    photos: list[Image.Image] | None
-    photo_masks: list[np.ndarray] | None
-    regions: list[Region] | None
+class PromptEmbeddings:
+    """Caption embeddings of one call, one row per garment (or one shared row).
+
+    ``prompt``/``pooled``: TryonNet's caption ("model is wearing V"); ``negative``/
+    ``negative_pooled``: the unconditional caption (None without guidance); ``garment``:
+    GarmentNet's caption ("a photo of V"), G rows; ``descriptions``: V per garment (None where
+    only embeddings were given).
+    """
+
+    prompt: torch.Tensor
+    pooled: torch.Tensor
+    negative: torch.Tensor | None
+    negative_pooled: torch.Tensor | None
+    garment: torch.Tensor
+    descriptions: list[str | None]
 
 
-def _as_list(value, n: int | None = None) -> list:
-    if value is None:
-        return [None] * (n or 1)
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    if isinstance(value, torch.Tensor) and value.ndim == 4:
-        return list(value.split(1))
-    return [value]
+@dataclass(frozen=True)
+class _Rows:
+    """The call's batch layout: ``people`` x ``per_person`` rows, ``garments`` garments."""
+
+    people: int
+    garments: int
+    per_person: int
+
+    @property
+    def batch(self) -> int:
+        return self.people * self.per_person
+
+    @property
+    def garment_index(self) -> torch.Tensor:
+        """The garment of each row."""
+        if self.garments > 1:
+            return torch.arange(self.people).repeat_interleave(self.per_person)
+        return torch.zeros(self.batch, dtype=torch.long)
+
+    def expand(self, t: torch.Tensor) -> torch.Tensor:
+        """A per-garment (or shared) tensor -> one row per row of the batch."""
+        if t.shape[0] == 1:
+            return t.expand(self.batch, *t.shape[1:])
+        return t[self.garment_index.to(t.device)]
 
 
-def _to_tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+def vae_compute_dtype(vae: AutoencoderKL) -> torch.dtype:
+    """fp32 for an fp16 VAE whose config asks to be upcast (SDXL's overflows in fp16), else
+    the VAE's own dtype."""
+    if vae.dtype == torch.float16 and vae.config.force_upcast:
+        return torch.float32
+    return vae.dtype
+
+
+@contextmanager
+def _vae_in_compute_dtype(vae: AutoencoderKL) -> Iterator[torch.dtype]:
+    """Run the block with ``vae`` in :func:`vae_compute_dtype` (moved back to fp16 after)."""
+    dtype = vae_compute_dtype(vae)
+    if dtype == vae.dtype:
+        yield dtype
+        return
+    vae.to(dtype)
+    try:
+        yield dtype
+    finally:
+        vae.to(torch.float16)
 
 
 class TryOnPipeline(DiffusionPipeline):
@@ -108,6 +148,12 @@ class TryOnPipeline(DiffusionPipeline):
     (optional when prompt embeddings are passed), ``feature_extractor`` (CLIP preprocessing) and
     ``scheduler``. Load with :meth:`from_pretrained` (published ``yisol/IDM-VTON`` layout or this
     project's own) or build the tiny test model with :func:`idm_vton.testing.tiny.tiny_pipeline`.
+
+    Not components: ``image_processor`` (a
+    :class:`~idm_vton.pipelines.image_processor.TryOnImageProcessor`), ``garment_schedule`` (a
+    :class:`~idm_vton.pipelines.garment_schedule.GarmentSchedule`: when GarmentNet runs and how
+    its features enter TryonNet; replace it to change that computation), ``two_phase`` and
+    ``garment_cache`` (the two-phase mode and the default garment cache, off by default).
     """
 
     model_cpu_offload_seq = (
@@ -156,10 +202,10 @@ class TryOnPipeline(DiffusionPipeline):
         if procs:
             self.garment_store = procs[0].store
         else:
-            from ..models.garment_attention import GarmentFeatureStore
-
             self.garment_store = GarmentFeatureStore()
             install_garment_attention(unet, garment_unet, self.garment_store)
+        self.image_processor = TryOnImageProcessor()
+        self.garment_schedule = GarmentSchedule()
         self.two_phase: TwoPhaseGarment | None = None
         self.garment_cache: GarmentCache | None = None
 
@@ -197,7 +243,7 @@ class TryOnPipeline(DiffusionPipeline):
         from ..loaders.pipeline import save_ip_adapter_config
 
         if not safe_serialization:
-            raise ValueError("idm-vton writes safetensors only")
+            raise UsageError("idm-vton writes safetensors only")
         super().save_pretrained(save_directory, safe_serialization=True, **kwargs)
         save_ip_adapter_config(self.unet, f"{save_directory}/unet")
 
@@ -286,7 +332,7 @@ class TryOnPipeline(DiffusionPipeline):
     def encode_prompt(self, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
         """SDXL text encoding: penultimate hidden states of both encoders, pooled from the second."""
         if self.text_encoder is None or self.text_encoder_2 is None:
-            raise ValueError(
+            raise UsageError(
                 "this pipeline has no text encoders: pass prompt_embeds, pooled_prompt_embeds, "
                 "negative_prompt_embeds, negative_pooled_prompt_embeds and garment_prompt_embeds"
             )
@@ -319,27 +365,15 @@ class TryOnPipeline(DiffusionPipeline):
         tokens = self.image_projection(hidden.to(self.image_projection.dtype))
         return tokens[:1], tokens[1:]
 
-    def _vae_compute_dtype(self) -> torch.dtype:
-        vae = self.vae
-        return (
-            torch.float32 if vae.dtype == torch.float16 and vae.config.force_upcast else vae.dtype
-        )
-
+    # ------------------------------------------------------------------ VAE
     def _vae_encode(
         self, images: torch.Tensor, generator, eps: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Scaled latent sample ``sf * (mean + std * eps)``, ``eps`` drawn from ``generator``
-        (or given: the garment-cache path draws it before deciding whether to encode)."""
+        (or given: the garment's is drawn before deciding whether to encode it)."""
         vae = self.vae
-        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
-        dtype = torch.float32 if upcast else vae.dtype
-        if upcast:
-            vae.to(torch.float32)
-        try:
+        with _vae_in_compute_dtype(vae) as dtype:
             dist = vae.encode(images.to(device=vae.device, dtype=dtype)).latent_dist
-        finally:
-            if upcast:
-                vae.to(torch.float16)
         if eps is None:
             eps = randn_tensor(
                 dist.mean.shape, generator=generator, device=dist.mean.device, dtype=dist.mean.dtype
@@ -349,28 +383,49 @@ class TryOnPipeline(DiffusionPipeline):
 
     def _vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         vae = self.vae
-        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
-        if upcast:
-            vae.to(torch.float32)
-        try:
-            dtype = torch.float32 if upcast else vae.dtype
+        with _vae_in_compute_dtype(vae) as dtype:
             return vae.decode(latents.to(dtype) / vae.config.scaling_factor, return_dict=False)[0]
-        finally:
-            if upcast:
-                vae.to(torch.float16)
+
+    def encode_garment_latents(self, pixels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Garment latents for GarmentNet: the VAE posterior sample of ``pixels`` (in [-1, 1])
+        with the given ``noise`` (from :meth:`prepare_garment_noise`), in GarmentNet's dtype."""
+        return self._vae_encode(pixels, None, eps=noise).to(self.garment_unet.dtype)
+
+    def prepare_garment_noise(self, garments: int, height: int, width: int, generator):
+        """The garment latents' VAE posterior noise, (G, C, H/8, W/8), drawn from ``generator``."""
+        shape = (
+            garments,
+            self.vae.config.latent_channels,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
+        return randn_tensor(
+            shape,
+            generator=generator,
+            device=self._execution_device,
+            dtype=vae_compute_dtype(self.vae),
+        )
 
     # ------------------------------------------------------------------ inputs
     def check_inputs(
         self,
-        num_inference_steps,
-        guidance_scale,
-        strength,
-        height,
-        width,
-        num_images_per_prompt,
-        output_type,
-    ):
-        if output_type not in ("pil", "np", "pt", "latent"):
+        num_inference_steps: int,
+        guidance_scale: float,
+        strength: float,
+        height: int,
+        width: int,
+        num_images_per_prompt: int,
+        output_type: str,
+        garment_description: str | Sequence[str | None] | None = None,
+        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+        prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        garment_prompt_embeds: torch.Tensor | None = None,
+    ) -> None:
+        """Refuse settings that cannot work, saying what was expected and what came in."""
+        if output_type not in OUTPUT_TYPES:
             raise UsageError(f"unknown output_type '{output_type}' (pil, np, pt or latent)")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise UsageError(
@@ -387,88 +442,39 @@ class TryOnPipeline(DiffusionPipeline):
                 )
         if num_images_per_prompt < 1:
             raise UsageError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
-
-    def prepare_inputs(self, person, garment, mask, pose, height, width, crop_margin) -> _Prepared:
-        """Images -> tensors at H x W; PIL/array/path inputs get the work region, tensors are used as is."""
-        people = _as_list(person)
-        masks, poses, garments = _as_list(mask), _as_list(pose), _as_list(garment)
-        n = len(people)
-        if len(masks) != n or len(poses) != n:
-            raise ValueError(
-                f"got {n} person images but {len(masks)} masks and {len(poses)} pose images"
+        if not isinstance(negative_prompt, str):
+            raise UsageError(
+                f"negative_prompt must be a string, got {type(negative_prompt).__name__}"
             )
-        if len(garments) not in (1, n):
-            raise ValueError(f"got {n} person images and {len(garments)} garments (give 1 or {n})")
-        if all(isinstance(p, torch.Tensor) for p in people):
-            return self._prepare_tensors(people, masks, poses, garments, height, width)
-        photos, photo_masks, regions = [], [], []
-        person_t, mask_t, pose_t = [], [], []
-        for i, (p, m, q) in enumerate(zip(people, masks, poses, strict=True)):
-            tag = f" {i}" if n > 1 else ""
-            photo = load_image(p, f"person image{tag}")
-            m_bool = binary_mask(load_image(m, f"mask{tag}", mode="L"), photo.size, f"mask{tag}")
-            pose_img = load_image(q, f"pose image{tag}")
-            if pose_img.size != photo.size:
-                pose_img = pose_img.resize(photo.size, Image.Resampling.BICUBIC)
-            region = mask_region(m_bool, height, width, crop_margin)
-            size = (width, height)
-            # Bicubic, like PIL's default resize in the official demo.
-            person_t.append(
-                _to_tensor(crop_region(photo, region).resize(size, Image.Resampling.BICUBIC))
-            )
-            pose_t.append(
-                _to_tensor(crop_region(pose_img, region).resize(size, Image.Resampling.BICUBIC))
-            )
-            crop_m = crop_region(Image.fromarray(m_bool.astype(np.uint8) * 255), region)
-            mask_t.append(
-                torch.from_numpy(np.asarray(crop_m.resize(size, Image.Resampling.NEAREST)) >= 128)
-            )
-            photos.append(photo)
-            photo_masks.append(m_bool)
-            regions.append(region)
-        garment_images = [load_image(g, "garment image") for g in garments]
-        garment_t = [
-            _to_tensor(g.resize((width, height), Image.Resampling.BICUBIC)) for g in garment_images
-        ]
-        return _Prepared(
-            person=torch.stack(person_t),
-            mask=torch.stack(mask_t)[:, None].float(),
-            pose=torch.stack(pose_t),
-            garment=torch.stack(garment_t),
-            garment_images=garment_images,
-            photos=photos,
-            photo_masks=photo_masks,
-            regions=regions,
+        do_cfg = guidance_scale > 1.0
+        descriptions = _descriptions(garment_description)
+        needs_text = (
+            prompt_embeds is None
+            or garment_prompt_embeds is None
+            or (do_cfg and negative_prompt_embeds is None)
         )
+        if needs_text and any(d is None for d in descriptions):
+            raise UsageError(
+                "garment_description is required (or pass precomputed prompt embeddings)"
+            )
+        if (prompt_embeds is not None and pooled_prompt_embeds is None) or (
+            do_cfg and negative_prompt_embeds is not None and negative_pooled_prompt_embeds is None
+        ):
+            raise UsageError(
+                "pooled prompt embeddings must be given together with prompt embeddings"
+            )
 
-    @staticmethod
-    def _prepare_tensors(people, masks, poses, garments, height, width) -> _Prepared:
-        def stack(items, what, channels):
-            if not all(isinstance(t, torch.Tensor) for t in items):
-                raise ValueError(f"{what}: mix of tensors and images; give all inputs the same way")
-            t = torch.cat([x if x.ndim == 4 else x[None] for x in items]).float()
-            if t.shape[1] != channels or t.shape[-2:] != (height, width):
-                raise ValueError(
-                    f"{what}: expected (B, {channels}, {height}, {width}), got {tuple(t.shape)}"
-                )
-            return t
-
-        mask = stack(masks, "mask", 1)
-        mask = (mask >= 0.5).float()
-        if not mask.flatten(1).any(dim=1).all():
-            raise ImageInputError("mask is empty: mark the garment area to re-generate")
-        return _Prepared(
-            person=stack(people, "person image", 3),
-            mask=mask,
-            pose=stack(poses, "pose image", 3),
-            garment=stack(garments, "garment image", 3),
-            garment_images=None,
-            photos=None,
-            photo_masks=None,
-            regions=None,
+    def prepare_inputs(
+        self, person, garment, mask, pose, height: int, width: int, crop_margin: float = 0.1
+    ) -> PreparedInputs:
+        """Images -> tensors at H x W (:meth:`TryOnImageProcessor.preprocess
+        <idm_vton.pipelines.image_processor.TryOnImageProcessor.preprocess>`)."""
+        return self.image_processor.preprocess(
+            person, garment, mask, pose, height, width, crop_margin
         )
 
     def get_timesteps(self, num_inference_steps: int, strength: float, device) -> torch.Tensor:
+        """The last ``int(num_inference_steps * strength)`` timesteps of the schedule."""
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         init = min(int(num_inference_steps * strength), num_inference_steps)
         start = max(num_inference_steps - init, 0)
@@ -477,131 +483,241 @@ class TryOnPipeline(DiffusionPipeline):
             self.scheduler.set_begin_index(start * self.scheduler.order)
         return timesteps
 
-    # ------------------------------------------------------------------ denoising pieces
-    def _garment_step_features(
+    # ------------------------------------------------------------------ call stages
+    def encode_prompts(
         self,
-        garment_latents: torch.Tensor,
-        t: torch.Tensor,
-        garment_text: torch.Tensor,
-        garment_index: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        """GarmentNet features of one step at batch G; with G > 1, rows picked per TryonNet row
-        (``garment_index``), with G = 1 kept at batch 1 and shared by every row."""
-        features = garment_features(self.garment_unet, garment_latents, t, garment_text)
-        if garment_latents.shape[0] > 1:
-            features = {k: v[garment_index.to(v.device)] for k, v in features.items()}
-        return features
-
-    def _predict_noise(
-        self, model_input, t, text, pooled, time_ids, image_tokens, features, null_rows: int
-    ) -> torch.Tensor:
-        """One TryonNet pass; the first ``null_rows`` rows get the reference's zero garment tokens."""
-        return tryon_forward(
-            self.unet,
-            model_input,
-            t,
-            text,
-            pooled,
-            time_ids,
-            image_tokens,
-            garment=features,
-            null_rows=null_rows,
+        garments: int,
+        do_classifier_free_guidance: bool,
+        device,
+        garment_description: str | Sequence[str | None] | None = None,
+        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+        prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        garment_prompt_embeds: torch.Tensor | None = None,
+    ) -> PromptEmbeddings:
+        """The captions of each garment's description V, encoded (precomputed ones as given)."""
+        descriptions = _descriptions(garment_description)
+        if len(descriptions) not in (1, garments):
+            raise UsageError(
+                f"got {len(descriptions)} garment descriptions for {garments} garments"
+            )
+        descriptions = descriptions * garments if len(descriptions) == 1 else descriptions
+        if prompt_embeds is None:
+            prompt_embeds, pooled_prompt_embeds = self.encode_prompt(
+                [tryon_prompt(d) for d in descriptions], device
+            )
+        if garment_prompt_embeds is None:
+            garment_prompt_embeds, _ = self.encode_prompt(
+                [garment_prompt(d) for d in descriptions], device
+            )
+        if garment_prompt_embeds.shape[0] not in (1, garments):
+            raise UsageError(
+                f"garment_prompt_embeds has batch {garment_prompt_embeds.shape[0]}, "
+                f"expected 1 or {garments}"
+            )
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            negative_prompt_embeds, negative_pooled_prompt_embeds = self.encode_prompt(
+                [negative_prompt], device
+            )
+        return PromptEmbeddings(
+            prompt=prompt_embeds,
+            pooled=pooled_prompt_embeds,
+            negative=negative_prompt_embeds,
+            negative_pooled=negative_pooled_prompt_embeds,
+            garment=garment_prompt_embeds,
+            descriptions=descriptions,
         )
 
-    def _garment_schedule(
+    def garment_clip_pixels(
+        self, prepared: PreparedInputs, garment_clip_pixels: torch.Tensor | None, device
+    ) -> torch.Tensor:
+        """CLIP-normalised garment pixels: as given, or computed from the garment photos."""
+        if garment_clip_pixels is None:
+            if prepared.garment_images is None:
+                raise UsageError(
+                    "tensor garment inputs need garment_clip_pixels (CLIP-normalised pixels)"
+                )
+            garment_clip_pixels = self.clip_pixels(prepared.garment_images, device)
+        return garment_clip_pixels.to(device, self.image_encoder.dtype)
+
+    def tryon_conditioning(
         self,
-        garment_pixels: torch.Tensor,
-        garment_text: torch.Tensor,
+        prompts: PromptEmbeddings,
+        image_prompt: tuple[torch.Tensor, torch.Tensor],
+        condition: torch.Tensor,
+        rows: _Rows,
+        height: int,
+        width: int,
+        do_classifier_free_guidance: bool,
+    ) -> TryonConditioning:
+        """TryonNet's caption, added (pooled text + size), IP-Adapter and condition-channel
+        inputs, one row per TryonNet row: ``[uncond ; cond]`` with guidance."""
+        device, dtype = self._execution_device, self.unet.dtype
+
+        def per_row(t: torch.Tensor) -> torch.Tensor:
+            return rows.expand(t.to(device=device, dtype=dtype))
+
+        uncond_tokens, cond_tokens = image_prompt
+        text, pooled, tokens = (
+            per_row(prompts.prompt),
+            per_row(prompts.pooled),
+            per_row(cond_tokens),
+        )
+        if do_classifier_free_guidance:
+            text = torch.cat([per_row(prompts.negative), text])
+            pooled = torch.cat([per_row(prompts.negative_pooled), pooled])
+            tokens = torch.cat([per_row(uncond_tokens), tokens])
+            condition = torch.cat([condition, condition])
+        size = torch.tensor([height, width, 0, 0, height, width], device=device, dtype=dtype)
+        return TryonConditioning(text, pooled, size.expand(text.shape[0], -1), tokens, condition)
+
+    def _rows_on_device(self, prepared: PreparedInputs, rows: _Rows) -> tuple[torch.Tensor, ...]:
+        """Person in [-1, 1], mask and pose, one row per sample, on the execution device."""
+        person, mask, pose = (
+            t.to(self._execution_device).repeat_interleave(rows.per_person, 0)
+            for t in (prepared.person, prepared.mask, prepared.pose)
+        )
+        return 2.0 * person - 1.0, mask, pose
+
+    def prepare_latents(
+        self,
+        prepared: PreparedInputs,
+        rows: _Rows,
+        timesteps: torch.Tensor,
+        strength: float,
+        generator,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The initial latents: given, pure noise (strength 1), or the encoded person noised to
+        the first timestep (``scheduler.add_noise``; strength < 1)."""
+        device = self._execution_device
+        height, width = prepared.person.shape[-2:]
+        f = self.vae_scale_factor
+        shape = (rows.batch, self.vae.config.latent_channels, height // f, width // f)
+        if latents is not None:
+            if tuple(latents.shape) != shape:
+                raise UsageError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+            return latents.to(device=device, dtype=torch.float32)
+        noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        if strength >= 1.0:
+            return noise * self.scheduler.init_noise_sigma
+        init_image, _, _ = self._rows_on_device(prepared, rows)
+        image_latents = self._vae_encode(init_image, generator).float()
+        return self.scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(shape[0]))
+
+    def prepare_condition_latents(
+        self, prepared: PreparedInputs, rows: _Rows, generator
+    ) -> torch.Tensor:
+        """TryonNet's condition channels ``[mask 1 | masked person 4 | DensePose 4]`` (paper
+        Sec. 3.2), one row per sample, VAE posterior samples drawn from ``generator``."""
+        init_image, mask, pose = self._rows_on_device(prepared, rows)
+        size = (mask.shape[-2] // self.vae_scale_factor, mask.shape[-1] // self.vae_scale_factor)
+        mask_latent = F.interpolate(mask, size=size, mode="nearest")
+        masked_latents = self._vae_encode(init_image * (mask < 0.5), generator)
+        pose_latents = self._vae_encode(2.0 * pose - 1.0, generator)
+        return torch.cat([mask_latent, masked_latents, pose_latents], dim=1).to(self.unet.dtype)
+
+    def prepare_garment(
+        self,
+        prepared: PreparedInputs,
+        prompts: PromptEmbeddings,
+        rows: _Rows,
         timesteps: torch.Tensor,
         generator,
         cache: GarmentCache | None,
-        key_fields: dict,
-    ) -> list[dict[str, torch.Tensor]]:
-        """Garment features for every step up front, batch G (two-phase mode / garment cache).
-
-        The garment's VAE posterior draw is taken from ``generator`` at the same point of the
-        stream as in the per-step path, so the result is the same; it is part of the cache key.
-        """
-        vae = self.vae
-        g = garment_pixels.shape[0]
-        latent_hw = (
-            garment_pixels.shape[-2] // self.vae_scale_factor,
-            garment_pixels.shape[-1] // self.vae_scale_factor,
-        )
-        eps = randn_tensor(
-            (g, vae.config.latent_channels, *latent_hw),
-            generator=generator,
-            device=self._execution_device,
-            dtype=self._vae_compute_dtype(),
-        )
-        keys: list[GarmentKey | None] = [None] * g
-        entries: list[list[dict[str, torch.Tensor]] | None] = [None] * g
-        if cache is not None:
-            for i in range(g):
-                keys[i] = GarmentKey.build(
-                    garment_pixels[i],
-                    garment_text[i],
-                    eps[i],
-                    timesteps,
-                    self.scheduler.config,
-                    dtype=self.garment_unet.dtype,
-                    **{k: (v[i] if isinstance(v, list) else v) for k, v in key_fields.items()},
-                )
-                entries[i] = cache.get(keys[i])
-        missing = [i for i in range(g) if entries[i] is None]
-        if missing:
-            dtype = self.garment_unet.dtype
-            latents = self._vae_encode(garment_pixels[missing], None, eps=eps[missing]).to(dtype)
-            computed = self._run_garment_net(latents, garment_text[missing], timesteps)
-            for j, i in enumerate(missing):
-                # Slices of a batch are cloned so a cached entry does not pin the whole batch.
-                entries[i] = [
-                    {k: v[j : j + 1].clone() if len(missing) > 1 else v for k, v in step.items()}
-                    for step in computed
-                ]
-                if cache is not None:
-                    cache.put(keys[i], entries[i])
-        if g == 1:
-            return entries[0]
-        return [
-            {name: torch.cat([entries[i][s][name] for i in range(g)]) for name in entries[0][s]}
-            for s in range(len(timesteps))
-        ]
-
-    def _run_garment_net(
-        self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor
-    ) -> list[dict[str, torch.Tensor]]:
-        """GarmentNet for all timesteps (phase 1); with two-phase swapping only it is on the device."""
+        strength: float,
+    ) -> GarmentSteps:
+        """Draw the garment latents' posterior noise from ``generator`` and start the
+        :attr:`garment_schedule` (which encodes the garment and runs GarmentNet as it decides).
+        ``cache`` defaults to :attr:`garment_cache`."""
         device = self._execution_device
-        swap = (
-            self.two_phase is not None
-            and self.two_phase.swap_unets
-            and device.type != "cpu"
-            and not hasattr(self.garment_unet, "_hf_hook")
-            and not hasattr(self.unet, "_hf_hook")
+        garment_text = prompts.garment.to(device=device, dtype=self.unet.dtype)
+        pixels = 2.0 * prepared.garment.to(device) - 1.0
+        garment = GarmentInputs(
+            pixels=pixels,
+            text=garment_text.expand(rows.garments, -1, -1),
+            noise=self.prepare_garment_noise(rows.garments, *pixels.shape[-2:], generator),
+            row_index=rows.garment_index,
+            timesteps=timesteps,
+            descriptions=prompts.descriptions,
+            num_inference_steps=self.scheduler.num_inference_steps,
+            strength=strength,
+            cache=cache if cache is not None else self.garment_cache,
         )
-        on_host = self.two_phase is not None and self.two_phase.features_on_host
-        pin = on_host and device.type == "cuda"
-        if swap:
-            self.unet.to("cpu")
-            self.garment_unet.to(device)
-        steps = []
+        return self.garment_schedule.start(self, garment)
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        conditioning: TryonConditioning,
+        garment: GarmentSteps,
+        guidance_scale: float,
+        generator=None,
+        callback_on_step_end: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """The denoising loop: per step the garment features, one TryonNet pass on
+        ``[uncond ; cond]`` (through :attr:`garment_schedule`), classifier-free guidance and
+        the scheduler step. Raises :class:`NonFiniteOutputError` on NaN/inf latents."""
+        do_cfg = guidance_scale > 1.0
+        null_rows = latents.shape[0] if do_cfg else 0
+        dtype = self.unet.dtype
+        # Stochastic samplers draw from the generator; deterministic ones (UniPC) take none.
+        takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
+        step_kwargs = {"generator": generator} if takes_generator else {}
         try:
-            for t in timesteps:
-                features = garment_features(self.garment_unet, latents, t, text)
-                if on_host and device.type != "cpu":
-                    features = {
-                        k: torch.empty(v.shape, dtype=v.dtype, pin_memory=pin).copy_(v)
-                        for k, v in features.items()
-                    }
-                steps.append(features)
+            with self.progress_bar(total=len(timesteps)) as progress:
+                for i, t in enumerate(timesteps):
+                    features = garment.features(i, t)
+                    model_input = torch.cat([latents] * 2) if do_cfg else latents
+                    model_input = self.scheduler.scale_model_input(model_input, t)
+                    model_input = torch.cat([model_input.to(dtype), conditioning.condition], dim=1)
+                    noise_pred = self.garment_schedule.predict_noise(
+                        self, model_input, t, conditioning, features, null_rows
+                    ).float()
+                    if do_cfg:
+                        uncond, cond = noise_pred.chunk(2)
+                        noise_pred = uncond + guidance_scale * (cond - uncond)
+                    latents = self.scheduler.step(
+                        noise_pred, t, latents, return_dict=False, **step_kwargs
+                    )[0]
+                    if not torch.isfinite(latents).all():
+                        raise NonFiniteOutputError(
+                            f"non-finite values in the latents at timestep {int(t)} "
+                            f"(dtype {dtype}): use --dtype bf16 or fp32"
+                        )
+                    if callback_on_step_end is not None:
+                        update = callback_on_step_end(self, i, t, {"latents": latents})
+                        latents = (update or {}).get("latents", latents)
+                    progress.update()
         finally:
-            if swap:
-                self.garment_unet.to("cpu")
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                self.unet.to(device)
-        return steps
+            self.garment_store.clear()
+        return latents
+
+    def decode_latents(
+        self,
+        latents: torch.Tensor,
+        prepared: PreparedInputs,
+        rows: _Rows,
+        output_type: str = "pil",
+        paste_back: bool = True,
+    ) -> list[Image.Image] | np.ndarray | torch.Tensor:
+        """The final latents as ``output_type`` (``"latent"``: as they are), decoded and pasted
+        back into the photos; frees offloaded models. Raises :class:`NonFiniteOutputError`."""
+        if output_type == "latent":
+            self.maybe_free_model_hooks()
+            return latents
+        decoded = self._vae_decode(latents).float()
+        self.maybe_free_model_hooks()
+        if not torch.isfinite(decoded).all():
+            raise NonFiniteOutputError(
+                "non-finite values in the decoded image: use --dtype bf16 or fp32"
+            )
+        return self.image_processor.postprocess(
+            decoded, prepared, output_type, paste_back, rows.per_person
+        )
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
@@ -620,6 +736,7 @@ class TryOnPipeline(DiffusionPipeline):
         width: int | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        garment_generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
@@ -632,40 +749,45 @@ class TryOnPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         garment_cache: GarmentCache | None = None,
-        callback_on_step_end=None,
-    ):
-        """Render each person wearing the garment.
+        callback_on_step_end: StepCallback | None = None,
+    ) -> TryOnPipelineOutput | tuple:
+        """Render each person wearing the garment (the stages: see the module docstring).
 
         Args:
-            person_image: photo(s) of the person (path, PIL, uint8 array, or a (B, 3, H, W)
-                tensor in [0, 1] already at H x W). Any size and aspect for images.
-            garment_image: in-shop garment photo(s): one shared by all people, or one per person.
-            mask_image: inpainting mask(s), white (>= 0.5) = region to re-generate.
-            pose_image: DensePose rendering(s) of the person, same framing as the photo.
-            garment_description: garment text V (e.g. "short sleeve round neck t-shirts"); the
-                captions are "model is wearing V" (TryonNet) and "a photo of V" (GarmentNet).
-            negative_prompt: unconditional TryonNet caption.
-            num_inference_steps, guidance_scale, strength: sampling settings (reference: 30, 2.0, 1.0).
-            height, width: work resolution, multiples of 8 (default 1024 x 768 for SDXL).
-            num_images_per_prompt: samples per person.
-            generator: the only source of randomness (noise, VAE posterior samples, scheduler).
-            latents: initial noise (B, 4, H/8, W/8); drawn from ``generator`` when None.
-            prompt_embeds ... garment_prompt_embeds: precomputed text embeddings (skip the
-                text encoders). ``garment_clip_pixels``: CLIP-normalised garment pixels.
-            paste_back: return the full photo with the render pasted inside the mask (default)
-                instead of the raw H x W render. Ignored for tensor inputs.
-            crop_margin: margin around the mask when choosing the work region.
-            output_type: "pil", "np" (float [0, 1]), "pt" (tensor in [0, 1]) or "latent".
-            garment_cache: a :class:`~idm_vton.pipelines.garment_cache.GarmentCache` (default:
-                ``self.garment_cache``): the garment's per-step GarmentNet features are looked
-                up / stored there (one garment, many people or requests), same result.
-            callback_on_step_end: called after every denoising step as
-                ``callback_on_step_end(pipe, step_index, timestep, {"latents": latents})``
-                (diffusers' convention); a returned dict may replace ``latents``. Progress
-                reporting and cancellation (raise from the callback) hook in here.
+            person_image, garment_image, mask_image, pose_image: photo(s) of the person (path,
+                PIL, uint8 array; any size and aspect), the in-shop garment photo(s) (one shared
+                by all people or one per person), inpainting mask(s) (white = re-generate) and
+                DensePose rendering(s) (the photo's framing); or tensors in [0, 1] at H x W.
+            garment_description, negative_prompt: the garment text V (captions "model is wearing
+                V" for TryonNet, "a photo of V" for GarmentNet) and the unconditional caption;
+                ``prompt_embeds`` ... ``garment_prompt_embeds`` give them precomputed (no text
+                encoders needed) and ``garment_clip_pixels`` the CLIP-normalised garment pixels.
+            num_inference_steps, guidance_scale, strength: sampling (reference: 30, 2.0, 1.0);
+                ``height`` x ``width``: the work size, multiples of 8 (default 1024 x 768 for
+                SDXL); ``num_images_per_prompt``: samples per person.
+            generator: the only source of randomness; ``latents``: initial noise (B, 4, H/8, W/8).
+            garment_generator: when given, the garment latents' VAE posterior noise is drawn from
+                it (a list: one per garment) and ``generator`` is not advanced by that draw, so a
+                garment's latent does not depend on the people it is batched with.
+            paste_back, crop_margin: the full photo with the render pasted inside the mask
+                (default; image inputs only) or the raw H x W render; margin around the mask.
+            output_type: "pil", "np" or "pt" (floats in [0, 1]), or "latent".
+            garment_cache: a :class:`~idm_vton.pipelines.garment_cache.GarmentCache` of GarmentNet
+                features (default ``self.garment_cache``); same result.
+            callback_on_step_end: ``callback_on_step_end(pipe, step_index, timestep, {"latents":
+                latents})`` after every step (diffusers' convention); a returned dict may replace
+                ``latents``. Progress reporting and cancellation (raise from it) hook in here.
         """
-        height = height or self.default_height
-        width = width or self.default_width
+        height, width = height or self.default_height, width or self.default_width
+        text = dict(
+            garment_description=garment_description,
+            negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            garment_prompt_embeds=garment_prompt_embeds,
+        )
         self.check_inputs(
             num_inference_steps,
             guidance_scale,
@@ -674,233 +796,52 @@ class TryOnPipeline(DiffusionPipeline):
             width,
             num_images_per_prompt,
             output_type,
+            **text,
         )
-        device = self._execution_device
-        dtype = self.unet.dtype
-        do_cfg = guidance_scale > 1.0
+        device, do_cfg = self._execution_device, guidance_scale > 1.0
 
-        # 1. Images at H x W.
-        prep = self.prepare_inputs(
+        # 1. Images -> tensors at H x W, and the regions to paste back into.
+        prepared = self.prepare_inputs(
             person_image, garment_image, mask_image, pose_image, height, width, crop_margin
         )
-        people, garments = prep.person.shape[0], prep.garment.shape[0]
-        batch = people * num_images_per_prompt
-        # garment row of each TryonNet row
-        garment_index = (
-            torch.arange(people).repeat_interleave(num_images_per_prompt)
-            if garments > 1
-            else torch.zeros(batch, dtype=torch.long)
-        )
+        rows = _Rows(prepared.people, prepared.garments, num_images_per_prompt)
 
-        # 2. Captions.
-        descriptions = _as_list(garment_description)
-        if len(descriptions) not in (1, garments):
-            raise ValueError(
-                f"got {len(descriptions)} garment descriptions for {garments} garments"
-            )
-        if (
-            prompt_embeds is None
-            or garment_prompt_embeds is None
-            or (do_cfg and negative_prompt_embeds is None)
-        ):
-            if any(d is None for d in descriptions):
-                raise ValueError(
-                    "garment_description is required (or pass precomputed prompt embeddings)"
-                )
-            if len(descriptions) == 1:
-                descriptions = descriptions * garments
-        if prompt_embeds is None:
-            prompt_embeds, pooled_prompt_embeds = self.encode_prompt(
-                [tryon_prompt(d) for d in descriptions], device
-            )
-        if garment_prompt_embeds is None:
-            garment_prompt_embeds, _ = self.encode_prompt(
-                [garment_prompt(d) for d in descriptions], device
-            )
-        if do_cfg and negative_prompt_embeds is None:
-            negative_prompt_embeds, negative_pooled_prompt_embeds = self.encode_prompt(
-                [negative_prompt], device
-            )
-        if pooled_prompt_embeds is None or (do_cfg and negative_pooled_prompt_embeds is None):
-            raise ValueError(
-                "pooled prompt embeddings must be given together with prompt embeddings"
-            )
+        # 2. Captions and the garment image prompt, once per call.
+        prompts = self.encode_prompts(rows.garments, do_cfg, device, **text)
+        clip_pixels = self.garment_clip_pixels(prepared, garment_clip_pixels, device)
+        image_prompt = self.encode_image_prompt(clip_pixels)
 
-        def rows(t: torch.Tensor) -> torch.Tensor:
-            """Per-garment (or shared) tensor -> one row per TryonNet row."""
-            t = t.to(device=device, dtype=dtype)
-            return (
-                t.expand(batch, *t.shape[1:]) if t.shape[0] == 1 else t[garment_index.to(t.device)]
-            )
-
-        text = rows(prompt_embeds)
-        pooled = rows(pooled_prompt_embeds)
-        garment_text = garment_prompt_embeds.to(device=device, dtype=dtype)
-        if garment_text.shape[0] not in (1, garments):
-            raise ValueError(
-                f"garment_prompt_embeds has batch {garment_text.shape[0]}, expected 1 or {garments}"
-            )
-        if garment_text.shape[0] != garments:
-            garment_text = garment_text.expand(garments, -1, -1)
-
-        # 3. Image prompt (computed once per call).
-        if garment_clip_pixels is None:
-            if prep.garment_images is None:
-                raise ValueError(
-                    "tensor garment inputs need garment_clip_pixels (CLIP-normalised pixels)"
-                )
-            garment_clip_pixels = self.clip_pixels(prep.garment_images, device)
-        uncond_tokens, cond_tokens = self.encode_image_prompt(
-            garment_clip_pixels.to(device, self.image_encoder.dtype)
-        )
-        image_tokens = rows(cond_tokens)
-
-        # 4. Timesteps and initial noise.
+        # 3. Timesteps and initial latents.
         timesteps = self.get_timesteps(num_inference_steps, strength, device)
-        latent_shape = (batch, 4, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        person = prep.person.to(device).repeat_interleave(num_images_per_prompt, 0)
-        mask = prep.mask.to(device).repeat_interleave(num_images_per_prompt, 0)
-        pose = prep.pose.to(device).repeat_interleave(num_images_per_prompt, 0)
-        init_image = 2.0 * person - 1.0
-        if latents is None:
-            noise = randn_tensor(
-                latent_shape, generator=generator, device=device, dtype=torch.float32
-            )
-            if strength < 1.0:
-                image_latents = self._vae_encode(init_image, generator).float()
-                latents = self.scheduler.add_noise(
-                    image_latents, noise, timesteps[:1].repeat(batch)
-                )
-            else:
-                latents = noise * self.scheduler.init_noise_sigma
-        else:
-            if tuple(latents.shape) != latent_shape:
-                raise ValueError(
-                    f"latents must have shape {latent_shape}, got {tuple(latents.shape)}"
-                )
-            latents = latents.to(device=device, dtype=torch.float32)
+        latents = self.prepare_latents(prepared, rows, timesteps, strength, generator, latents)
 
-        # 5. Condition latents: mask, masked person, DensePose, garment (VAE posterior samples).
-        mask_latent = F.interpolate(mask, size=latent_shape[-2:], mode="nearest")
-        masked_latents = self._vae_encode(init_image * (mask < 0.5), generator)
-        pose_latents = self._vae_encode(2.0 * pose - 1.0, generator)
-        garment_pixels = 2.0 * prep.garment.to(device) - 1.0
-        cache = garment_cache if garment_cache is not None else self.garment_cache
-        schedule = None
-        # Under model CPU offload GarmentNet always runs in phase 1: per step, both UNets would
-        # be moved in and out of the device.
-        offloaded = hasattr(self.garment_unet, "_hf_hook")
-        if cache is not None or self.two_phase is not None or offloaded:
-            # 6a. Phase 1: GarmentNet for every step (or from the cache) before the TryonNet loop.
-            key_fields = dict(
-                description=descriptions
-                if len(descriptions) == garments
-                else descriptions * garments,
-                num_inference_steps=num_inference_steps,
-                strength=strength,
-            )
-            schedule = self._garment_schedule(
-                garment_pixels, garment_text, timesteps, generator, cache, key_fields
-            )
-        else:
-            garment_latents = self._vae_encode(garment_pixels, generator).to(dtype)
-        condition = torch.cat([mask_latent, masked_latents, pose_latents], dim=1).to(dtype)
+        # 4. Condition latents, then the garment (VAE posterior draws in the reference's order).
+        condition = self.prepare_condition_latents(prepared, rows, generator)
+        garment_generator = generator if garment_generator is None else garment_generator
+        garment = self.prepare_garment(
+            prepared, prompts, rows, timesteps, garment_generator, garment_cache, strength
+        )
+        conditioning = self.tryon_conditioning(
+            prompts, image_prompt, condition, rows, height, width, do_cfg
+        )
 
-        if do_cfg:
-            text = torch.cat([rows(negative_prompt_embeds), text])
-            pooled = torch.cat([rows(negative_pooled_prompt_embeds), pooled])
-            image_tokens = torch.cat([rows(uncond_tokens), image_tokens])
-            condition = torch.cat([condition, condition])
-        size = torch.tensor([height, width, 0, 0, height, width], device=device, dtype=dtype)
-        time_ids = size.expand(text.shape[0], -1)
+        # 5. Denoising loop.
+        latents = self.denoise(
+            latents,
+            timesteps,
+            conditioning,
+            garment,
+            guidance_scale,
+            generator,
+            callback_on_step_end,
+        )
 
-        # 6. Denoising loop: GarmentNet once per step at batch G (shared by all rows; or from the
-        #    phase-1 schedule), TryonNet on [uncond ; cond].
-        row_index = garment_index if garments > 1 else None
-        # Stochastic samplers draw from the generator; deterministic ones (UniPC) take none.
-        takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
-        step_kwargs = {"generator": generator} if takes_generator else {}
-        with self.progress_bar(total=len(timesteps)) as progress:
-            for i, t in enumerate(timesteps):
-                if schedule is None:
-                    features = self._garment_step_features(
-                        garment_latents, t, garment_text, garment_index
-                    )
-                else:
-                    features = {k: v.to(device, non_blocking=True) for k, v in schedule[i].items()}
-                    if row_index is not None:
-                        features = {k: v[row_index.to(device)] for k, v in features.items()}
-                model_input = torch.cat([latents] * 2) if do_cfg else latents
-                model_input = self.scheduler.scale_model_input(model_input, t)
-                model_input = torch.cat([model_input.to(dtype), condition], dim=1)
-                noise_pred = self._predict_noise(
-                    model_input,
-                    t,
-                    text,
-                    pooled,
-                    time_ids,
-                    image_tokens,
-                    features,
-                    null_rows=batch if do_cfg else 0,
-                ).float()
-                if do_cfg:
-                    uncond, cond = noise_pred.chunk(2)
-                    noise_pred = uncond + guidance_scale * (cond - uncond)
-                latents = self.scheduler.step(
-                    noise_pred, t, latents, return_dict=False, **step_kwargs
-                )[0]
-                if not torch.isfinite(latents).all():
-                    self.garment_store.clear()
-                    raise NonFiniteOutputError(
-                        f"non-finite values in the latents at timestep {int(t)} "
-                        f"(dtype {dtype}): use --dtype bf16 or fp32"
-                    )
-                if callback_on_step_end is not None:
-                    try:
-                        update = callback_on_step_end(self, i, t, {"latents": latents})
-                    except BaseException:
-                        self.garment_store.clear()
-                        raise
-                    latents = (update or {}).get("latents", latents)
-                progress.update()
-        self.garment_store.clear()
+        # 6. Decode and paste back.
+        images = self.decode_latents(latents, prepared, rows, output_type, paste_back)
+        return TryOnPipelineOutput(images=images) if return_dict else (images,)
 
-        if output_type == "latent":
-            self.maybe_free_model_hooks()
-            return TryOnPipelineOutput(images=latents) if return_dict else (latents,)
 
-        # 7. Decode and paste back.
-        decoded = self._vae_decode(latents).float()
-        self.maybe_free_model_hooks()
-        if not torch.isfinite(decoded).all():
-            raise NonFiniteOutputError(
-                "non-finite values in the decoded image: use --dtype bf16 or fp32"
-            )
-        images = (decoded / 2 + 0.5).clamp(0, 1)
-        if paste_back and prep.photos is not None:
-            arrays = images.permute(0, 2, 3, 1).cpu().numpy()
-            renders = [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arrays]
-            k = num_images_per_prompt
-            pil = [
-                paste_into_photo(
-                    prep.photos[i // k], render, prep.regions[i // k], prep.photo_masks[i // k]
-                )
-                for i, render in enumerate(renders)
-            ]
-            if output_type == "pil":
-                result = pil
-            elif output_type == "np":
-                result = [np.asarray(p, dtype=np.float32) / 255.0 for p in pil]
-                result = np.stack(result) if len({r.shape for r in result}) == 1 else result
-            else:
-                result = [_to_tensor(p) for p in pil]
-                result = torch.stack(result) if len({r.shape for r in result}) == 1 else result
-        elif output_type == "pt":
-            result = images
-        else:
-            arrays = images.permute(0, 2, 3, 1).cpu().numpy()
-            if output_type == "np":
-                result = arrays
-            else:
-                result = [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arrays]
-        return TryOnPipelineOutput(images=result) if return_dict else (result,)
+def _descriptions(garment_description) -> list[str | None]:
+    if isinstance(garment_description, (list, tuple)):
+        return list(garment_description)
+    return [garment_description]

@@ -1,29 +1,51 @@
 """The official IDM-VTON computation, for parity tests and side-by-side benchmarks.
 
-:func:`reference_formulation` switches a :class:`~idm_vton.pipelines.tryon.TryOnPipeline` to the
-computation exactly as the official IDM-VTON code does it (``yisol/IDM-VTON``,
-``src/tryon_pipeline.py`` and its forked UNets): self-attention over ``[person ; garment]``
-with queries and output projection for *all* tokens, then slicing; zero garment tokens
-materialised for the unconditional half; GarmentNet run to the end at every step, at the
-TryonNet's batch (one garment copy per person); the IP-Adapter processor's per-call attention
-map (``IPAttnProcessor2_0.attn_map``). Same weights, same inputs, same result within
-floating-point tolerance: ``benchmarks/bench_pipeline.py`` times it against the default path.
+The official code (``yisol/IDM-VTON``, ``src/tryon_pipeline.py`` and its forked UNets) computes
+what the default pipeline does, with more work: self-attention over ``[person ; garment]`` with
+queries and output projection for *all* tokens, then slicing; zero garment tokens materialised
+for the unconditional half; GarmentNet run to its end at every step, at the TryonNet's batch (one
+garment copy per person); the IP-Adapter processor's per-call attention map
+(``IPAttnProcessor2_0.attn_map``). Here that is a *configuration* of the stock pipeline, through
+its two public seams:
+
+* attention processors (``unet.set_attn_processor``): :class:`NaiveGarmentAttentionProcessor` on
+  every TryonNet ``attn1`` and :class:`OfficialIPAttnProcessor` on every ``attn2``
+  (:func:`official_attention_processors`);
+* the garment schedule (``pipe.garment_schedule``): :class:`OfficialGarmentSchedule`.
+
+:func:`reference_formulation` installs both for the duration of a ``with`` block. Same weights,
+same inputs, same result within floating-point tolerance (``tests/test_performance.py``);
+``benchmarks/bench_pipeline.py`` times it against the default path.
 """
 
 from __future__ import annotations
 
-import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
 
 from ..models.garment_attention import GarmentAttentionProcessor, GarmentTokens
 from ..models.tryon_net import garment_features, tryon_forward
+from ..pipelines.garment_schedule import (
+    Features,
+    GarmentInputs,
+    GarmentSchedule,
+    GarmentSteps,
+    PerStepGarment,
+    TryonConditioning,
+)
 
-__all__ = ["NaiveGarmentAttentionProcessor", "OfficialIPAttnProcessor", "reference_formulation"]
+__all__ = [
+    "NaiveGarmentAttentionProcessor",
+    "OfficialGarmentSchedule",
+    "OfficialIPAttnProcessor",
+    "official_attention_processors",
+    "reference_formulation",
+]
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -111,64 +133,87 @@ class NaiveGarmentAttentionProcessor(GarmentAttentionProcessor):
         return out.transpose(1, 2).flatten(2)
 
 
-def _reference_garment_step(self, garment_latents, t, garment_text, garment_index):
-    """Official: GarmentNet on one garment copy per TryonNet row, run to its ``conv_out``."""
-    index = garment_index.to(garment_latents.device)
-    if garment_latents.shape[0] == 1:
-        index = torch.zeros_like(index)
-    return garment_features(
-        self.garment_unet,
-        garment_latents[index],
-        t,
-        garment_text[index],
-        run_to_end=True,
-    )
+class OfficialGarmentSchedule(GarmentSchedule):
+    """The official schedule: GarmentNet at every step on one garment copy per TryonNet row, run
+    to its ``conv_out``; its features handed to TryonNet as ``cat([zeros_like(f), f])`` for the
+    unconditional half (materialised zero tokens). Never runs a phase 1 (two-phase mode and
+    garment caches are not part of the reference and are ignored)."""
+
+    def start(self, pipe, garment: GarmentInputs) -> GarmentSteps:
+        latents = pipe.encode_garment_latents(garment.pixels, garment.noise)
+        return PerStepGarment(self, pipe, latents, garment.text, garment.row_index)
+
+    def step_features(
+        self,
+        pipe,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        text: torch.Tensor,
+        row_index: torch.Tensor,
+    ) -> Features:
+        index = row_index.to(latents.device)
+        if latents.shape[0] == 1:
+            index = torch.zeros_like(index)
+        return garment_features(
+            pipe.garment_unet, latents[index], timestep, text[index], run_to_end=True
+        )
+
+    def predict_noise(
+        self,
+        pipe,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        conditioning: TryonConditioning,
+        features: Features,
+        null_rows: int,
+    ) -> torch.Tensor:
+        if null_rows:
+            features = {k: torch.cat([torch.zeros_like(v), v]) for k, v in features.items()}
+        return tryon_forward(
+            pipe.unet,
+            sample,
+            timestep,
+            conditioning.text,
+            conditioning.pooled,
+            conditioning.time_ids,
+            conditioning.image_tokens,
+            garment=features,
+            null_rows=0,
+        )
 
 
-def _reference_predict_noise(
-    self, model_input, t, text, pooled, time_ids, image_tokens, features, null_rows: int
-):
-    """Official: ``cat([zeros_like(f), f])`` handed to the TryonNet for the unconditional half."""
-    if null_rows:
-        features = {k: torch.cat([torch.zeros_like(v), v]) for k, v in features.items()}
-    return tryon_forward(
-        self.unet,
-        model_input,
-        t,
-        text,
-        pooled,
-        time_ids,
-        image_tokens,
-        garment=features,
-        null_rows=0,
-    )
-
-
-@contextmanager
-def reference_formulation(pipe) -> Iterator[None]:
-    """Within the block, ``pipe(...)`` computes as the official implementation does (see module doc).
-
-    Restores the pipeline's own processors and methods on exit. Not for use together with the
-    two-phase mode or a garment cache (those change the schedule of GarmentNet calls).
-    """
-    unet = pipe.unet
-    saved = dict(unet.attn_processors)
+def official_attention_processors(unet: UNet2DConditionModel) -> dict:
+    """``unet``'s processors with the garment and IP-Adapter ones replaced by their official
+    formulations (:class:`NaiveGarmentAttentionProcessor`, :class:`OfficialIPAttnProcessor`),
+    ready for ``unet.set_attn_processor``."""
     processors = {}
-    for key, proc in saved.items():
+    for key, proc in unet.attn_processors.items():
         if isinstance(proc, GarmentAttentionProcessor):
             processors[key] = NaiveGarmentAttentionProcessor(proc.name, proc.store)
         elif isinstance(proc, IPAdapterAttnProcessor2_0):
             processors[key] = OfficialIPAttnProcessor(proc)
         else:
             processors[key] = proc
-    unet.set_attn_processor(processors)
-    pipe._garment_step_features = types.MethodType(_reference_garment_step, pipe)
-    pipe._predict_noise = types.MethodType(_reference_predict_noise, pipe)
-    saved_modes = pipe.two_phase, pipe.garment_cache
-    pipe.two_phase, pipe.garment_cache = None, None
+    return processors
+
+
+@contextmanager
+def reference_formulation(pipe) -> Iterator[None]:
+    """Within the block, ``pipe(...)`` computes as the official implementation does (see the
+    module doc): the official attention processors on TryonNet and
+    :class:`OfficialGarmentSchedule` as ``pipe.garment_schedule``; the two-phase mode and the
+    pipeline's garment cache are off. Everything is restored on exit."""
+    unet = pipe.unet
+    saved = dict(unet.attn_processors)
+    saved_modes = pipe.garment_schedule, pipe.two_phase, pipe.garment_cache
+    unet.set_attn_processor(official_attention_processors(unet))
+    pipe.garment_schedule, pipe.two_phase, pipe.garment_cache = (
+        OfficialGarmentSchedule(),
+        None,
+        None,
+    )
     try:
         yield
     finally:
-        del pipe._garment_step_features, pipe._predict_noise
-        pipe.two_phase, pipe.garment_cache = saved_modes
+        pipe.garment_schedule, pipe.two_phase, pipe.garment_cache = saved_modes
         unet.set_attn_processor(saved)
