@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from idm_vton.errors import PreprocessModelError
 from idm_vton.preprocess.openpose import (
@@ -60,24 +61,6 @@ def test_network_from_scaled_down_checkpoint(body_pth):
     assert convert_body_pose_state_dict(prefixed).keys() == converted.keys()
 
 
-def test_pose_on_real_photo_uses_demo_geometry(body_pth):
-    body = OpenPoseBody(body_pth)
-    seen = []
-    body.net.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
-    photo = example_person_3x4()
-    keypoints = body(photo)
-    # 768 x 1024 -> 384 x 512 working image -> scale 0.5 * 368 / 512 -> 138 x 184, padded to 144.
-    assert seen == [(1, 3, 184, 144)]
-    assert keypoints.shape == (18, 2) and keypoints.dtype == np.float64
-    assert np.isfinite(keypoints).all()
-    assert (
-        (keypoints[:, 0] <= 768).all()
-        and (keypoints[:, 1] <= 1024).all()
-        and (keypoints >= 0).all()
-    )
-    np.testing.assert_array_equal(body(np.asarray(photo)), keypoints)  # deterministic, arrays too
-
-
 class _PlantedNet(torch.nn.Module):
     """Stands in for the network: fixed heatmaps / PAFs on the stride-8 grid."""
 
@@ -125,6 +108,33 @@ def test_planted_person_is_decoded_in_photo_pixels(body_pth):
     expected[4] = 0  # the dropped right wrist is reported missing
     np.testing.assert_allclose(keypoints, expected, atol=4.0)
     assert (keypoints[4] == 0).all()
+
+
+@pytest.mark.parametrize("size", [(600, 768), (300, 400)])  # shrunk and widened; enlarged
+def test_pose_on_real_photo_uses_demo_geometry(body_pth, size):
+    body = OpenPoseBody(body_pth)
+    body.net = _PlantedNet(*_planted_maps(_PERSON))
+    seen = []
+    body.net.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    photo = example_person_3x4().resize(size, Image.Resampling.BICUBIC)
+    keypoints = body(photo)
+    # Either photo -> 384 x 512 working image -> scale 0.5 * 368 / 512 -> 138 x 184, padded
+    # right to 144 with grey 128, which the x / 256 - 0.5 normalisation makes exactly 0.
+    assert [tuple(x.shape) for x in seen] == [(1, 3, 184, 144)]
+    assert (seen[0][..., 138:] == 0).all() and seen[0][..., :138].abs().amax() > 0.1
+    # The planted person comes back at its working-image places scaled to the photo, x and y
+    # each by their own factor.
+    factor = np.array([size[0] / 384, size[1] / 512])
+    np.testing.assert_allclose(keypoints, factor * _PERSON, atol=2.0 * factor.max())
+    np.testing.assert_array_equal(body(np.asarray(photo)), keypoints)  # arrays too
+    # The network sees BGR: a red photo is blue and green -0.5, red 255 / 256 - 0.5.
+    body(Image.new("RGB", size, (255, 0, 0)))
+    torch.testing.assert_close(
+        seen[-1][0, :, :, :138].amax(dim=(1, 2)), torch.tensor([-0.5, -0.5, 255 / 256 - 0.5])
+    )
+    torch.testing.assert_close(
+        seen[-1][0, :, :, :138].amin(dim=(1, 2)), torch.tensor([-0.5, -0.5, 255 / 256 - 0.5])
+    )
 
 
 # --- peak finding ---------------------------------------------------------------------------
