@@ -203,12 +203,18 @@ def _bytes(folder: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def reference(datasets, tmp_path_factory) -> dict[str, Path]:
     """One uninterrupted run per layout (batch size 1, paired): the images every test compares to."""
+    # One compute thread, as the tests that compare to these images run (conftest); restored
+    # after, since this module-scoped fixture runs outside the per-test thread fixture.
+    previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    outs = {}
-    for kind, (data, _) in datasets.items():
-        out = tmp_path_factory.mktemp(f"ref_{kind}")
-        assert main(_args(data, kind, out, "--batch-size", "1")) == 0
-        outs[kind] = out
+    try:
+        outs = {}
+        for kind, (data, _) in datasets.items():
+            out = tmp_path_factory.mktemp(f"ref_{kind}")
+            assert main(_args(data, kind, out, "--batch-size", "1")) == 0
+            outs[kind] = out
+    finally:
+        torch.set_num_threads(previous)
     return outs
 
 
