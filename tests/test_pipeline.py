@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
+from diffusers import DDPMScheduler
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from idm_vton.errors import CheckpointError, ImageInputError, NonFiniteOutputError
 from idm_vton.pipelines.tryon import TryOnPipeline
@@ -328,3 +332,98 @@ def test_step_callback_sees_every_step_and_can_cancel(pipe):
         callback_on_step_end=lambda p, i, t, kw: {"latents": kw["latents"] * 0},
     )
     assert not np.array_equal(zeroed, plain)
+
+
+# ----------------------------------------------------------------------------- from_pretrained
+def test_from_pretrained_uses_given_components_and_skips_their_folders(pipe, tmp_path):
+    folder = tmp_path / "ckpt"
+    pipe.save_pretrained(folder)
+    donor = tiny_pipeline(seed=1)
+    donor.set_progress_bar_config(disable=True)
+    scheduler = DDPMScheduler.from_config(donor.scheduler.config)
+    overrides = {
+        name: component
+        for name, component in donor.components.items()
+        if name not in ("scheduler", "feature_extractor")
+    }
+    for name in [*overrides, "scheduler"]:
+        shutil.rmtree(folder / name)  # a folder that is read would now fail to load
+    loaded = TryOnPipeline.from_pretrained(folder, scheduler=scheduler, **overrides)
+    assert loaded.scheduler is scheduler
+    for name, component in overrides.items():
+        assert getattr(loaded, name) is component, name
+    assert np.array_equal(run(loaded), run(donor))  # the donor's model, not the saved one
+    assert not np.array_equal(run(loaded), run(pipe))
+    # One override among loaded components: GarmentNet from the donor, the rest from disk.
+    folder = tmp_path / "ckpt2"
+    pipe.save_pretrained(folder)
+    shutil.rmtree(folder / "garment_unet")
+    mixed = TryOnPipeline.from_pretrained(folder, garment_unet=donor.garment_unet)
+    assert mixed.garment_unet is donor.garment_unet
+    assert torch.equal(mixed.unet.conv_in.weight, pipe.unet.conv_in.weight)
+    assert run(mixed).shape == (1, H, W, 3)
+
+
+def _write_variant(folder, base_name: str, marked: str) -> str:
+    """A ``{base}.fp16.safetensors`` beside ``{base}.safetensors``: the same weights in fp16,
+    with tensor ``marked`` (or the first float tensor ending so) set to 0.25."""
+    state = load_file(str(folder / f"{base_name}.safetensors"))
+    key = next(k for k in state if k.endswith(marked))
+    state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    state[key] = torch.full_like(state[key], 0.25)
+    save_file(state, str(folder / f"{base_name}.fp16.safetensors"), metadata={"format": "pt"})
+    return key
+
+
+def test_from_pretrained_variant_picks_the_variant_files(pipe, tmp_path):
+    folder = tmp_path / "ckpt"
+    pipe.save_pretrained(folder)
+    _write_variant(folder / "unet", "diffusion_pytorch_model", "conv_in.weight")
+    _write_variant(folder / "vae", "diffusion_pytorch_model", "encoder.conv_in.weight")
+    text_key = _write_variant(folder / "text_encoder", "model", "final_layer_norm.weight")
+    variant = TryOnPipeline.from_pretrained(folder, variant="fp16")
+    plain = TryOnPipeline.from_pretrained(folder)
+    for loaded, expected in ((variant, 0.25), (plain, None)):
+        weights = (
+            loaded.unet.conv_in.weight,
+            loaded.vae.encoder.conv_in.weight,
+            loaded.text_encoder.state_dict()[text_key],
+        )
+        for weight in weights:
+            assert weight.dtype == torch.float32  # torch_dtype, not the file's
+            assert torch.all(weight == 0.25) == (expected is not None)
+    # Folders without a variant file (GarmentNet, image encoder...) load their plain weights.
+    assert torch.equal(variant.garment_unet.conv_in.weight, pipe.garment_unet.conv_in.weight)
+    with pytest.raises(CheckpointError, match="no weight file"):
+        TryOnPipeline.from_pretrained(folder, use_safetensors=False)  # no pickles here
+
+
+def test_from_pretrained_hub_keywords_reach_snapshot_download(pipe, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    folder = tmp_path / "snapshot"
+    pipe.save_pretrained(folder)
+    calls = []
+
+    def snapshot_download(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    hub = dict(revision="v2", cache_dir=tmp_path / "cache", token="hf_secret", force_download=True)
+    loaded = TryOnPipeline.from_pretrained(
+        "someone/idm-vton", variant="fp16", low_cpu_mem_usage=False, **hub
+    )
+    repo_id, kwargs = calls[0]
+    assert repo_id == "someone/idm-vton"
+    assert {k: kwargs[k] for k in hub} == hub and kwargs["local_files_only"] is False
+    assert "*/diffusion_pytorch_model.fp16.bin" in kwargs["allow_patterns"]
+    assert np.array_equal(run(loaded), run(pipe))  # built from the folder the hub returned
+    TryOnPipeline.from_pretrained("someone/idm-vton", use_safetensors=True, local_files_only=True)
+    assert calls[1][1]["local_files_only"] is True
+    assert not [p for p in calls[1][1]["allow_patterns"] if p.endswith(".bin")]
+
+
+def test_from_pretrained_unknown_keyword_is_a_type_error(tmp_path):
+    with pytest.raises(TypeError, match="device_mapp"):
+        TryOnPipeline.from_pretrained(tmp_path, device_mapp="auto")

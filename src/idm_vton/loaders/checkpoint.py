@@ -58,19 +58,46 @@ _WEIGHT_NAMES = (
 )
 
 
-def weight_files(folder: Path) -> list[Path]:
-    """The weight file(s) of a component folder (a single file or an index of shards)."""
-    for index_name in (
-        "diffusion_pytorch_model.safetensors.index.json",
-        "model.safetensors.index.json",
-        "diffusion_pytorch_model.bin.index.json",
-        "pytorch_model.bin.index.json",
-    ):
+_INDEX_NAMES = (
+    "diffusion_pytorch_model.safetensors.index.json",
+    "model.safetensors.index.json",
+    "diffusion_pytorch_model.bin.index.json",
+    "pytorch_model.bin.index.json",
+)
+
+
+def variant_name(name: str, variant: str | None) -> str:
+    """diffusers' name of a variant file: ``model.safetensors`` -> ``model.fp16.safetensors``,
+    ``model.safetensors.index.json`` -> ``model.safetensors.index.fp16.json``."""
+    if not variant:
+        return name
+    stem, suffix = name.rsplit(".", 1)
+    return f"{stem}.{variant}.{suffix}"
+
+
+def weight_files(
+    folder: Path, variant: str | None = None, use_safetensors: bool | None = None
+) -> list[Path]:
+    """The weight file(s) of a component folder (a single file or an index of shards).
+
+    ``variant`` (e.g. ``"fp16"``): the folder's ``*.{variant}.safetensors`` / ``.bin`` files
+    are taken where present, the plain ones otherwise; ``use_safetensors``: True takes
+    safetensors files only, False pickles only, None (default) safetensors first.
+    """
+
+    def allowed(name: str) -> bool:
+        return use_safetensors is None or (".safetensors" in name) == use_safetensors
+
+    indexes = [variant_name(n, variant) for n in _INDEX_NAMES] if variant else []
+    files = (
+        [variant_name(n, variant) for n in _WEIGHT_NAMES if n.count(".") == 1] if variant else []
+    )
+    for index_name in filter(allowed, [*indexes, *_INDEX_NAMES]):
         index = folder / index_name
         if index.is_file():
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             return [folder / s for s in shards]
-    for name in _WEIGHT_NAMES:
+    for name in filter(allowed, [*files, *_WEIGHT_NAMES]):
         if (folder / name).exists():
             return [folder / name]
     raise CheckpointError(
@@ -150,10 +177,13 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
         ) from err
 
 
-def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """Read a component folder's weights (safetensors or ``weights_only`` pickle, sharded or not)."""
+def read_state_dict(
+    folder: Path, variant: str | None = None, use_safetensors: bool | None = None
+) -> dict[str, torch.Tensor]:
+    """Read a component folder's weights (safetensors or ``weights_only`` pickle, sharded or not;
+    ``variant`` and ``use_safetensors`` choose the files as :func:`weight_files` does)."""
     state: dict[str, torch.Tensor] = {}
-    for path in weight_files(Path(folder)):
+    for path in weight_files(Path(folder), variant, use_safetensors):
         state.update(_read_one(path))
     return state
 

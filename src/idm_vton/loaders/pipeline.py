@@ -26,6 +26,7 @@ from .checkpoint import (
     convert_garment_state_dict,
     convert_tryon_state_dict,
     read_state_dict,
+    variant_name,
     weight_files,
 )
 from .weights import check_weight_file
@@ -157,32 +158,69 @@ def _resampler_config(folder: Path, unet_config: dict, projection_state: dict) -
     return config
 
 
-def load_tryon_unet(
-    folder: Path, dtype: torch.dtype | None = None, projection_folder: Path | None = None
-) -> tuple[UNet2DConditionModel, ImageProjection]:
-    """TryonNet (stock UNet + IP-Adapter processors) and its Resampler from a component folder."""
-    folder = Path(folder)
+def _load_projection(
+    folder: Path,
+    unet_config: dict,
+    projection_state: dict,
+    projection_folder: Path | None,
+    dtype: torch.dtype | None,
+    variant: str | None = None,
+    use_safetensors: bool | None = None,
+) -> ImageProjection:
+    """The Resampler from its own folder, or from the TryonNet weights that hold it."""
+    if projection_folder is not None:
+        if projection_state:
+            raise CheckpointError(f"{folder} and {projection_folder} both hold a Resampler")
+        kwargs = _file_kwargs(projection_folder, variant, use_safetensors)
+        return realign_parameters(
+            ImageProjection.from_pretrained(projection_folder, torch_dtype=dtype, **kwargs)
+        )
+    if not projection_state:
+        raise CheckpointError(f"{folder} holds no IP-Adapter Resampler (encoder_hid_proj.*)")
+    with init_empty_weights():
+        projection = ImageProjection(**_resampler_config(folder, unet_config, projection_state))
+    _load_into(projection, projection_state, f"Resampler ({folder})", dtype)
+    return projection
+
+
+def _tryon_config(folder: Path) -> dict:
     config = _unet_config(folder)
     # Stock diffusers refuses "ip_image_proj" at construction: the Resampler is a component of
     # its own here and the UNet is built without it.
     if config.get("encoder_hid_dim_type") == "ip_image_proj":
         config["encoder_hid_dim_type"] = None
         config["encoder_hid_dim"] = None
+    return config
+
+
+def load_tryon_unet(
+    folder: Path,
+    dtype: torch.dtype | None = None,
+    projection_folder: Path | None = None,
+    *,
+    projection: ImageProjection | None = None,
+    variant: str | None = None,
+    use_safetensors: bool | None = None,
+) -> tuple[UNet2DConditionModel, ImageProjection]:
+    """TryonNet (stock UNet + IP-Adapter processors) and its Resampler from a component folder.
+
+    The Resampler comes from ``projection_folder``, else from the TryonNet weights (published
+    layout); a given ``projection`` is used instead (the folder's Resampler weights, if any, are
+    then left out, and logged).
+    """
+    folder = Path(folder)
+    config = _tryon_config(folder)
     ip = _read_json(folder / IP_ADAPTER_CONFIG) if (folder / IP_ADAPTER_CONFIG).is_file() else {}
     num_tokens, scale = int(ip.get("num_tokens", 16)), float(ip.get("scale", 1.0))
-    unet_state, projection_state = convert_tryon_state_dict(read_state_dict(folder))
-    if projection_folder is not None:
-        if projection_state:
-            raise CheckpointError(f"{folder} and {projection_folder} both hold a Resampler")
-        projection = realign_parameters(
-            ImageProjection.from_pretrained(projection_folder, torch_dtype=dtype)
+    unet_state, projection_state = convert_tryon_state_dict(
+        read_state_dict(folder, variant, use_safetensors)
+    )
+    if projection is None:
+        projection = _load_projection(
+            folder, config, projection_state, projection_folder, dtype, variant, use_safetensors
         )
-    else:
-        if not projection_state:
-            raise CheckpointError(f"{folder} holds no IP-Adapter Resampler (encoder_hid_proj.*)")
-        with init_empty_weights():
-            projection = ImageProjection(**_resampler_config(folder, config, projection_state))
-        _load_into(projection, projection_state, f"Resampler ({folder})", dtype)
+    elif projection_state:
+        logger.info("%s: Resampler weights left out (an image_projection was given)", folder)
     if projection.config.num_queries != num_tokens:
         raise CheckpointError(
             f"Resampler makes {projection.config.num_queries} tokens, IP-Adapter expects {num_tokens}"
@@ -194,7 +232,31 @@ def load_tryon_unet(
     return unet.eval(), projection.eval()
 
 
-def load_garment_unet(folder: Path, dtype: torch.dtype | None = None) -> UNet2DConditionModel:
+def load_image_projection(
+    root: Path,
+    dtype: torch.dtype | None = None,
+    variant: str | None = None,
+    use_safetensors: bool | None = None,
+) -> ImageProjection:
+    """The Resampler alone: from ``image_projection/``, else from the TryonNet weights (the
+    published layout stores it there, so that folder is read)."""
+    projection_dir = root / "image_projection"
+    if projection_dir.is_dir():
+        projection = _load_projection(root, {}, {}, projection_dir, dtype, variant, use_safetensors)
+        return projection.eval()
+    folder = find_component(root, TRYON_DIRS, "TryonNet")
+    _, projection_state = convert_tryon_state_dict(
+        read_state_dict(folder, variant, use_safetensors)
+    )
+    return _load_projection(folder, _tryon_config(folder), projection_state, None, dtype).eval()
+
+
+def load_garment_unet(
+    folder: Path,
+    dtype: torch.dtype | None = None,
+    variant: str | None = None,
+    use_safetensors: bool | None = None,
+) -> UNet2DConditionModel:
     """GarmentNet: a stock SDXL UNet without added conditioning (it never uses any)."""
     folder = Path(folder)
     config = _unet_config(folder)
@@ -202,7 +264,9 @@ def load_garment_unet(folder: Path, dtype: torch.dtype | None = None) -> UNet2DC
     config.update(encoder_hid_dim_type=None, encoder_hid_dim=None)
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(config)
-    state, dropped = convert_garment_state_dict(read_state_dict(folder), set(unet.state_dict()))
+    state, dropped = convert_garment_state_dict(
+        read_state_dict(folder, variant, use_safetensors), set(unet.state_dict())
+    )
     if dropped:
         logger.info("GarmentNet: %d unused add_embedding weights left out", len(dropped))
     _load_into(unet, state, f"GarmentNet ({folder})", dtype)
@@ -219,8 +283,23 @@ def save_ip_adapter_config(unet: UNet2DConditionModel, folder: Path) -> None:
     (Path(folder) / IP_ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
 
-def resolve_checkpoint(name_or_path: str | Path, local_files_only: bool = False) -> Path:
-    """A local folder as is; otherwise download (or find in the cache) a hub snapshot."""
+def resolve_checkpoint(
+    name_or_path: str | Path,
+    local_files_only: bool = False,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+    force_download: bool = False,
+    variant: str | None = None,
+    use_safetensors: bool | None = None,
+) -> Path:
+    """A local folder as is; otherwise download (or find in the cache) a hub snapshot.
+
+    ``revision``, ``cache_dir``, ``token`` and ``force_download`` go to
+    ``huggingface_hub.snapshot_download``; ``variant`` adds that variant's pickles to what is
+    fetched, ``use_safetensors=True`` leaves pickles out.
+    """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -229,23 +308,21 @@ def resolve_checkpoint(name_or_path: str | Path, local_files_only: bool = False)
         raise CheckpointError(f"checkpoint folder not found: {name_or_path}")
     from huggingface_hub import snapshot_download
 
-    patterns = [
-        "model_index.json",
-        "*/config.json",
-        "*/*.json",
-        "*/*.txt",
-        "*.json",
-        "*/*.safetensors",
-        "*/diffusion_pytorch_model.bin",
-        "*/pytorch_model.bin",
-    ]
+    patterns = ["model_index.json", "*/config.json", "*/*.json", "*/*.txt", "*.json"]
+    patterns.append("*/*.safetensors")
+    if use_safetensors is not True:
+        pickles = ["diffusion_pytorch_model.bin", "pytorch_model.bin"]
+        patterns += [f"*/{variant_name(n, v)}" for n in pickles for v in {None, variant}]
+    hub = dict(allow_patterns=patterns, revision=revision, cache_dir=cache_dir, token=token)
     try:
         return Path(
-            snapshot_download(name, allow_patterns=patterns, local_files_only=local_files_only)
+            snapshot_download(
+                name, local_files_only=local_files_only, force_download=force_download, **hub
+            )
         )
     except Exception as err:  # noqa: BLE001 - any hub failure gets the same advice
         try:
-            return Path(snapshot_download(name, allow_patterns=patterns, local_files_only=True))
+            return Path(snapshot_download(name, local_files_only=True, **hub))
         except Exception:  # noqa: BLE001
             pass
         raise CheckpointError(
@@ -254,13 +331,30 @@ def resolve_checkpoint(name_or_path: str | Path, local_files_only: bool = False)
         ) from err
 
 
-def _hf_component(loader, folder: Path, what: str, **kwargs):
+def _file_kwargs(folder: Path, variant: str | None, use_safetensors: bool | None) -> dict:
+    """``variant`` / ``use_safetensors`` for a diffusers or transformers loader: the variant only
+    where the folder has its files (those loaders refuse a variant they cannot find)."""
+    kwargs = {} if use_safetensors is None else {"use_safetensors": use_safetensors}
+    if variant and any(folder.glob(f"*.{variant}.*")):
+        kwargs["variant"] = variant
+    return kwargs
+
+
+def _hf_component(
+    loader,
+    folder: Path,
+    what: str,
+    variant: str | None = None,
+    use_safetensors: bool | None = None,
+    **kwargs,
+):
     if not folder.is_dir():
         raise CheckpointError(f"missing component folder: {folder} ({what})")
     try:
-        files = weight_files(folder)
+        files = weight_files(folder, variant, use_safetensors)
     except CheckpointError:
         files = []
+    kwargs.update(_file_kwargs(folder, variant, use_safetensors))
     for path in files:
         check_weight_file(path, f"{folder.name}/", CHECKPOINT_SOURCE, error=CheckpointError)
     try:
@@ -275,84 +369,146 @@ def _hf_component(loader, folder: Path, what: str, **kwargs):
     return component
 
 
+#: The components ``TryOnPipeline.from_pretrained`` accepts as overrides.
+COMPONENTS = (
+    "vae",
+    "unet",
+    "garment_unet",
+    "image_projection",
+    "image_encoder",
+    "scheduler",
+    "text_encoder",
+    "text_encoder_2",
+    "tokenizer",
+    "tokenizer_2",
+    "feature_extractor",
+)
+_TEXT_COMPONENTS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+
+
 def load_pipeline(
     name_or_path: str | Path,
     torch_dtype: torch.dtype | None = None,
     local_files_only: bool = False,
     load_text_encoders: bool = True,
     scheduler: SchedulerName | str | SchedulerMixin = SchedulerName.DDPM,
+    *,
+    revision: str | None = None,
+    variant: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+    force_download: bool = False,
+    use_safetensors: bool | None = None,
+    **components,
 ):
     """Build a :class:`~idm_vton.pipelines.tryon.TryOnPipeline` from a checkpoint folder or hub id.
 
     ``scheduler``: the sampler, built from the folder's ``scheduler/scheduler_config.json``
     whatever class that names (DDPM by default, as the reference), or a scheduler object.
+    ``components`` (``unet=``, ``vae=``, ... see :data:`COMPONENTS`): used as given, their
+    folders are not read; any other keyword raises ``TypeError``. The hub keywords go to
+    :func:`resolve_checkpoint`; ``variant`` and ``use_safetensors`` choose each folder's files.
     """
-    from diffusers import AutoencoderKL
-    from transformers import CLIPVisionModelWithProjection
-
     from ..pipelines.tryon import TryOnPipeline
 
-    root = resolve_checkpoint(name_or_path, local_files_only=local_files_only)
-    dtype = torch_dtype or torch.float32
-    projection_dir = root / "image_projection"
-    unet, projection = load_tryon_unet(
-        find_component(root, TRYON_DIRS, "TryonNet"),
-        dtype,
-        projection_folder=projection_dir if projection_dir.is_dir() else None,
+    unknown = sorted(set(components) - set(COMPONENTS))
+    if unknown:
+        raise TypeError(
+            f"TryOnPipeline.from_pretrained() got unexpected keyword argument(s): "
+            f"{', '.join(unknown)}"
+        )
+    root = resolve_checkpoint(
+        name_or_path,
+        local_files_only=local_files_only,
+        revision=revision,
+        cache_dir=cache_dir,
+        token=token,
+        force_download=force_download,
+        variant=variant,
+        use_safetensors=use_safetensors,
     )
-    garment_unet = load_garment_unet(find_component(root, GARMENT_DIRS, "GarmentNet"), dtype)
-    # The SDXL VAE overflows in fp16: keep it in fp32 then (bf16 is safe).
-    vae_dtype = torch.float32 if dtype == torch.float16 else dtype
-    vae = _hf_component(AutoencoderKL.from_pretrained, root / "vae", "VAE", torch_dtype=vae_dtype)
-    image_encoder = _hf_component(
+    files = dict(variant=variant, use_safetensors=use_safetensors)
+    dtype = torch_dtype or torch.float32
+    parts = dict(components)
+    if "unet" not in parts:
+        projection_dir = root / "image_projection"
+        parts["unet"], parts["image_projection"] = load_tryon_unet(
+            find_component(root, TRYON_DIRS, "TryonNet"),
+            dtype,
+            projection_folder=projection_dir if projection_dir.is_dir() else None,
+            projection=parts.get("image_projection"),
+            **files,
+        )
+    elif "image_projection" not in parts:
+        parts["image_projection"] = load_image_projection(root, dtype, **files)
+    if "garment_unet" not in parts:
+        garment_dir = find_component(root, GARMENT_DIRS, "GarmentNet")
+        parts["garment_unet"] = load_garment_unet(garment_dir, dtype, **files)
+    if "vae" not in parts:
+        # The SDXL VAE overflows in fp16: keep it in fp32 then (bf16 is safe).
+        vae_dtype = torch.float32 if dtype == torch.float16 else dtype
+        parts["vae"] = _load_vae(root, vae_dtype, **files)
+    if "image_encoder" not in parts:
+        parts["image_encoder"] = _load_image_encoder(root, dtype, **files)
+    parts["scheduler"] = _load_scheduler(root, scheduler)
+    if "feature_extractor" not in parts:
+        parts["feature_extractor"] = _load_feature_extractor(root)
+    if load_text_encoders:
+        missing = [name for name in _TEXT_COMPONENTS if name not in parts]
+        parts.update(_load_text_components(root, dtype, missing, **files))
+    return TryOnPipeline(**parts)
+
+
+def _load_vae(root: Path, dtype: torch.dtype, **files):
+    from diffusers import AutoencoderKL
+
+    vae = _hf_component(
+        AutoencoderKL.from_pretrained, root / "vae", "VAE", torch_dtype=dtype, **files
+    )
+    return vae.eval()
+
+
+def _load_image_encoder(root: Path, dtype: torch.dtype, **files):
+    from transformers import CLIPVisionModelWithProjection
+
+    encoder = _hf_component(
         CLIPVisionModelWithProjection.from_pretrained,
         root / "image_encoder",
         "image encoder",
         dtype=dtype,
+        **files,
     )
-    scheduler = _load_scheduler(root, scheduler)
-    text = _load_text_components(root, dtype) if load_text_encoders else {}
-    return TryOnPipeline(
-        vae=vae.eval(),
-        unet=unet,
-        garment_unet=garment_unet,
-        image_projection=projection,
-        image_encoder=image_encoder.eval(),
-        scheduler=scheduler,
-        feature_extractor=_load_feature_extractor(root),
-        **text,
-    )
+    return encoder.eval()
 
 
 def _load_scheduler(root: Path, scheduler: SchedulerName | str | SchedulerMixin) -> SchedulerMixin:
-    """The sampler ``scheduler`` built from ``scheduler/scheduler_config.json`` (a ready
-    scheduler object is used as is, as a component override)."""
+    """The sampler ``scheduler`` built from ``scheduler/scheduler_config.json`` (a scheduler
+    object is used as is, as a component override, and the folder is not read)."""
+    if isinstance(scheduler, SchedulerMixin):
+        return scheduler
     scheduler_dir = root / "scheduler"
     if not (scheduler_dir / "scheduler_config.json").is_file():
         raise CheckpointError(f"missing component folder: {scheduler_dir} (scheduler)")
-    if isinstance(scheduler, SchedulerMixin):
-        return scheduler
     return build_scheduler(scheduler, _read_json(scheduler_dir / "scheduler_config.json"))
 
 
-def _load_text_components(root: Path, dtype: torch.dtype) -> dict:
-    """The two SDXL text encoders and their tokenizers."""
+def _load_text_components(root: Path, dtype: torch.dtype, names: list[str], **files) -> dict:
+    """The SDXL text encoders and tokenizers named in ``names``."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    return {
-        "text_encoder": _hf_component(
-            CLIPTextModel.from_pretrained, root / "text_encoder", "text encoder", dtype=dtype
-        ),
-        "text_encoder_2": _hf_component(
+    loaders = {
+        "text_encoder": (CLIPTextModel.from_pretrained, "text encoder", {"dtype": dtype, **files}),
+        "text_encoder_2": (
             CLIPTextModelWithProjection.from_pretrained,
-            root / "text_encoder_2",
             "text encoder 2",
-            dtype=dtype,
+            {"dtype": dtype, **files},
         ),
-        "tokenizer": _hf_component(CLIPTokenizer.from_pretrained, root / "tokenizer", "tokenizer"),
-        "tokenizer_2": _hf_component(
-            CLIPTokenizer.from_pretrained, root / "tokenizer_2", "tokenizer 2"
-        ),
+        "tokenizer": (CLIPTokenizer.from_pretrained, "tokenizer", {}),
+        "tokenizer_2": (CLIPTokenizer.from_pretrained, "tokenizer 2", {}),
+    }
+    return {
+        name: _hf_component(loaders[name][0], root / name, loaders[name][1], **loaders[name][2])
+        for name in names
     }
 
 

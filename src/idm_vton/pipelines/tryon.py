@@ -40,7 +40,11 @@ from transformers import (
 
 from ..data.captions import garment_prompt, tryon_prompt
 from ..errors import NonFiniteOutputError, UsageError
-from ..models.garment_attention import GarmentAttentionProcessor, GarmentFeatureStore
+from ..models.garment_attention import (
+    GarmentAttentionProcessor,
+    GarmentCaptureProcessor,
+    GarmentFeatureStore,
+)
 from ..models.tryon_net import ImageProjection, install_garment_attention
 from .garment_cache import GarmentCache
 from .garment_schedule import (
@@ -196,13 +200,12 @@ class TryOnPipeline(DiffusionPipeline):
             feature_extractor=feature_extractor,
         )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        procs = [
-            p for p in unet.attn_processors.values() if isinstance(p, GarmentAttentionProcessor)
-        ]
-        if procs:
-            self.garment_store = procs[0].store
-        else:
-            self.garment_store = GarmentFeatureStore()
+        # Both UNets' garment processors must share one store; components from different
+        # pipelines (from_pretrained overrides) are rewired onto one.
+        tryon_store = _processor_store(unet, GarmentAttentionProcessor)
+        capture_store = _processor_store(garment_unet, GarmentCaptureProcessor)
+        self.garment_store = tryon_store or capture_store or GarmentFeatureStore()
+        if tryon_store is not self.garment_store or capture_store is not self.garment_store:
             install_garment_attention(unet, garment_unet, self.garment_store)
         self.image_processor = TryOnImageProcessor()
         self.garment_schedule = GarmentSchedule()
@@ -214,28 +217,50 @@ class TryOnPipeline(DiffusionPipeline):
     def from_pretrained(
         cls,
         pretrained_model_name_or_path,
+        *,
         torch_dtype: torch.dtype | None = None,
+        revision: str | None = None,
+        variant: str | None = None,
+        cache_dir=None,
         local_files_only: bool = False,
+        token: str | bool | None = None,
+        force_download: bool = False,
+        use_safetensors: bool | None = None,
+        low_cpu_mem_usage: bool = True,
         load_text_encoders: bool = True,
-        scheduler="ddpm",
-        **kwargs,
+        **components,
     ) -> TryOnPipeline:
         """Load from a local folder or hub id (published IDM-VTON layout or this project's).
 
-        ``scheduler``: a :class:`~idm_vton.schedulers.SchedulerName` (``"ddpm"``, the reference's
-        sampler, by default; built from the checkpoint's scheduler config whatever class it
-        names) or a scheduler object.
+        diffusers' keywords: ``torch_dtype``; ``revision``, ``cache_dir``, ``token``,
+        ``force_download``, ``local_files_only`` (the hub download); ``variant`` (e.g.
+        ``"fp16"``: each folder's ``*.fp16.safetensors`` / ``.bin`` where it has one);
+        ``use_safetensors`` (True: safetensors only; False: pickles only; None: safetensors
+        first); ``low_cpu_mem_usage`` (accepted; loading never holds two copies of a weight).
+        ``load_text_encoders=False`` leaves the text encoders and tokenizers out.
+
+        Component overrides (``unet=``, ``garment_unet=``, ``vae=``, ``image_encoder=``,
+        ``image_projection=``, ``text_encoder=``, ``tokenizer=``, ...) are used as given and
+        their folders are not read; ``scheduler`` is a scheduler object or a
+        :class:`~idm_vton.schedulers.SchedulerName` (``"ddpm"``, the reference's sampler, by
+        default; built from the checkpoint's scheduler config whatever class it names). Any
+        other keyword raises ``TypeError``.
         """
         from ..loaders.pipeline import load_pipeline
 
-        if kwargs:
-            raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
+        del low_cpu_mem_usage  # accepted for diffusers compatibility; nothing to choose
         return load_pipeline(
             pretrained_model_name_or_path,
             torch_dtype=torch_dtype,
+            revision=revision,
+            variant=variant,
+            cache_dir=cache_dir,
             local_files_only=local_files_only,
+            token=token,
+            force_download=force_download,
+            use_safetensors=use_safetensors,
             load_text_encoders=load_text_encoders,
-            scheduler=scheduler,
+            **components,
         )
 
     def save_pretrained(self, save_directory, safe_serialization: bool = True, **kwargs) -> None:
@@ -839,6 +864,12 @@ class TryOnPipeline(DiffusionPipeline):
         # 6. Decode and paste back.
         images = self.decode_latents(latents, prepared, rows, output_type, paste_back)
         return TryOnPipelineOutput(images=images) if return_dict else (images,)
+
+
+def _processor_store(unet: UNet2DConditionModel, kind: type) -> GarmentFeatureStore | None:
+    """The store of ``unet``'s garment processors of class ``kind``, if it has any."""
+    stores = [p.store for p in unet.attn_processors.values() if isinstance(p, kind)]
+    return stores[0] if stores else None
 
 
 def _descriptions(garment_description) -> list[str | None]:
