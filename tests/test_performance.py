@@ -375,6 +375,34 @@ def test_garment_cache_identical_results_and_skips_work(pipe, monkeypatch):
     assert len(cache) == n + 4
 
 
+def test_garment_cache_hits_across_batches_with_a_garment_generator(pipe, monkeypatch):
+    """With ``garment_generator`` the garment draw, so the cache key, ignores who is batched."""
+    cache = GarmentCache(max_bytes=2**30)
+    calls = []
+
+    def spy(unet, sample, *args, **kwargs):
+        calls.append(sample.shape[0])
+        return garment_features(unet, sample, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "garment_features", spy)
+    others = inputs(people=2, seed=9) | {"garment_image": inputs()["garment_image"]}
+    for seed, people in ((4, {}), (5, others)):
+        cached = render(
+            pipe,
+            seed=seed,
+            garment_cache=cache,
+            garment_generator=torch.Generator().manual_seed(7),
+            **people,
+        )
+        uncached = render(
+            pipe, seed=seed, garment_generator=torch.Generator().manual_seed(7), **people
+        )
+        assert torch.equal(cached, uncached)
+    # A miss, then a hit: GarmentNet ran 2 steps for the cache and 2 + 2 for the uncached calls.
+    assert (cache.misses, cache.hits) == (1, 1)
+    assert calls == [1] * 6
+
+
 def test_garment_cache_budget_lru():
     p = fresh_pipe()
     probe = GarmentCache(max_bytes=2**30)
