@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from idm_vton.commands.main import main
@@ -167,13 +168,81 @@ def test_convert_command(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
-def test_memory_flags(inputs, tmp_path):
-    default, two_phase, light = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
-    assert main(tryon_args(inputs, default)) == 0
-    assert main(tryon_args(inputs, two_phase) + ["--two-phase", "--vae-slicing"]) == 0
-    assert np.array_equal(np.asarray(Image.open(default)), np.asarray(Image.open(two_phase)))
-    assert (
-        main(tryon_args(inputs, light) + ["--fp8-weights", "--vae-tiling", "--vae-tile-size", "32"])
-        == 0
+def _render(inputs, out, *flags: str, model: str = "tiny") -> np.ndarray:
+    """Run ``idm-vton tryon`` (raw H x W render) and return the image as an int array."""
+    args = tryon_args(inputs, out, **{"--model": model}) + ["--no-paste-back", *flags]
+    assert main(args) == 0
+    return np.asarray(Image.open(out)).astype(int)
+
+
+def test_two_phase_and_vae_slicing_are_exact(inputs, tmp_path):
+    default = _render(inputs, tmp_path / "a.png")
+    assert np.array_equal(
+        _render(inputs, tmp_path / "b.png", "--two-phase", "--vae-slicing"), default
     )
-    assert Image.open(light).size == Image.open(default).size
+
+
+def test_fp8_weights_equal_a_model_with_fp8_rounded_unet_weights(inputs, tmp_path):
+    from idm_vton.testing.tiny import tiny_pipeline
+
+    # The same tiny model with every convolution and linear weight and bias of both UNets rounded
+    # to fp8 (e4m3) up front, computing in fp32 (norm layers carry no such weights).
+    pipe = tiny_pipeline()
+    rounded = 0
+    for unet in (pipe.unet, pipe.garment_unet):
+        for module in unet.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                for parameter in module.parameters(recurse=False):
+                    parameter.data = parameter.data.to(torch.float8_e4m3fn).to(torch.float32)
+                    rounded += 1
+    assert rounded > 100
+    pipe.save_pretrained(tmp_path / "rounded")
+
+    default = _render(inputs, tmp_path / "default.png")
+    fp8 = _render(inputs, tmp_path / "fp8.png", "--fp8-weights")
+    expected = _render(inputs, tmp_path / "expected.png", model=str(tmp_path / "rounded"))
+    assert np.abs(fp8 - expected).max() <= 1  # the same weights: equal up to float rounding
+    assert np.abs(fp8 - default).max() > 8 and (fp8 != default).mean() > 0.1
+
+
+@pytest.fixture
+def vae_inputs(monkeypatch) -> dict[str, list[tuple[int, int]]]:
+    """Record the (H, W) of every VAE encoder and decoder input of the next ``tryon`` run."""
+    import idm_vton.pipelines.memory as memory
+
+    seen: dict[str, list[tuple[int, int]]] = {"encoder": [], "decoder": []}
+    apply_memory_options = memory.apply_memory_options
+
+    def apply_and_record(pipe, options, device=None):
+        pipe = apply_memory_options(pipe, options, device)
+        for part, sizes in seen.items():
+            getattr(pipe.vae, part).register_forward_pre_hook(
+                lambda module, args, sizes=sizes: sizes.append(tuple(args[0].shape[-2:]))
+            )
+        return pipe
+
+    monkeypatch.setattr(memory, "apply_memory_options", apply_and_record)
+    return seen
+
+
+def test_vae_tiling_runs_the_vae_on_tiles_of_the_given_size(inputs, tmp_path, vae_inputs):
+    def render(name: str, *flags: str) -> np.ndarray:
+        for sizes in vae_inputs.values():
+            sizes.clear()
+        return _render(inputs, tmp_path / name, *flags)
+
+    # Untiled, the VAE encodes the 64 x 48 person, pose and garment and decodes an 8 x 6 latent.
+    default = render("default.png")
+    whole = {"encoder": [(64, 48)] * 3, "decoder": [(8, 6)]}
+    assert vae_inputs == whole
+    # A tile as large as the image (and the 512 px default) changes nothing.
+    for flags in (("--vae-tile-size", "64"), ()):
+        assert np.array_equal(render("same.png", "--vae-tiling", *flags), default)
+        assert vae_inputs == whole
+    # 32 px tiles overlapping by a quarter (a 24 px stride) cover each 64 x 48 image in 3 x 2
+    # tiles, and 4-latent tiles with a stride of 3 cover the 8 x 6 latent the same way.
+    tiled = render("tiled.png", "--vae-tiling", "--vae-tile-size", "32")
+    rows, cols = (32, 32, 16), (32, 24)
+    assert sorted(vae_inputs["encoder"]) == sorted([(h, w) for h in rows for w in cols] * 3)
+    assert sorted(vae_inputs["decoder"]) == sorted([(h, w) for h in (4, 4, 2) for w in (4, 3)])
+    assert not np.array_equal(tiled, default)  # tiles are encoded and decoded apart
