@@ -126,14 +126,21 @@ def test_preprocess_command_writes_the_vitonhd_layout_and_resumes(
         str(models_dir),
     ]
     assert main(args) == 0
+    pre = Preprocessor(models_dir)
     for path in photo_paths:
         files = dataset_paths(tmp_path / "ds", path.stem)
         assert all(p.is_file() for p in files.values()), files
-        size = Image.open(path).size
-        assert (
-            Image.open(files["mask"]).size == size and Image.open(files["densepose"]).size == size
-        )
-        assert load_openpose_json(files["keypoints"]).shape == (18, 2)
+        # Each file holds what the preprocessor finds for the photo (the command's defaults:
+        # upper body, VITON-HD mask), at the photo's size.
+        photo = Image.open(path).convert("RGB")
+        expected = pre.analyse(photo, "upper_body", "hd")
+        assert np.array_equal(np.asarray(Image.open(files["mask"])) >= 128, expected.mask)
+        assert np.array_equal(np.asarray(Image.open(files["parse"])), expected.parse)
+        np.testing.assert_allclose(load_openpose_json(files["keypoints"]), expected.keypoints)
+        densepose = np.asarray(Image.open(files["densepose"]).convert("RGB")).astype(int)
+        assert densepose.shape == (photo.height, photo.width, 3)
+        assert np.abs(densepose - np.asarray(expected.densepose)).mean() < 3  # JPEG
+        assert Image.open(files["image"]).size == photo.size
     assert not [p for p in (tmp_path / "ds").rglob("*") if p.name.startswith(".")]  # no temp files
     capsys.readouterr()
     assert main(args) == 0
