@@ -47,15 +47,28 @@ def parser(random_model_dir) -> HumanParser:
 # --- end to end on real photos -------------------------------------------------------------
 
 
-def test_parse_real_photo_full_size(parser):
+def test_parse_real_photo_full_size(tmp_path):
+    """Planted logits come back at the photo places the SCHP geometry puts them, at full size."""
+    ah, aw = quarter(ATR_INPUT_SIZE)
+    atr = np.zeros((18, ah, aw), np.float32)
+    atr[11, : ah // 2] = 5.0  # face over the top half of the network input
+    atr[14, ah // 2 :, : aw // 2] = 5.0  # bottom half: one arm label left of the centre ...
+    atr[15, ah // 2 :, aw // 2 :] = 5.0  # ... the other right of it
+    lh, lw = quarter(LIP_INPUT_SIZE)
+    lip = np.zeros((20, lh, lw), np.float32)
+    lip[13, : lh // 2] = 5.0  # LIP agrees on the face, so no neck away from the boundary
+    make_constant_schp(tmp_path / "parsing_atr.onnx", ATR_INPUT_SIZE, atr)
+    make_constant_schp(tmp_path / "parsing_lip.onnx", LIP_INPUT_SIZE, lip)
+    parser = HumanParser(tmp_path)
     photo = example_person_3x4()
     labels = parser(photo)
     assert labels.shape == (photo.height, photo.width) == (1024, 768)
     assert labels.dtype == np.uint8
-    assert labels.max() <= NECK_LABEL
-    # Random weights still produce a spatially varying map with many labels, not a constant.
-    assert len(np.unique(labels)) >= 5
-    np.testing.assert_array_equal(parser(photo), labels)  # deterministic
+    # The square input spans the photo's height (rows scale by 2) and is centred on its width,
+    # so the input's centre column falls between photo columns 383 and 384.
+    assert (labels[:490] == 11).all()
+    assert (labels[540:, :384] == 14).all() and (labels[540:, 384:] == 15).all()
+    np.testing.assert_array_equal(parser(np.asarray(photo)), labels)  # arrays too
 
 
 def test_parse_accepts_arrays_and_demo_size(parser):
