@@ -323,6 +323,23 @@ def test_non_finite_values_are_detected(tmp_path):
         run(broken)
 
 
+def test_fp16_vae_that_asks_for_upcasting_computes_in_fp32():
+    """SDXL's VAE overflows in fp16: with ``force_upcast`` it encodes and decodes in fp32 (the
+    image of an fp32 VAE holding the fp16-rounded weights) and is fp16 again afterwards."""
+    half, rounded = tiny_pipeline(seed=0), tiny_pipeline(seed=0)
+    half.vae.to(torch.float16)
+    rounded.vae.to(torch.float16).to(torch.float32)
+    assert half.vae.config.force_upcast
+    steps = []
+
+    def record(p, i, t, kwargs):
+        steps.append(p.vae.dtype)
+
+    out = run(half, callback_on_step_end=record)
+    assert half.vae.dtype == torch.float16 and steps == [torch.float16] * 2
+    np.testing.assert_array_equal(out, run(rounded))
+
+
 def test_missing_and_placeholder_checkpoints(pipe, tmp_path):
     with pytest.raises(CheckpointError, match="no TryonNet folder"):
         TryOnPipeline.from_pretrained(tmp_path)
