@@ -21,6 +21,7 @@ from idm_vton.evaluation.metrics.lpips import LPIPS_CHANNELS, AlexNetFeatures
 
 from .helpers.metrics import (
     direct_mmd2,
+    low_rank_fid,
     pt_inception_shapes,
     reference_clean_resize,
     reference_inception_features,
@@ -122,7 +123,7 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def full_result(dataset):
     # A 2048x2048 scipy sqrtm costs 15-80 s on two cores, so the end-to-end run swaps in the
-    # exact low-rank formula below and records the features it was given; frechet_distance itself
+    # exact low-rank formula (tests/helpers/metrics.py) and records the features it was given; frechet_distance itself
     # is checked against direct computations in test_metrics.py (and at 2048-d in a slow test).
     seen = {}
 
@@ -145,17 +146,6 @@ def full_result(dataset):
         )
     result["_fid_inputs"] = seen
     return result
-
-
-def low_rank_fid(x: np.ndarray, y: np.ndarray) -> float:
-    """FID for N << D without a 2048x2048 square root: the non-zero eigenvalues of S1 S2 are the
-    squared singular values of Xc Yc^T / sqrt((n-1)(m-1)), so Tr sqrt(S1 S2) is its nuclear norm."""
-    xc, yc = x - x.mean(0), y - y.mean(0)
-    cross = xc @ yc.T / np.sqrt((len(x) - 1) * (len(y) - 1))
-    tr_sqrt = np.linalg.svd(cross, compute_uv=False).sum()
-    tr_x = (xc**2).sum() / (len(x) - 1)
-    tr_y = (yc**2).sum() / (len(y) - 1)
-    return float(((x.mean(0) - y.mean(0)) ** 2).sum() + tr_x + tr_y - 2 * tr_sqrt)
 
 
 def loaded(folder, stem):
