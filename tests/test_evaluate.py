@@ -123,8 +123,9 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def full_result(dataset):
     # A 2048x2048 scipy sqrtm costs 15-80 s on two cores, so the end-to-end run swaps in the
-    # exact low-rank formula (tests/helpers/metrics.py) and records the features it was given; frechet_distance itself
-    # is checked against direct computations in test_metrics.py (and at 2048-d in a slow test).
+    # exact low-rank formula (tests/helpers/metrics.py) and records the features it was given;
+    # frechet_distance itself is checked against direct computations in test_metrics.py (and at
+    # 2048-d in a slow test).
     seen = {}
 
     def spy_fid(pred_features, gt_features):
