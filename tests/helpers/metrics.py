@@ -163,7 +163,7 @@ def inception_e(name: str, cin: int) -> list[tuple]:
 
 
 def pt_inception_shapes() -> dict[str, tuple[int, ...]]:
-    """Key -> shape of pytorch-fid's pt_inception file (torchvision InceptionV3 names, 1008 classes)."""
+    """Key -> shape of pytorch-fid's pt_inception file (torchvision names, 1008 classes)."""
     convs = [
         ("Conv2d_1a_3x3", 3, 32, 3),
         ("Conv2d_2a_3x3", 32, 32, 3),
