@@ -140,13 +140,18 @@ def test_placeholder_checkpoint_is_explained(inputs, tmp_path, capsys):
 def test_console_script_and_module_entry_points(inputs, tmp_path):
     exe = shutil.which("idm-vton")
     commands = [[sys.executable, "-m", "idm_vton"]] + ([[exe]] if exe else [])
+    in_process = tmp_path / "in_process.png"
+    assert main(tryon_args(inputs, in_process)) == 0
+    expected = np.asarray(Image.open(in_process)).astype(int)
     for i, command in enumerate(commands):
         out = tmp_path / f"o{i}.png"
         run = subprocess.run(
             command + tryon_args(inputs, out), capture_output=True, text=True, timeout=300
         )
         assert run.returncode == 0, run.stderr
-        assert out.is_file()
+        assert f"wrote {out}" in run.stdout
+        # The same command as the in-process main (up to float rounding across thread counts).
+        assert np.abs(np.asarray(Image.open(out)).astype(int) - expected).max() <= 1
     run = subprocess.run(
         [sys.executable, "-m", "idm_vton", "tryon", "--model", "tiny"],
         capture_output=True,
