@@ -10,7 +10,48 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_directory", "atomic_path", "replace_directory", "write_json_atomic"]
+from .errors import UsageError
+
+__all__ = [
+    "atomic_directory",
+    "atomic_path",
+    "refuse_output_over_inputs",
+    "replace_directory",
+    "write_json_atomic",
+]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True if ``a`` and ``b`` name one file: same resolved path, or (both existing) same inode."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return os.path.samefile(a, b)
+    except (OSError, RuntimeError):  # does not exist (yet), or a symlink loop: not the same
+        return False
+
+
+def refuse_output_over_inputs(
+    out: str | os.PathLike[str],
+    inputs: dict[str, str | os.PathLike[str] | None],
+    out_flag: str = "--out",
+) -> None:
+    """Refuse an output path that is one of the command's input files, before any work.
+
+    ``inputs`` maps the flag that named each input (``"--person"``) to its path; ``None`` and
+    non-file values (``"auto"``) are skipped. The same file reached through a symlink, a hard
+    link or another spelling of the path counts as the same file, so writing the output can never
+    replace the user's photo. Raises :class:`~idm_vton.errors.UsageError` naming both flags.
+    """
+    out = Path(out)
+    for flag, value in inputs.items():
+        if value is None or not Path(value).is_file():
+            continue
+        if _same_file(out, Path(value)):
+            raise UsageError(
+                f"{out_flag} {out} is the input file given to {flag}: writing it would replace "
+                "your input; choose another output path"
+            )
 
 
 @contextmanager
