@@ -100,7 +100,7 @@ def test_decode_image_formats_and_modes():
     [b"", b"GIF89a", b"not an image at all", b"%!PS-Adobe-3.0 EPSF-3.0\n"],
 )
 def test_decode_image_refuses_non_images(data):
-    from idm_vton.serving._library import ImageInputError
+    from idm_vton.errors import ImageInputError
 
     with pytest.raises(ImageInputError) as info:
         decode_image(data, "garment")
@@ -108,7 +108,7 @@ def test_decode_image_refuses_non_images(data):
 
 
 def test_decode_image_refuses_truncated_files():
-    from idm_vton.serving._library import ImageInputError
+    from idm_vton.errors import ImageInputError
 
     data = (EXAMPLES / "person.jpg").read_bytes()
     with pytest.raises(ImageInputError):

@@ -22,7 +22,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ._library import MAX_PIXELS, TINY_MODEL_NOTE, GarmentCategory, ImageInputError
+from ..enums import GarmentCategory
+from ..errors import ImageInputError
+from ..pipelines.image_processor import MAX_PIXELS
+from ..testing.tiny import TINY_MODEL_NOTE
 from .config import ParameterError, TryOnParams
 from .engine import WorkItem
 from .images import ImageTooLargeError, decode_image, png_bytes

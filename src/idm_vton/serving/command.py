@@ -89,7 +89,9 @@ def config_from_args(args: argparse.Namespace):
     from dataclasses import asdict
 
     from ..commands._flags import memory_options
-    from ._library import DType, UsageError, resolve_device, resolve_dtype
+    from ..devices import resolve_device, resolve_dtype
+    from ..enums import DType
+    from ..errors import UsageError
     from .config import ServeConfig
 
     for flag in ("max_queue", "max_batch", "max_images", "replicas"):
@@ -122,7 +124,9 @@ def config_from_args(args: argparse.Namespace):
 
 def load_pipeline(model: str, device: str, dtype: str):
     """Load ``model`` ("tiny", a hub id or a folder) on ``device`` in ``dtype`` (fp32/bf16/fp16)."""
-    from ._library import DType, check_dtype_on_device, load_model
+    from ..devices import check_dtype_on_device
+    from ..enums import DType
+    from ..loaders.pipeline import load_model
 
     torch_dtype = DType(dtype).torch_dtype
     check_dtype_on_device(torch_dtype, device)
@@ -155,7 +159,7 @@ def serve_local(config, ui: bool = True) -> int:
     """Serve ``config`` in this process with uvicorn until interrupted."""
     import uvicorn
 
-    from ._library import TINY_MODEL_NOTE
+    from ..testing.tiny import TINY_MODEL_NOTE
     from .app import create_app
     from .service import TryOnService, load_local_model
 

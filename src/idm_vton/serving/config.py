@@ -10,7 +10,8 @@ import math
 import secrets
 from dataclasses import dataclass, field
 
-from ._library import GarmentCategory, IdmVtonError
+from ..enums import GarmentCategory
+from ..errors import IdmVtonError
 
 __all__ = [
     "SEED_RANGE",

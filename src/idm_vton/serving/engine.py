@@ -23,16 +23,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._library import (
-    GarmentCache,
-    IdmVtonError,
-    ImageInputError,
-    NonFiniteOutputError,
-    PreprocessModelError,
-    Preprocessor,
-    TryOnPipeline,
-    call_pipeline,
-)
+from ..errors import IdmVtonError, ImageInputError, NonFiniteOutputError, PreprocessModelError
+from ..pipelines.garment_cache import GarmentCache
+from ..pipelines.tryon import TryOnPipeline
+from ..preprocess.preprocessor import Preprocessor
 from .config import TryOnParams
 from .images import ImageTooLargeError, image_digest
 
@@ -48,7 +42,10 @@ __all__ = [
 
 logger = logging.getLogger("idm_vton.serving")
 
-#: Seed of the garment latent's VAE posterior draw, shared by every request (see engine docs).
+#: Seed of the garment latent's VAE posterior draw. A batch of people shares ONE garment latent;
+#: by default the pipeline draws its noise from the first person's generator, which would make a
+#: request's image depend on which request came first in its batch. Every call passes
+#: ``garment_generator`` seeded with this instead (the same for every request).
 GARMENT_SEED = 0
 
 #: (step done, steps in total) for the jobs ``ids`` of the current call.
@@ -177,8 +174,7 @@ class TryOnEngine:
         person = Image.new("RGB", (w, h), (128, 128, 128))
         mask = Image.new("L", (w, h), 0)
         mask.paste(255, (w // 4, h // 4, 3 * w // 4, 3 * h // 4))
-        call_pipeline(
-            self.pipe,
+        self.pipe(
             garment_generator=torch.Generator().manual_seed(GARMENT_SEED),
             person_image=person,
             garment_image=person,
@@ -292,8 +288,7 @@ class TryOnEngine:
             return tensors
 
         self.pipeline_calls += 1
-        result = call_pipeline(
-            self.pipe,
+        result = self.pipe(
             garment_generator=torch.Generator().manual_seed(GARMENT_SEED),
             person_image=[item.person for item, _ in rows],
             garment_image=first.garment,

@@ -17,7 +17,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ._library import MAX_PIXELS, ImageInputError, load_image
+from ..errors import ImageInputError
+from ..pipelines.image_processor import MAX_PIXELS, load_image
 
 __all__ = [
     "ALLOWED_FORMATS",

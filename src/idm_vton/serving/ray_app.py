@@ -106,7 +106,7 @@ class TryOnModel:
     """One pipeline on one device; renders batches sent by the ingress (a Ray Serve replica)."""
 
     def __init__(self, config: dict) -> None:
-        from ._library import MemoryOptions, apply_memory_options
+        from ..pipelines.memory import MemoryOptions, apply_memory_options
         from .command import load_pipeline
 
         self.config = ServeConfig(**config)
@@ -253,7 +253,8 @@ def app(args: dict[str, str]):
     """
     import os
 
-    from ._library import DType, resolve_device, resolve_dtype
+    from ..devices import resolve_device, resolve_dtype
+    from ..enums import DType
 
     device = resolve_device(args.get("device"))
     config = ServeConfig(

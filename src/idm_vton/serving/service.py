@@ -91,7 +91,7 @@ class TryOnService:
 
 def load_local_model(config: ServeConfig) -> LoadedModel:
     """Load ``config.model`` on ``config.device``, apply the memory options, warm it up."""
-    from ._library import MemoryOptions, apply_memory_options
+    from ..pipelines.memory import MemoryOptions, apply_memory_options
     from .command import load_pipeline
 
     pipe = load_pipeline(config.model, config.device, config.dtype)

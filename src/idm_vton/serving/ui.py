@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ._library import TINY_MODEL_NOTE, GarmentCategory, ImageInputError, load_image
+from ..enums import GarmentCategory
+from ..errors import ImageInputError
+from ..pipelines.image_processor import load_image
+from ..testing.tiny import TINY_MODEL_NOTE
 from .config import ParameterError, TryOnParams
 from .engine import WorkItem
 from .images import png_bytes
