@@ -359,3 +359,116 @@ def test_body_limit_middleware_cuts_streams_off():
     assert seen[-1] == "http.disconnect"  # the app saw the input end, not the rest
     assert asyncio.run(run([b""], headers=[(b"content-length", b"11")])) == 413
     assert asyncio.run(run([b""], headers=[(b"content-length", b"x")])) == 400
+
+
+# ---------------------------------------------------------------------------- the serve command
+def serve_args(*argv: str):
+    from idm_vton.commands.main import build_parser
+
+    return build_parser().parse_args(["serve", "--model", "tiny", "--device", "cpu", *argv])
+
+
+def test_serve_options_build_the_config(monkeypatch):
+    from idm_vton.commands.serve import config_from_args
+
+    monkeypatch.delenv("IDM_VTON_API_KEY", raising=False)
+    config = config_from_args(
+        serve_args(
+            "--max-upload-mb", "1.5", "--timeout", "30", "--garment-cache-mb", "10",
+            "--max-queue", "0", "--port", "8123", "--host", "0.0.0.0", "--vae-slicing",
+        )
+    )  # fmt: skip
+    assert (config.model, config.device, config.dtype) == ("tiny", "cpu", "fp32")
+    assert config.max_upload_bytes == 1536 * 1024 and config.garment_cache_bytes == 10 * 2**20
+    assert (config.timeout_s, config.max_queue, config.port, config.host) == (
+        30.0,
+        0,
+        8123,
+        "0.0.0.0",
+    )
+    assert config.memory_options.vae_slicing and not config.memory_options.offload
+    assert config.api_key is None
+    monkeypatch.setenv("IDM_VTON_API_KEY", "from-env")
+    assert config_from_args(serve_args()).api_key == "from-env"
+    assert config_from_args(serve_args("--api-key", "given")).api_key == "given"
+    # the defaults are ServeConfig's own
+    from idm_vton.serving.config import ServeConfig
+
+    default = config_from_args(serve_args())
+    assert (default.max_upload_bytes, default.timeout_s, default.max_batch) == (
+        ServeConfig.max_upload_bytes,
+        ServeConfig.timeout_s,
+        ServeConfig.max_batch,
+    )
+
+
+def test_serve_command_hands_ui_and_ray_options_to_the_server(monkeypatch):
+    import idm_vton.serving.server as server
+    from idm_vton.commands.serve import run
+    from idm_vton.serving.config import RayOptions
+
+    calls = []
+    monkeypatch.setattr(server, "serve", lambda config, **kw: calls.append((config, kw)) or 0)
+    assert run(serve_args("--no-ui", "--ray", "--replicas", "2", "--ray-address", "auto")) == 0
+    assert run(serve_args("--replicas", "3")) == 0
+    (first, first_kw), (second, second_kw) = calls
+    assert first_kw == {"ui": False, "ray": RayOptions(replicas=2, address="auto")}
+    assert second_kw == {"ui": True, "ray": None}  # --replicas alone does not mean Ray
+    assert first.model == second.model == "tiny"
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--max-batch", "0"], "--max-batch must be >= 1"),
+        (["--max-queue", "-1"], "--max-queue must be >= 0"),
+        (["--max-images", "0"], "--max-images must be >= 1"),
+        (["--port", "70000"], "--port must be 1..65535"),
+        (["--max-upload-mb", "0"], "--max-upload-mb and --timeout must be > 0"),
+        (["--timeout", "0"], "--max-upload-mb and --timeout must be > 0"),
+        (["--replicas", "0"], "--replicas must be >= 1"),
+    ],
+)
+def test_serve_options_refused_in_one_line(monkeypatch, capsys, argv, words):
+    import idm_vton.serving.server as server
+    from idm_vton.commands.main import run_command
+    from idm_vton.commands.serve import run
+
+    monkeypatch.setattr(server, "serve", lambda *a, **kw: pytest.fail("the server started"))
+    assert run_command(run, serve_args(*argv), "idm-vton serve") == 2
+    assert words in capsys.readouterr().err
+
+
+def test_serve_sizes_in_mb_must_be_numbers():
+    for value in ("inf", "nan", "big"):
+        with pytest.raises(SystemExit):
+            serve_args("--max-upload-mb", value)
+
+
+def test_building_the_parser_imports_no_server_library():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from idm_vton.commands.main import build_parser\n"
+        "build_parser().parse_args(['serve', '--model', 'tiny'])\n"
+        "heavy = ('gradio', 'fastapi', 'starlette', 'uvicorn', 'ray')\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in heavy]\n"
+        "loaded += [m for m in sys.modules if m.startswith('idm_vton.serving.')\n"
+        "           and m != 'idm_vton.serving.config']\n"
+        "print(sorted(loaded))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_ready_line_url_is_one_a_browser_here_opens():
+    from idm_vton.serving.config import ServeConfig
+    from idm_vton.serving.server import base_url
+
+    assert base_url(ServeConfig(host="0.0.0.0", port=80)) == "http://127.0.0.1:80/"
+    assert base_url(ServeConfig(host="::", port=81)) == "http://127.0.0.1:81/"
+    assert base_url(ServeConfig(host="::1", port=82)) == "http://[::1]:82/"
+    assert base_url(ServeConfig(host="example.org", port=83)) == "http://example.org:83/"

@@ -7,7 +7,8 @@
 - :mod:`.service`: one server's state and background model loading;
 - :mod:`.api`, :mod:`.ui`, :mod:`.security`, :mod:`.app`: HTTP routes, the Gradio UI, the body
   limit and API key, the combined ASGI app;
-- :mod:`.command`: the ``serve`` command; :mod:`.ray_app`: the same app on Ray Serve.
+- :mod:`.server`: running it for a config, in this process or on Ray Serve (:mod:`.ray_app`);
+  the ``idm-vton serve`` options are parsed by :mod:`idm_vton.commands.serve`.
 
 Needs the ``serve`` extra (``pip install "idm-vton[serve]"``; Ray: ``idm-vton[ray]``).
 See docs/serving.md.

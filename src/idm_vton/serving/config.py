@@ -1,68 +1,158 @@
 """Server settings and the validated parameters of one try-on request.
 
-Everything a client sends is checked here, at the boundary, and refused with one line
-(:class:`ParameterError`, HTTP 400) naming the field, the allowed range and what came in.
+:class:`ServeConfig` (and :class:`RayOptions` for ``--ray``) hold the settings of one server; each
+field with an ``option()`` is one ``idm-vton serve`` flag. Everything a client sends is checked
+by :meth:`TryOnParams.parse`, at the boundary, and refused with one line (:class:`ParameterError`,
+HTTP 400) naming the field, the allowed values and what came in.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import secrets
 from dataclasses import dataclass, field
 
-from ..enums import GarmentCategory
-from ..errors import IdmVtonError
+from ..enums import DType, GarmentCategory
+from ..errors import IdmVtonError, UsageError
+from ..options import option
+from ..pipelines.memory import MemoryOptions
 
 __all__ = [
+    "API_KEY_ENV",
     "SEED_RANGE",
     "ParameterError",
+    "RayOptions",
     "ServeConfig",
     "TryOnParams",
+    "api_key_or_environment",
+    "resolve_device_and_dtype",
 ]
 
 #: Seeds are 32-bit; image ``j`` of a request uses ``(seed + j) % SEED_RANGE``.
 SEED_RANGE = 2**32
+#: Environment variable holding the API key when none is given.
+API_KEY_ENV = "IDM_VTON_API_KEY"
+
+_MIB = 1024 * 1024
 
 
 class ParameterError(IdmVtonError, ValueError):
     """A request parameter outside its allowed values (HTTP 400)."""
 
 
+def _megabytes(text: str) -> int:
+    """A size given in MB on the command line, in bytes."""
+    size = float(text)
+    if not math.isfinite(size):
+        raise ValueError(f"expected a number of MB, got {text!r}")
+    return int(size * _MIB)
+
+
 @dataclass
 class ServeConfig:
-    """Settings of one server process (``idm-vton serve`` options).
+    """Settings of one server process (the ``idm-vton serve`` options).
 
-    ``max_queue``: requests waiting (not yet running) before new ones get HTTP 429;
-    ``max_batch``: people rendered in one pipeline call (requests for the same garment and
-    settings share it); ``max_upload_bytes``: per uploaded file; ``timeout_s``: per request, from
-    its arrival to its answer; ``garment_cache_bytes``: GarmentNet features kept across requests
-    (0 = none). ``default_*`` are used for fields a request leaves out.
+    ``device`` and ``dtype`` are resolved names (``cuda``, ``bf16``; see
+    :func:`resolve_device_and_dtype`). ``max_queue``: requests waiting (not yet running) before
+    new ones get HTTP 429; ``max_batch``: people rendered in one pipeline call (requests for the
+    same garment and settings share it); ``max_upload_bytes``: per uploaded file; ``timeout_s``:
+    per request, from its arrival to its answer; ``garment_cache_bytes``: GarmentNet features
+    kept across requests (0 = none). ``default_*`` are used for fields a request leaves out.
     """
 
-    model: str = "tiny"
-    device: str = "cpu"
-    dtype: str = "fp32"
-    host: str = "127.0.0.1"
-    port: int = 7860
-    api_key: str | None = None
-    max_queue: int = 64
-    max_batch: int = 4
-    max_upload_bytes: int = 20 * 1024 * 1024
-    max_images: int = 4
+    model: str = option("yisol/IDM-VTON", shared="model")
+    device: str = option("cpu", shared="device")
+    dtype: str = option(DType.FP32.value, shared="dtype")
+    preprocess_models: str | None = option(None, shared="preprocess_models")
+    host: str = option(
+        "127.0.0.1", "address to listen on (default %(default)s: this machine only; 0.0.0.0 = all)"
+    )
+    port: int = option(7860, "port (default %(default)s)")
+    api_key: str | None = option(
+        None, f"require this key for the API and the UI (default: ${API_KEY_ENV}; unset = open)"
+    )
+    max_queue: int = option(64, "requests waiting before 429 (default 64)")
+    max_batch: int = option(
+        4, "people per pipeline call; same-garment requests share one (default %(default)s)"
+    )
+    max_upload_bytes: int = option(
+        20 * _MIB,
+        "per uploaded image (default 20)",
+        flag="--max-upload-mb",
+        parse=_megabytes,
+        metavar="MAX_UPLOAD_MB",
+    )
+    max_images: int = option(4, "images per request at most (default 4)")
+    timeout_s: float = option(
+        600.0, "seconds per request (default 600)", flag="--timeout", metavar="TIMEOUT"
+    )
+    garment_cache_bytes: int = option(
+        0,
+        "keep GarmentNet features of recent garments (MB; SDXL: ~158 MB per step in bf16; "
+        "default 0 = off)",
+        flag="--garment-cache-mb",
+        parse=_megabytes,
+        metavar="GARMENT_CACHE_MB",
+    )
     max_steps: int = 100
-    timeout_s: float = 600.0
     job_ttl_s: float = 600.0
-    garment_cache_bytes: int = 0
     default_steps: int = 30
     default_guidance: float = 2.0
-    default_category: str = "upper_body"
-    preprocess_models: str | None = None
-    memory_options: dict = field(default_factory=dict)
+    default_category: str = GarmentCategory.UPPER_BODY.value
+    memory_options: MemoryOptions = field(default_factory=MemoryOptions)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.memory_options, dict):  # as plain data, e.g. sent to a Ray replica
+            self.memory_options = MemoryOptions(**self.memory_options)
+        for name, least in (("max_queue", 0), ("max_batch", 1), ("max_images", 1)):
+            if getattr(self, name) < least:
+                flag = name.replace("_", "-")
+                raise UsageError(f"--{flag} must be >= {least}, got {getattr(self, name)}")
+        if self.max_upload_bytes <= 0 or self.timeout_s <= 0:
+            raise UsageError("--max-upload-mb and --timeout must be > 0")
+        if not 0 < self.port < 65536:
+            raise UsageError(f"--port must be 1..65535, got {self.port}")
 
     @property
     def is_tiny(self) -> bool:
         """The built-in random model: its output is noise."""
         return self.model == "tiny"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How ``idm-vton serve --ray`` deploys the server on Ray Serve (see :mod:`.ray_app`)."""
+
+    replicas: int = option(1, "model replicas, one per GPU (default 1)")
+    max_replicas: int | None = option(
+        None, "autoscale between --replicas and this many replicas by queue length"
+    )
+    address: str | None = option(
+        None,
+        "join this Ray cluster (default: $RAY_ADDRESS, else a local Ray instance)",
+        flag="--ray-address",
+        metavar="RAY_ADDRESS",
+    )
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise UsageError(f"--replicas must be >= 1, got {self.replicas}")
+
+
+def resolve_device_and_dtype(device: str | None, dtype: DType | str | None) -> tuple[str, str]:
+    """The device and dtype names a server runs with; ``None`` chooses as every command does
+    (CUDA when available; bf16 on CUDA, fp32 otherwise). An unknown or unavailable device or
+    dtype raises :class:`~idm_vton.errors.UsageError`."""
+    from ..devices import resolve_device, resolve_dtype
+
+    resolved = resolve_device(device)
+    return str(resolved), DType.of(resolve_dtype(dtype, resolved)).value
+
+
+def api_key_or_environment(api_key: str | None) -> str | None:
+    """``api_key``, else the key in ``$IDM_VTON_API_KEY``; ``None`` (no key) when both are empty."""
+    return api_key or os.environ.get(API_KEY_ENV) or None
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from ..errors import IdmVtonError, ImageInputError, NonFiniteOutputError, Prepro
 from ..pipelines.garment_cache import GarmentCache
 from ..pipelines.tryon import TryOnPipeline
 from ..preprocess.preprocessor import Preprocessor
-from .config import TryOnParams
+from .config import ServeConfig, TryOnParams
 from .images import ImageTooLargeError, image_digest
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "WorkItem",
     "batch_key",
     "error_status",
+    "load_engine",
 ]
 
 logger = logging.getLogger("idm_vton.serving")
@@ -312,3 +313,26 @@ class TryOnEngine:
             logger.error("request %s failed", outcome.id, exc_info=err)
         else:
             logger.info("request %s refused: %s", outcome.id, outcome.error)
+
+
+def load_engine(config: ServeConfig) -> TryOnEngine:
+    """Load ``config.model`` on ``config.device`` in ``config.dtype`` with its memory modes, as
+    an engine with the server's batch size, preprocessing and garment cache; warmed up."""
+    from ..devices import check_dtype_on_device
+    from ..enums import DType
+    from ..loaders.pipeline import load_model
+    from ..pipelines.memory import apply_memory_options
+
+    dtype = DType(config.dtype).torch_dtype
+    check_dtype_on_device(dtype, config.device)
+    pipe = load_model(config.model, dtype, config.device)
+    apply_memory_options(pipe, config.memory_options, config.device)
+    engine = TryOnEngine(
+        pipe,
+        max_batch=config.max_batch,
+        preprocess_models=config.preprocess_models,
+        preprocess_device=config.device,
+        garment_cache_bytes=config.garment_cache_bytes,
+    )
+    engine.warm_up()
+    return engine

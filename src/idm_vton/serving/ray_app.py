@@ -34,8 +34,14 @@ from dataclasses import asdict, replace
 from PIL import Image
 from ray import serve
 
-from .config import ServeConfig, TryOnParams
-from .engine import Outcome, TryOnEngine, WorkItem
+from .config import (
+    RayOptions,
+    ServeConfig,
+    TryOnParams,
+    api_key_or_environment,
+    resolve_device_and_dtype,
+)
+from .engine import Outcome, WorkItem, load_engine
 from .service import LoadedModel, TryOnService
 
 __all__ = [
@@ -106,21 +112,8 @@ class TryOnModel:
     """One pipeline on one device; renders batches sent by the ingress (a Ray Serve replica)."""
 
     def __init__(self, config: dict) -> None:
-        from ..pipelines.memory import MemoryOptions, apply_memory_options
-        from .command import load_pipeline
-
         self.config = ServeConfig(**config)
-        device = self.config.device
-        pipe = load_pipeline(self.config.model, device, self.config.dtype)
-        apply_memory_options(pipe, MemoryOptions(**self.config.memory_options), device)
-        self.engine = TryOnEngine(
-            pipe,
-            max_batch=self.config.max_batch,
-            preprocess_models=self.config.preprocess_models,
-            preprocess_device=device,
-            garment_cache_bytes=self.config.garment_cache_bytes,
-        )
-        self.engine.warm_up()
+        self.engine = load_engine(self.config)
         self.name = serve.get_replica_context().replica_tag
         # One pipeline call at a time on this replica's device.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idm-vton-gpu")
@@ -251,20 +244,11 @@ def app(args: dict[str, str]):
     ``max_replicas``, ``max_batch``, ``max_queue``, ``api_key`` (default
     ``$IDM_VTON_API_KEY``), ``preprocess_models``, ``ui`` (true/false).
     """
-    import os
-
-    from ..devices import resolve_device, resolve_dtype
-    from ..enums import DType
-
-    device = resolve_device(args.get("device"))
+    device, dtype = resolve_device_and_dtype(args.get("device"), args.get("dtype"))
+    fields = {key: args[key] for key in ("model", "preprocess_models") if key in args}
+    fields.update({key: int(args[key]) for key in ("max_batch", "max_queue") if key in args})
     config = ServeConfig(
-        model=args.get("model", "yisol/IDM-VTON"),
-        device=str(device),
-        dtype=DType.of(resolve_dtype(args.get("dtype"), device)).value,
-        api_key=args.get("api_key") or os.environ.get("IDM_VTON_API_KEY") or None,
-        max_batch=int(args.get("max_batch", 4)),
-        max_queue=int(args.get("max_queue", 64)),
-        preprocess_models=args.get("preprocess_models"),
+        device=device, dtype=dtype, api_key=api_key_or_environment(args.get("api_key")), **fields
     )
     max_replicas = args.get("max_replicas")
     return build_application(
@@ -275,31 +259,26 @@ def app(args: dict[str, str]):
     )
 
 
-def serve_on_ray(
-    config: ServeConfig,
-    replicas: int = 1,
-    max_replicas: int | None = None,
-    address: str | None = None,
-    ui: bool = True,
-) -> int:
+def serve_on_ray(config: ServeConfig, options: RayOptions, ui: bool = True) -> int:
     """``idm-vton serve --ray``: deploy on Ray Serve and block until interrupted."""
     import os
 
     import ray
 
+    from .server import base_url
+
     if not ray.is_initialized():
-        if address or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=address)  # join the cluster
+        if options.address or os.environ.get("RAY_ADDRESS"):
+            ray.init(address=options.address)  # join the cluster
         else:
             # A local instance: Ray's own services listen on the loopback interface only.
             ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
     serve.start(http_options={"host": config.host, "port": config.port})
-    print(f"deploying {replicas} replica(s) of {config.model} on Ray ...", file=sys.stderr)
-    serve.run(
-        build_application(config, replicas, max_replicas, ui), name="idm-vton", route_prefix="/"
-    )
-    host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
-    print(f"ready: http://{host}:{config.port}/ (API docs: /docs)", file=sys.stderr, flush=True)
+    print(f"deploying {options.replicas} replica(s) of {config.model} on Ray ...", file=sys.stderr)
+    application = build_application(config, options.replicas, options.max_replicas, ui)
+    serve.run(application, name="idm-vton", route_prefix="/")
+    url = base_url(config)
+    print(f"ready: {url} (API docs: {url}docs)", file=sys.stderr, flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import ServeConfig
-from .engine import TryOnEngine, WorkItem
+from .engine import WorkItem, load_engine
 from .scheduler import Backend, Job, NotReadyError, Scheduler
 
 __all__ = ["LoadedModel", "TryOnService", "load_local_model"]
@@ -90,20 +90,8 @@ class TryOnService:
 
 
 def load_local_model(config: ServeConfig) -> LoadedModel:
-    """Load ``config.model`` on ``config.device``, apply the memory options, warm it up."""
-    from ..pipelines.memory import MemoryOptions, apply_memory_options
-    from .command import load_pipeline
-
-    pipe = load_pipeline(config.model, config.device, config.dtype)
-    apply_memory_options(pipe, MemoryOptions(**config.memory_options), config.device)
-    engine = TryOnEngine(
-        pipe,
-        max_batch=config.max_batch,
-        preprocess_models=config.preprocess_models,
-        preprocess_device=config.device,
-        garment_cache_bytes=config.garment_cache_bytes,
-    )
-    engine.warm_up()
+    """The model of ``config`` in this process (:func:`~.engine.load_engine`), one worker."""
+    engine = load_engine(config)
     height, width = engine.work_size
     info = {"backend": "local", "replicas": 1, "work_height": height, "work_width": width}
     return LoadedModel(backend=engine.run, workers=1, info=info)
