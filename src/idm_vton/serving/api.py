@@ -12,10 +12,11 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -29,10 +30,19 @@ from ..testing.tiny import TINY_MODEL_NOTE
 from .config import ParameterError, TryOnParams
 from .engine import WorkItem
 from .images import ImageTooLargeError, decode_image, png_bytes
-from .scheduler import Job, JobState, NotReadyError, QueueFullError
+from .scheduler import Job, JobState, NotReadyError, QueueFullError, Scheduler
 from .service import TryOnService
 
-__all__ = ["ApiError", "build_item", "create_api", "read_upload", "wait_for"]
+__all__ = [
+    "ApiError",
+    "TryOnFields",
+    "TryOnUploads",
+    "build_item",
+    "create_api",
+    "read_upload",
+    "server_info",
+    "wait_for",
+]
 
 #: Chunk size for reading an upload from its spool file.
 _CHUNK = 1 << 20
@@ -51,6 +61,64 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+# ---------------------------------------------------------------------------- the request form
+# The multipart form of POST /v1/tryon and /v1/jobs, as two FastAPI dependencies: each field is
+# typed and described for the OpenAPI page, then checked again by TryOnParams against the
+# server's limits.
+@dataclass
+class TryOnUploads:
+    """The image files of a try-on request."""
+
+    person: Annotated[UploadFile, File(description="photo of the person (PNG/JPEG/WebP...)")]
+    garment: Annotated[UploadFile, File(description="in-shop photo of the garment")]
+    mask: Annotated[
+        UploadFile | None,
+        File(description="inpaint mask, white = re-generate (absent: automatic)"),
+    ] = None
+    pose: Annotated[
+        UploadFile | None,
+        File(description="DensePose picture of the person (absent: automatic)"),
+    ] = None
+
+
+@dataclass
+class TryOnFields:
+    """The settings of a try-on request as sent: the keywords of :meth:`TryOnParams.parse`."""
+
+    description: Annotated[
+        str | None, Form(description="garment text, e.g. 'short sleeve t-shirt'")
+    ] = None
+    category: Annotated[
+        str | None, Form(description=f"one of {', '.join(GarmentCategory.values())}")
+    ] = None
+    steps: Annotated[int | None, Form(description="denoising steps (default 30)")] = None
+    guidance: Annotated[
+        float | None, Form(description="classifier-free guidance (default 2.0)")
+    ] = None
+    seed: Annotated[
+        int | None, Form(description="seed; -1 or absent = random (returned in X-Seed)")
+    ] = None
+    num_images: Annotated[int | None, Form(description="images to render (different seeds)")] = None
+    paste_back: Annotated[
+        bool | None, Form(description="paste the render into the full photo (default true)")
+    ] = None
+
+
+Uploads = Annotated[TryOnUploads, Depends()]
+Fields = Annotated[TryOnFields, Depends()]
+
+#: What the try-on routes answer, for the OpenAPI page.
+TRYON_RESPONSES = {
+    200: {"content": {"image/png": {}, "application/json": {}}, "description": "the image(s)"},
+    400: {"description": "bad image, empty mask or bad parameter"},
+    401: {"description": "missing or wrong API key"},
+    413: {"description": "upload over the byte or pixel limit"},
+    429: {"description": "queue full"},
+    503: {"description": "model not ready"},
+}
+
+
+# ---------------------------------------------------------------------------- requests
 async def read_upload(upload: UploadFile | None, what: str, max_bytes: int) -> bytes | None:
     """The bytes of an uploaded file, refusing more than ``max_bytes`` (413) while reading."""
     if upload is None or (not upload.filename and not upload.size):
@@ -78,16 +146,16 @@ def _decode_all(person: bytes, garment: bytes, mask: bytes | None, pose: bytes |
     return images
 
 
-async def build_item(service: TryOnService, uploads: dict, fields: dict) -> WorkItem:
+async def build_item(service: TryOnService, uploads: TryOnUploads, fields: TryOnFields) -> WorkItem:
     """Validate fields, read and decode the uploads (in a worker thread): one :class:`WorkItem`."""
     config = service.config
     try:
-        params = TryOnParams.parse(config, **fields)
+        params = TryOnParams.parse(config, **vars(fields))
     except ParameterError as err:
         raise ApiError(400, str(err)) from None
     data = {
-        name: await read_upload(uploads.get(name), name, config.max_upload_bytes)
-        for name in ("person", "garment", "mask", "pose")
+        name: await read_upload(upload, name, config.max_upload_bytes)
+        for name, upload in vars(uploads).items()
     }
     for required in ("person", "garment"):
         if data[required] is None:
@@ -156,27 +224,7 @@ async def result_response(request: Request, job: Job) -> Response:
     return JSONResponse(payload, headers=headers)
 
 
-# Form fields shared by /v1/tryon and /v1/jobs (typed for the OpenAPI page; checked again by
-# TryOnParams against the server's limits).
-PersonFile = Annotated[UploadFile, File(description="photo of the person (PNG/JPEG/WebP...)")]
-GarmentFile = Annotated[UploadFile, File(description="in-shop photo of the garment")]
-MaskFile = Annotated[
-    UploadFile | None, File(description="inpaint mask, white = re-generate (absent: automatic)")
-]
-PoseFile = Annotated[
-    UploadFile | None, File(description="DensePose picture of the person (absent: automatic)")
-]
-Description = Annotated[str | None, Form(description="garment text, e.g. 'short sleeve t-shirt'")]
-Category = Annotated[str | None, Form(description=f"one of {', '.join(GarmentCategory.values())}")]
-Steps = Annotated[int | None, Form(description="denoising steps (default 30)")]
-Guidance = Annotated[float | None, Form(description="classifier-free guidance (default 2.0)")]
-Seed = Annotated[int | None, Form(description="seed; -1 or absent = random (returned in X-Seed)")]
-NumImages = Annotated[int | None, Form(description="images to render (different seeds)")]
-PasteBack = Annotated[
-    bool | None, Form(description="paste the render into the full photo (default true)")
-]
-
-
+# ---------------------------------------------------------------------------- the application
 def create_api(service: TryOnService) -> FastAPI:
     """The FastAPI application with every HTTP route (the UI is mounted on it by ``app.py``)."""
     app = FastAPI(
@@ -186,7 +234,15 @@ def create_api(service: TryOnService) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
     )
-    config = service.config
+    _add_error_handlers(app)
+    _add_status_routes(app, service)
+    _add_tryon_routes(app, service)
+    _add_job_routes(app, service)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as ``{"error": "one line"}``; FastAPI's 422 validation errors as 400."""
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> JSONResponse:
@@ -205,6 +261,10 @@ def create_api(service: TryOnService) -> FastAPI:
         status = 400 if err.status_code == 422 else err.status_code
         return _error(status, str(err.detail), headers=getattr(err, "headers", None))
 
+
+def _add_status_routes(app: FastAPI, service: TryOnService) -> None:
+    """``/healthz``, ``/readyz`` and ``/v1/info``."""
+
     @app.get("/healthz", tags=["status"])
     async def healthz() -> dict:
         """The process is up."""
@@ -220,120 +280,77 @@ def create_api(service: TryOnService) -> FastAPI:
     @app.get("/v1/info", tags=["status"])
     async def info() -> dict:
         """Model, device, defaults and limits."""
-        scheduler = service.scheduler
-        return {
-            "version": __version__,
-            "ready": service.ready,
-            "model": config.model,
-            "note": TINY_MODEL_NOTE if config.is_tiny else None,
-            "device": config.device,
-            "dtype": config.dtype,
-            **service.info,
-            "defaults": {
-                "steps": config.default_steps,
-                "guidance": config.default_guidance,
-                "category": config.default_category,
-                "num_images": 1,
-                "paste_back": True,
-                "seed": -1,
-            },
-            "limits": {
-                "max_upload_bytes": config.max_upload_bytes,
-                "max_pixels": MAX_PIXELS,
-                "max_queue": config.max_queue,
-                "max_batch": config.max_batch,
-                "max_images": config.max_images,
-                "max_steps": config.max_steps,
-                "timeout_s": config.timeout_s,
-            },
-            "categories": GarmentCategory.values(),
-            "queued": scheduler.queued if scheduler is not None else 0,
-            "auth": config.api_key is not None,
-        }
+        return server_info(service)
 
-    responses = {
-        200: {"content": {"image/png": {}, "application/json": {}}, "description": "the image(s)"},
-        400: {"description": "bad image, empty mask or bad parameter"},
-        401: {"description": "missing or wrong API key"},
-        413: {"description": "upload over the byte or pixel limit"},
-        429: {"description": "queue full"},
-        503: {"description": "model not ready"},
+
+def server_info(service: TryOnService) -> dict:
+    """What ``GET /v1/info`` answers: model, device, defaults, limits, queue length."""
+    config = service.config
+    scheduler = service.scheduler
+    return {
+        "version": __version__,
+        "ready": service.ready,
+        "model": config.model,
+        "note": TINY_MODEL_NOTE if config.is_tiny else None,
+        "device": config.device,
+        "dtype": config.dtype,
+        **service.info,
+        "defaults": {
+            "steps": config.default_steps,
+            "guidance": config.default_guidance,
+            "category": config.default_category,
+            "num_images": 1,
+            "paste_back": True,
+            "seed": -1,
+        },
+        "limits": {
+            "max_upload_bytes": config.max_upload_bytes,
+            "max_pixels": MAX_PIXELS,
+            "max_queue": config.max_queue,
+            "max_batch": config.max_batch,
+            "max_images": config.max_images,
+            "max_steps": config.max_steps,
+            "timeout_s": config.timeout_s,
+        },
+        "categories": GarmentCategory.values(),
+        "queued": scheduler.queued if scheduler is not None else 0,
+        "auth": config.api_key is not None,
     }
 
-    def fields(description, category, steps, guidance, seed, num_images, paste_back) -> dict:
-        return dict(
-            description=description,
-            category=category,
-            steps=steps,
-            guidance=guidance,
-            seed=seed,
-            num_images=num_images,
-            paste_back=paste_back,
-        )
 
-    @app.post("/v1/tryon", tags=["try-on"], responses=responses, response_class=Response)
-    async def tryon(
-        request: Request,
-        person: PersonFile,
-        garment: GarmentFile,
-        mask: MaskFile = None,
-        pose: PoseFile = None,
-        description: Description = None,
-        category: Category = None,
-        steps: Steps = None,
-        guidance: Guidance = None,
-        seed: Seed = None,
-        num_images: NumImages = None,
-        paste_back: PasteBack = None,
-    ) -> Response:
-        """Render and wait. One image: ``image/png`` (seed in ``X-Seed``); several images or
-        ``Accept: application/json``: JSON with base64 PNGs and their seeds."""
+def _add_tryon_routes(app: FastAPI, service: TryOnService) -> None:
+    """``POST /v1/tryon`` (render and wait) and ``POST /v1/jobs`` (queue and return)."""
+
+    async def queue(uploads: TryOnUploads, fields: TryOnFields) -> tuple[Job, WorkItem]:
         if not service.ready:
             raise ApiError(503, service.load_error or "the model is loading; retry shortly")
-        uploads = dict(person=person, garment=garment, mask=mask, pose=pose)
-        item = await build_item(
-            service,
-            uploads,
-            fields(description, category, steps, guidance, seed, num_images, paste_back),
-        )
-        job = submit(service, item)
+        item = await build_item(service, uploads, fields)
+        return submit(service, item), item
+
+    @app.post("/v1/tryon", tags=["try-on"], responses=TRYON_RESPONSES, response_class=Response)
+    async def tryon(request: Request, uploads: Uploads, fields: Fields) -> Response:
+        """Render and wait. One image: ``image/png`` (seed in ``X-Seed``); several images or
+        ``Accept: application/json``: JSON with base64 PNGs and their seeds."""
+        job, _ = await queue(uploads, fields)
         await wait_for(service, job, request)
         try:
             return await result_response(request, job)
         finally:
             service.scheduler.forget(job.id)  # answered: nothing to fetch later
 
-    @app.post("/v1/jobs", tags=["jobs"], status_code=202, responses=responses)
-    async def create_job(
-        person: PersonFile,
-        garment: GarmentFile,
-        mask: MaskFile = None,
-        pose: PoseFile = None,
-        description: Description = None,
-        category: Category = None,
-        steps: Steps = None,
-        guidance: Guidance = None,
-        seed: Seed = None,
-        num_images: NumImages = None,
-        paste_back: PasteBack = None,
-    ) -> JSONResponse:
+    @app.post("/v1/jobs", tags=["jobs"], status_code=202, responses=TRYON_RESPONSES)
+    async def create_job(uploads: Uploads, fields: Fields) -> JSONResponse:
         """Queue a try-on and return at once: ``{"id", "seed", ...}`` (202)."""
-        if not service.ready:
-            raise ApiError(503, service.load_error or "the model is loading; retry shortly")
-        uploads = dict(person=person, garment=garment, mask=mask, pose=pose)
-        item = await build_item(
-            service,
-            uploads,
-            fields(description, category, steps, guidance, seed, num_images, paste_back),
-        )
-        job = submit(service, item)
-        status = service.scheduler.status(job)
-        status.pop("version")
+        job, item = await queue(uploads, fields)
         return JSONResponse(
-            {**status, "seeds": item.params.seeds},
+            {**public_status(service, job), "seeds": item.params.seeds},
             status_code=202,
             headers={"Location": f"/v1/jobs/{job.id}"},
         )
+
+
+def _add_job_routes(app: FastAPI, service: TryOnService) -> None:
+    """``/v1/jobs/{id}``: status, result, cancel, progress events."""
 
     def find(job_id: str) -> Job:
         job = service.scheduler.get(job_id) if service.scheduler is not None else None
@@ -344,9 +361,7 @@ def create_api(service: TryOnService) -> FastAPI:
     @app.get("/v1/jobs/{job_id}", tags=["jobs"])
     async def job_status(job_id: str) -> dict:
         """State (queued, running, done, failed, cancelled), queue position, step i of n."""
-        status = service.scheduler.status(find(job_id))
-        status.pop("version")
-        return status
+        return public_status(service, find(job_id))
 
     @app.get("/v1/jobs/{job_id}/result", tags=["jobs"], response_class=Response)
     async def job_result(request: Request, job_id: str) -> Response:
@@ -366,26 +381,32 @@ def create_api(service: TryOnService) -> FastAPI:
     async def job_events(request: Request, job_id: str) -> StreamingResponse:
         """Server-sent events: ``queued`` (with the position), ``step`` (i of n), then one of
         ``done``, ``failed`` or ``cancelled``; the stream ends after that."""
-        job = find(job_id)
-        scheduler = service.scheduler
-
-        async def stream():
-            seen = -1
-            while True:
-                if job.version != seen:
-                    status = scheduler.status(job)
-                    seen = status.pop("version")
-                    state = status["state"]
-                    name = "step" if state == JobState.RUNNING.value else state
-                    yield f"event: {name}\ndata: {json.dumps(status)}\n\n"
-                    if JobState(state).final:
-                        return
-                elif not await job.changed(seen, timeout=15.0):
-                    yield ": keep-alive\n\n"
-                if await request.is_disconnected():
-                    return
-
+        events = job_event_stream(request, service.scheduler, find(job_id))
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
-    return app
+
+def public_status(service: TryOnService, job: Job) -> dict:
+    """A job's public status (what ``GET /v1/jobs/{id}`` answers)."""
+    status = service.scheduler.status(job)
+    status.pop("version")
+    return status
+
+
+async def job_event_stream(request: Request, scheduler: Scheduler, job: Job):
+    """The server-sent events of ``job`` until it is final or the client leaves; a keep-alive
+    comment after 15 s without news."""
+    seen = -1
+    while True:
+        if job.version != seen:
+            status = scheduler.status(job)
+            seen = status.pop("version")
+            state = status["state"]
+            name = "step" if state == JobState.RUNNING.value else state
+            yield f"event: {name}\ndata: {json.dumps(status)}\n\n"
+            if JobState(state).final:
+                return
+        elif not await job.changed(seen, timeout=15.0):
+            yield ": keep-alive\n\n"
+        if await request.is_disconnected():
+            return
