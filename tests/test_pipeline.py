@@ -319,7 +319,8 @@ def test_non_finite_values_are_detected(tmp_path):
     broken = tiny_pipeline(seed=0)
     with torch.no_grad():
         broken.unet.conv_out.weight.fill_(float("inf"))
-    with pytest.raises(NonFiniteOutputError, match="bf16 or fp32"):
+    # fp32 weights that are inf themselves: another dtype would not help, the checkpoint is bad.
+    with pytest.raises(NonFiniteOutputError, match=r"weights hold NaN/inf values \(TryonNet\)"):
         run(broken)
 
 

@@ -79,10 +79,12 @@ def run(args: argparse.Namespace) -> int:
     from ..testing.tiny import TINY_MODEL_NOTE
 
     out = _check_arguments(args)
+    memory = memory_options(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     check_dtype_on_device(dtype, device)
-    mask, pose = _mask_and_pose(args)
+    photo, garment, mask, pose = _load_inputs(args)
+    mask, pose = _mask_and_pose(args, photo, mask, pose)
     if args.model == "tiny":
         print(f"note: {TINY_MODEL_NOTE}", file=sys.stderr)
     pipe = load_model(args.model, dtype, device, args.scheduler)
@@ -90,11 +92,11 @@ def run(args: argparse.Namespace) -> int:
         from ..loaders.customization import apply_customization
 
         apply_customization(pipe, args.customization)
-    apply_memory_options(pipe, memory_options(args), device)
+    apply_memory_options(pipe, memory, device)
     options = {} if args.negative_prompt is None else {"negative_prompt": args.negative_prompt}
     result = pipe(
-        person_image=args.person,
-        garment_image=args.garment,
+        person_image=photo,
+        garment_image=garment,
         mask_image=mask,
         pose_image=pose,
         garment_description=args.description,
@@ -113,11 +115,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_arguments(args: argparse.Namespace) -> Path:
-    """The output path, after the checks that need no model: steps, output name, input files."""
+    """The output path, after the checks that need no model: steps, strength, work size, output
+    name (never one of the inputs), input files."""
     from ..errors import UsageError
+    from ..files import refuse_output_over_inputs
+    from ..pipelines.image_processor import check_work_size
+    from ..pipelines.tryon import check_strength
 
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    check_strength(args.steps, args.strength)
+    check_work_size(args.height, args.width, flag="--")  # None: the model's own size
     out = Path(args.out)
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UsageError(f"--out must end in .png, .jpg or .webp, got '{out.name}'")
@@ -127,27 +135,45 @@ def _check_arguments(args: argparse.Namespace) -> Path:
             raise UsageError(f"--{flag}: file not found: {value}")
     if "auto" in (args.person, args.garment):
         raise UsageError("only --mask and --pose can be 'auto'")
+    refuse_output_over_inputs(
+        out, {f"--{flag}": getattr(args, flag) for flag in ("person", "garment", "mask", "pose")}
+    )
     return out
 
 
-def _mask_and_pose(args: argparse.Namespace):
-    """``--mask`` and ``--pose``, computed from the photo where they are ``auto``."""
-    if "auto" not in (args.mask, args.pose):
-        return args.mask, args.pose
+def _load_inputs(args: argparse.Namespace):
+    """The input images (photo, garment, mask or None, pose or None for ``auto``), decoded and
+    checked before any model is loaded: a bad file fails at once, named by its flag."""
+    from PIL import Image
+
+    from ..pipelines.image_processor import binary_mask, load_image
+
+    photo = load_image(args.person, "--person")
+    garment = load_image(args.garment, "--garment")
+    mask = pose = None
+    if args.mask != "auto":
+        marked = binary_mask(args.mask, photo.size, "--mask")
+        mask = Image.fromarray(marked.astype("uint8") * 255)
+    if args.pose != "auto":
+        pose = load_image(args.pose, "--pose")
+    return photo, garment, mask, pose
+
+
+def _mask_and_pose(args: argparse.Namespace, photo, mask, pose):
+    """The mask and pose images, computed from the photo where they are ``auto`` (None)."""
+    if mask is not None and pose is not None:
+        return mask, pose
     from ..errors import NoPersonFoundError, UsageError
-    from ..pipelines.image_processor import load_image
     from ..preprocess.preprocessor import Preprocessor
 
-    photo = load_image(args.person, "person image")
     preprocessor = Preprocessor(args.preprocess_models, device=args.preprocess_device)
-    auto_mask, auto_pose = args.mask == "auto", args.pose == "auto"
     try:
-        mask, pose = preprocessor.tryon_inputs(
-            photo, args.category, args.mask_type, mask=auto_mask, pose=auto_pose
+        auto_mask, auto_pose = preprocessor.tryon_inputs(
+            photo, args.category, args.mask_type, mask=mask is None, pose=pose is None
         )
     except NoPersonFoundError as err:
         raise UsageError(
             f"{err}; if the photo does show a person, give the garment area with "
             "--mask mask.png (and --pose densepose.png)"
         ) from err
-    return (mask if auto_mask else args.mask), (pose if auto_pose else args.pose)
+    return (auto_mask if mask is None else mask), (auto_pose if pose is None else pose)

@@ -9,16 +9,33 @@ back inside the mask only, so every pixel outside it is returned unchanged.
 for its pipelines: :meth:`~TryOnImageProcessor.preprocess` turns the user's images (or tensors)
 into work-size tensors plus the regions to paste into, :meth:`~TryOnImageProcessor.postprocess`
 turns decoded renders into PIL images, arrays or tensors, pasted back into the photos.
+
+Every input image of the package (the pipeline, every command, dataset rows, the server's
+uploads) goes through one boundary here, and every refusal is an :class:`ImageInputError`
+naming the input and its file:
+
+- :func:`open_image`: decoded and verified in full; pixels (:data:`MAX_PIXELS`) and aspect
+  ratio (:data:`MAX_ASPECT`) checked from the header, before decoding;
+- :func:`load_image` (person, garment, pose): 16-bit, 32-bit and float images mapped by the
+  range their values use, NaN/inf refused; transparency composited on white;
+- :func:`load_mask`: a mask with a (not fully opaque) alpha channel is its painted part, any
+  other mask its luminance;
+- :func:`check_work_size`, :func:`crop_resize`, :func:`paste_back`: the work size is bounded
+  and no intermediate image exceeds :data:`MAX_PIXELS`, whatever the photo and mask.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from ..errors import ImageInputError, UsageError
 from ..files import atomic_path
@@ -29,10 +46,18 @@ __all__ = [
     "PreparedInputs",
     "Region",
     "TryOnImageProcessor",
+    "MAX_ASPECT",
+    "MAX_PIXELS",
+    "MAX_WORK_SIDE",
     "binary_mask",
+    "check_image_size",
+    "check_work_size",
     "crop_region",
+    "crop_resize",
     "load_image",
+    "load_mask",
     "mask_region",
+    "open_image",
     "paste_back",
     "save_image_atomic",
 ]
@@ -41,102 +66,247 @@ __all__ = [
 #: tensors in [0, 1], or the final latents (no decode).
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
-# Pillow's decompression-bomb guard, made an error: 89 Mpx is far above any photo we need.
+#: The largest image accepted, in pixels: Pillow's own decompression-bomb threshold (a
+#: 12000 x 7450 photo; every camera photo is below it). Read from the file's header and checked
+#: before anything is decoded. No intermediate image of the pipeline is larger either.
 MAX_PIXELS = 89_478_485
+#: The most elongated image accepted, long side : short side. Every real photo, phone panoramas
+#: included, is within 16:1; past it an image is a strip or a hostile file, and the H:W work
+#: region around a mask on it would be far larger than the photo.
+MAX_ASPECT = 16
+#: The largest work size (``height``/``width``): SDXL is trained at 1024; 4096 is four times that
+#: on each side, already far beyond what the model renders well.
+MAX_WORK_SIDE = 4096
+
+# The 16-bit single-channel modes (scaled from 0-65535).
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa")
+
+
+def check_work_size(
+    height: int | None, width: int | None, multiple: int = 8, flag: str = ""
+) -> None:
+    """Refuse a work size the model cannot render: each side a multiple of ``multiple`` (the VAE
+    factor) from ``2 * multiple`` to :data:`MAX_WORK_SIDE`. ``flag`` ("--") prefixes the names.
+
+    Called before anything is loaded or allocated. ``None`` is a side not given (the model's
+    default, which the pipeline checks when it knows it); 0 is refused like any other bad value.
+    """
+    for name, value in (("height", height), ("width", width)):
+        if value is not None and (
+            not isinstance(value, numbers.Integral)
+            or isinstance(value, bool)
+            or value % multiple
+            or not 2 * multiple <= value <= MAX_WORK_SIDE
+        ):
+            raise UsageError(
+                f"{flag}{name} must be a multiple of {multiple} from {2 * multiple} to "
+                f"{MAX_WORK_SIDE}, got {value!r}"
+            )
+
+
+def open_image(
+    source: str | Path | BinaryIO,
+    what: str,
+    *,
+    formats: Sequence[str] | None = None,
+    max_pixels: int | None = None,
+    too_large: type[ImageInputError] = ImageInputError,
+) -> Image.Image:
+    """Decode an image file (a path or a binary stream) in full: the one way files are read.
+
+    The size is read from the header and checked (:func:`check_image_size`; ``too_large`` is the
+    error raised over ``max_pixels``, default :data:`MAX_PIXELS`) before any pixel is decoded, so a decompression bomb costs
+    a header read; the whole image is then decoded, so a truncated or corrupt file fails here and
+    not half way through a run; EXIF orientation is applied. Pillow's own bomb check becomes the
+    same error without touching the process's warning filters: its error, and its warning where
+    a caller made warnings errors, are caught. ``formats`` restricts the accepted formats (read
+    from the bytes). Returns the image in its own mode (:func:`load_image` and :func:`load_mask`
+    convert it); every message names ``what`` and the file.
+    """
+    label = _label(source, what)
+    if isinstance(source, (str, Path)) and not Path(source).is_file():
+        raise ImageInputError(f"{what}: file not found: {source}")
+    try:
+        with Image.open(source, formats=formats) as opened:
+            check_image_size(opened.size, label, max_pixels, too_large)
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+    except ImageInputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        limit = MAX_PIXELS if max_pixels is None else max_pixels
+        raise too_large(
+            f"{label}: over the limit of {limit} pixels (possible decompression bomb)"
+        ) from err
+    except Exception as err:  # noqa: BLE001 - a decoder fed a hostile file fails in many ways
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ImageInputError(f"{label}: not a readable image ({detail})") from None
+    check_image_size(image.size, label, max_pixels, too_large)
+    return image
+
+
+def check_image_size(
+    size: tuple[int, int],
+    what: str,
+    max_pixels: int | None = None,
+    too_large: type[ImageInputError] = ImageInputError,
+) -> None:
+    """Refuse an image without pixels, over ``max_pixels`` (default :data:`MAX_PIXELS`) or past
+    :data:`MAX_ASPECT`."""
+    width, height = size
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
+    if width < 1 or height < 1:
+        raise ImageInputError(f"{what}: {width}x{height}, an image without pixels")
+    if width * height > max_pixels:
+        raise too_large(
+            f"{what}: {width}x{height} is over the limit of {max_pixels} pixels "
+            "(possible decompression bomb)"
+        )
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageInputError(
+            f"{what}: {width}x{height} has an aspect ratio past {MAX_ASPECT}:1 (the limit for a "
+            "photo of a person or garment)"
+        )
+
+
+def _label(source: object, what: str) -> str:
+    """``what`` and, for a file, its path: how messages name an input."""
+    return f"{what} {source}" if isinstance(source, (str, Path)) else what
+
+
+def _decoded(source: str | Path | Image.Image | np.ndarray, what: str) -> Image.Image:
+    """A path opened with :func:`open_image`, a PIL image checked, an array made an image."""
+    if isinstance(source, Image.Image):
+        check_image_size(source.size, what)
+        return source
+    if isinstance(source, np.ndarray):
+        return _from_array(source, what)
+    if isinstance(source, (str, Path)):
+        return open_image(source, what)
+    raise ImageInputError(
+        f"{what}: expected a path, PIL image or array, got {type(source).__name__}"
+    )
+
+
+def _from_array(array: np.ndarray, what: str) -> Image.Image:
+    """uint8 arrays as they are, bool as 0/255, float arrays in [0, 1] (non-finite refused)."""
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise ImageInputError(
+            f"{what}: expected an (H, W), (H, W, 3) or (H, W, 4) array, got shape {array.shape}"
+        )
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    check_image_size((array.shape[1], array.shape[0]), what)
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise ImageInputError(f"{what}: the array holds non-finite values (NaN or inf)")
+        array = np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ImageInputError(f"{what}: unsupported array dtype {array.dtype}")
+    return Image.fromarray(array)
+
+
+def _eight_bit(image: Image.Image, what: str) -> Image.Image:
+    """Integer and float single-channel images -> 8-bit "L", by the range their values use.
+
+    16-bit modes are scaled from 0-65535. A 32-bit integer image ("I") is read as 8-bit levels
+    if every value is within 0-255, else as 16-bit (the two ways such files are written); a
+    float image ("F", float TIFFs) as [0, 1] if every value is within it, else as 0-255 levels.
+    Values outside both ranges and NaN/inf are refused: no choice of scale would show them.
+    """
+    if image.mode not in (*_SIXTEEN_BIT_MODES, "I", "F"):
+        return image
+    array = np.asarray(image, dtype=np.float32 if image.mode == "F" else np.int64)
+    if image.mode == "F" and not np.isfinite(array).all():
+        raise ImageInputError(
+            f"{what}: the image holds non-finite pixel values (NaN or inf); export it again"
+        )
+    low, high = float(array.min()), float(array.max())
+    if image.mode in _SIXTEEN_BIT_MODES:
+        peak = 65535.0
+    elif image.mode == "I":
+        if low < 0 or high > 65535:
+            raise ImageInputError(
+                f"{what}: integer pixel values span {low:g} to {high:g}; expected 0-255 or 0-65535"
+            )
+        peak = 255.0 if high <= 255 else 65535.0
+    else:
+        if low < 0 or high > 255:
+            raise ImageInputError(
+                f"{what}: float pixel values span {low:g} to {high:g}; expected [0, 1] or [0, 255]"
+            )
+        peak = 1.0 if high <= 1.0 else 255.0
+    scaled = array.astype(np.float32) * np.float32(255.0 / peak) + np.float32(0.5)
+    return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in _ALPHA_MODES or "transparency" in image.info
 
 
 def load_image(
     source: str | Path | Image.Image | np.ndarray, what: str, mode: str = "RGB"
 ) -> Image.Image:
-    """Open and fully decode an image, honour EXIF orientation, convert to ``mode``.
+    """A person, garment or pose image from a path, PIL image or array, converted to ``mode``.
 
-    Grayscale, RGBA (composited on white), palette, CMYK and 16-bit inputs are converted; a
-    truncated file, a non-image or an image over :data:`MAX_PIXELS` raises ImageInputError.
+    Files go through :func:`open_image` (decoded, verified, size and aspect bounded, EXIF
+    orientation); every source through the same conversions: 16-bit, 32-bit and float images by
+    their value range (:func:`_eight_bit`: NaN/inf refused), transparent pixels composited on
+    white (a cut-out photo shows a white background, as on a shop page), palette, CMYK and
+    grayscale converted. Anything unusable raises :class:`ImageInputError` naming ``what``.
     """
-    if isinstance(source, np.ndarray):
-        array = source
-        if array.dtype != np.uint8:
-            if array.dtype.kind == "f":
-                array = np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8)
-            else:
-                raise ImageInputError(f"{what}: unsupported array dtype {array.dtype}")
-        image = Image.fromarray(array)
-    elif isinstance(source, Image.Image):
-        image = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ImageInputError(f"{what}: file not found: {path}")
-        try:
-            with Image.open(path) as opened:
-                if opened.width * opened.height > MAX_PIXELS:
-                    raise ImageInputError(
-                        f"{what}: {path} is {opened.width}x{opened.height}, over the "
-                        f"{MAX_PIXELS // 1_000_000} Mpx limit (possible decompression bomb)"
-                    )
-                opened.load()
-                image = opened.copy()
-                image.info.update(opened.info)
-                exif = opened.getexif()
-        except ImageInputError:
-            raise
-        except (
-            UnidentifiedImageError,
-            OSError,
-            SyntaxError,
-            ValueError,
-            Image.DecompressionBombError,
-        ) as err:
-            raise ImageInputError(f"{what}: {path} is not a readable image ({err})") from err
-        if exif:
-            image.info["exif"] = exif.tobytes()
-            image = _exif_transpose(image, exif)
-    if image.width * image.height > MAX_PIXELS:
-        raise ImageInputError(f"{what}: {image.width}x{image.height} is over the pixel limit")
-    return _convert(image, mode)
+    image = _eight_bit(_decoded(source, what), _label(source, what))
+    try:
+        if _has_alpha(image):
+            rgba = image.convert("RGBA")
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        return image.convert(mode)
+    except ValueError as err:  # a mode Pillow cannot convert (LAB to L, La...)
+        raise ImageInputError(
+            f"{_label(source, what)}: images of mode {image.mode} are not supported"
+        ) from err
 
 
-def _exif_transpose(image: Image.Image, exif) -> Image.Image:
-    orientation = exif.get(0x0112, 1)
-    if orientation == 1:
-        return image
-    method = {
-        2: Image.Transpose.FLIP_LEFT_RIGHT,
-        3: Image.Transpose.ROTATE_180,
-        4: Image.Transpose.FLIP_TOP_BOTTOM,
-        5: Image.Transpose.TRANSPOSE,
-        6: Image.Transpose.ROTATE_270,
-        7: Image.Transpose.TRANSVERSE,
-        8: Image.Transpose.ROTATE_90,
-    }.get(orientation)
-    return image.transpose(method) if method is not None else image
+def load_mask(source: str | Path | Image.Image | np.ndarray, what: str = "mask") -> Image.Image:
+    """An inpainting mask as an "L" image, 255 = re-generate, read the way it was painted.
+
+    A mask with an alpha channel that is not fully opaque is a paint layer: the mask is its
+    painted part, alpha >= 50 %, whatever the colour (as paint tools and Gradio's ImageEditor
+    layers produce it; compositing it on a background would turn the unpainted part white). Any
+    other mask is read by its luminance (a fully opaque RGBA or LA mask included); 16-bit and
+    float masks by their range (:func:`_eight_bit`), NaN/inf refused. Binarise with
+    :func:`binary_mask`.
+    """
+    image = _eight_bit(_decoded(source, what), _label(source, what))
+    try:
+        if _has_alpha(image):
+            alpha = image.convert("RGBA").getchannel("A")
+            if alpha.getextrema()[0] < 255:
+                return alpha.point(lambda a: 255 if a >= 128 else 0)
+        return image.convert("L")
+    except ValueError as err:
+        raise ImageInputError(
+            f"{_label(source, what)}: images of mode {image.mode} are not supported"
+        ) from err
 
 
-def _convert(image: Image.Image, mode: str) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
-        # 16/32-bit integer images: scale to 8 bits by their actual range type.
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    elif image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        peak = 1.0 if array.max() <= 1.0 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-    return image.convert(mode)
-
-
-def binary_mask(mask: Image.Image, size: tuple[int, int], what: str = "mask") -> np.ndarray:
-    """Mask image -> boolean (H, W) array at ``size`` (W, H): nearest resize, threshold 0.5."""
-    gray = mask.convert("L")
+def binary_mask(
+    mask: str | Path | Image.Image | np.ndarray, size: tuple[int, int], what: str = "mask"
+) -> np.ndarray:
+    """A mask (:func:`load_mask`) -> boolean (H, W) array at ``size`` (W, H): nearest resize,
+    threshold 0.5. An empty mask is refused."""
+    gray = load_mask(mask, what)
     if gray.size != size:
         gray = gray.resize(size, Image.Resampling.NEAREST)
     array = np.asarray(gray) >= 128
     if not array.any():
-        raise ImageInputError(f"{what} is empty: mark the garment area to re-generate in white")
+        raise ImageInputError(
+            f"{_label(mask, what)} is empty: mark the garment area to re-generate (white, or "
+            "painted on a transparent layer)"
+        )
     return array
 
 
@@ -192,7 +362,9 @@ def _place(start: float, length: int, limit: int) -> int:
 
 
 def crop_region(image: Image.Image, region: Region) -> Image.Image:
-    """Crop ``region`` from ``image``; parts outside the photo are filled by edge replication."""
+    """Crop ``region`` from ``image`` at full resolution; parts outside the photo are filled by
+    edge replication. The crop is ``region``'s size: use :func:`crop_resize` for the work size,
+    which bounds the memory whatever the region."""
     w, h = image.size
     if region.left >= 0 and region.top >= 0 and region.right <= w and region.bottom <= h:
         return image.crop((region.left, region.top, region.right, region.bottom))
@@ -205,18 +377,60 @@ def crop_region(image: Image.Image, region: Region) -> Image.Image:
     return Image.fromarray(padded[y0 : y0 + region.size[1], x0 : x0 + region.size[0]])
 
 
+def crop_resize(
+    image: Image.Image,
+    region: Region,
+    size: tuple[int, int],
+    resample: Image.Resampling = Image.Resampling.BICUBIC,
+) -> Image.Image:
+    """``region`` of ``image`` (:func:`crop_region`) resized to ``size`` (W, H), in bounded memory.
+
+    A region inside the photo is a crop. A region past the photo's edges is padded at full
+    resolution when that canvas is at most :data:`MAX_PIXELS`; a larger one (a mask spanning a
+    very wide photo needs a region much taller than the photo) is built from the photo first
+    reduced by the smallest integer factor that brings the canvas under the limit, and the exact
+    fractional region is then resized from it. No intermediate image exceeds the largest photo
+    accepted, whatever the region.
+    """
+    w, h = image.size
+    inside = region.left >= 0 and region.top >= 0 and region.right <= w and region.bottom <= h
+    factor = math.ceil(math.sqrt(region.size[0] * region.size[1] / MAX_PIXELS))
+    if inside or factor <= 1:
+        return crop_region(image, region).resize(size, resample)
+    small = image.reduce(factor)
+    left, top = region.left / factor, region.top / factor
+    right, bottom = region.right / factor, region.bottom / factor
+    cover = Region(math.floor(left), math.floor(top), math.ceil(right), math.ceil(bottom))
+    canvas = crop_region(small, cover)
+    box = (left - cover.left, top - cover.top, right - cover.left, bottom - cover.top)
+    return canvas.resize(size, resample, box=box)
+
+
 def paste_back(
     photo: Image.Image, render: Image.Image, region: Region, mask: np.ndarray
 ) -> Image.Image:
-    """Resize ``render`` to ``region`` and copy it into ``photo`` where ``mask`` is True only."""
+    """Copy ``render``, stretched over ``region``, into ``photo`` where ``mask`` is True only.
+
+    Only the part of the region inside the photo is resampled (Lanczos, from the same source
+    positions as resizing the whole render to the region), so the memory is bounded by the
+    photo's size however far the region reaches past it.
+    """
     out = np.asarray(photo.convert("RGB")).copy()
-    render = render.convert("RGB").resize(region.size, Image.Resampling.LANCZOS)
-    rendered = np.asarray(render)
     h, w = mask.shape
     x0, y0 = max(region.left, 0), max(region.top, 0)
     x1, y1 = min(region.right, w), min(region.bottom, h)
+    if x1 <= x0 or y1 <= y0:
+        return Image.fromarray(out)
+    render = render.convert("RGB")
+    sx, sy = render.width / region.size[0], render.height / region.size[1]
+    box = (
+        max((x0 - region.left) * sx, 0.0),
+        max((y0 - region.top) * sy, 0.0),
+        min((x1 - region.left) * sx, render.width),
+        min((y1 - region.top) * sy, render.height),
+    )
+    patch = np.asarray(render.resize((x1 - x0, y1 - y0), Image.Resampling.LANCZOS, box=box))
     window = mask[y0:y1, x0:x1]
-    patch = rendered[y0 - region.top : y1 - region.top, x0 - region.left : x1 - region.left]
     out[y0:y1, x0:x1][window] = patch[window]
     return Image.fromarray(out)
 
@@ -323,15 +537,15 @@ class TryOnImageProcessor:
         for i, (p, m, q) in enumerate(zip(people, masks, poses, strict=True)):
             tag = f" {i}" if n > 1 else ""
             photo = load_image(p, f"person image{tag}")
-            m_bool = binary_mask(load_image(m, f"mask{tag}", mode="L"), photo.size, f"mask{tag}")
+            m_bool = binary_mask(m, photo.size, f"mask{tag}")
             pose_img = load_image(q, f"pose image{tag}")
             if pose_img.size != photo.size:
                 pose_img = pose_img.resize(photo.size, Image.Resampling.BICUBIC)
             region = mask_region(m_bool, height, width, crop_margin)
-            person_t.append(_to_tensor(_crop_resize(photo, region, size)))
-            pose_t.append(_to_tensor(_crop_resize(pose_img, region, size)))
-            crop_m = crop_region(Image.fromarray(m_bool.astype(np.uint8) * 255), region)
-            crop_m = crop_m.resize(size, Image.Resampling.NEAREST)
+            person_t.append(_to_tensor(crop_resize(photo, region, size)))
+            pose_t.append(_to_tensor(crop_resize(pose_img, region, size)))
+            mask_image = Image.fromarray(m_bool.astype(np.uint8) * 255)
+            crop_m = crop_resize(mask_image, region, size, Image.Resampling.NEAREST)
             mask_t.append(torch.from_numpy(np.asarray(crop_m) >= 128))
             photos.append(photo)
             photo_masks.append(m_bool)
@@ -413,7 +627,3 @@ class TryOnImageProcessor:
             arrays = [np.asarray(p, dtype=np.float32) / 255.0 for p in pasted]
             return _stack_if_same_shape(arrays, np.stack)
         return _stack_if_same_shape([_to_tensor(p) for p in pasted], torch.stack)
-
-
-def _crop_resize(image: Image.Image, region: Region, size: tuple[int, int]) -> Image.Image:
-    return crop_region(image, region).resize(size, Image.Resampling.BICUBIC)

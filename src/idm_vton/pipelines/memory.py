@@ -14,9 +14,28 @@ import torch
 from ..errors import UsageError
 from ..options import option
 
-__all__ = ["MemoryOptions", "apply_memory_options"]
+__all__ = ["MIN_VAE_TILE_SIZE", "MemoryOptions", "apply_memory_options", "check_vae_tile_size"]
 
 _MEMORY = "memory"
+
+#: The smallest VAE tile, in pixels: two latent pixels, the smallest tile diffusers' tiling can
+#: step over with its overlap (a tile of 0 makes its loop step by 0 and fail).
+MIN_VAE_TILE_SIZE = 16
+
+
+def check_vae_tile_size(tile_size: object, multiple: int = 8) -> None:
+    """Refuse a VAE tile size that is not a multiple of ``multiple`` (the VAE factor) or is
+    below :data:`MIN_VAE_TILE_SIZE`."""
+    if (
+        not isinstance(tile_size, int)
+        or isinstance(tile_size, bool)
+        or tile_size % multiple
+        or tile_size < MIN_VAE_TILE_SIZE
+    ):
+        raise UsageError(
+            f"VAE tile size (--vae-tile-size) must be a multiple of {multiple} and at least "
+            f"{MIN_VAE_TILE_SIZE}, got {tile_size!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -48,6 +67,9 @@ class MemoryOptions:
     )
     vae_tile_size: int = option(512, "VAE tile size in pixels (default 512)", group=_MEMORY)
     vae_slicing: bool = option(False, "decode a batch one image at a time (exact)", group=_MEMORY)
+
+    def __post_init__(self) -> None:
+        check_vae_tile_size(self.vae_tile_size)
 
 
 def apply_memory_options(pipe, options: MemoryOptions, device=None):

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,7 +55,13 @@ from .garment_schedule import (
     TryonConditioning,
     TwoPhaseGarment,
 )
-from .image_processor import OUTPUT_TYPES, PreparedInputs, TryOnImageProcessor
+from .image_processor import (
+    OUTPUT_TYPES,
+    PreparedInputs,
+    TryOnImageProcessor,
+    check_work_size,
+)
+from .memory import check_vae_tile_size
 
 __all__ = [
     "DEFAULT_NEGATIVE_PROMPT",
@@ -62,10 +69,41 @@ __all__ = [
     "PromptEmbeddings",
     "TryOnPipeline",
     "TryOnPipelineOutput",
+    "check_strength",
     "vae_compute_dtype",
 ]
 
 DEFAULT_NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality"
+
+# How messages name the components (NaN/inf weights are reported by these names).
+_COMPONENT_NAMES = {
+    "unet": "TryonNet",
+    "garment_unet": "GarmentNet",
+    "vae": "VAE",
+    "image_encoder": "image encoder",
+    "image_projection": "IP-Adapter Resampler",
+    "text_encoder": "text encoder",
+    "text_encoder_2": "text encoder 2",
+}
+# Past this, a non-finite result in fp32/bf16 is blamed on the guidance scale.
+_USEFUL_GUIDANCE = 50.0
+
+
+def check_strength(num_inference_steps: int, strength: float) -> None:
+    """Refuse a strength outside (0, 1], or one so small that no step runs.
+
+    Denoising runs the last ``int(num_inference_steps * strength)`` steps of the schedule
+    (diffusers' img2img rule); at 0 there would be nothing to run.
+    """
+    if not 0.0 < strength <= 1.0:
+        raise UsageError(f"strength must be in (0, 1], got {strength}")
+    if int(num_inference_steps * strength) < 1:
+        raise UsageError(
+            f"strength {strength:g} with {num_inference_steps} steps runs no denoising step "
+            f"(it runs int(steps x strength) of them): use a strength of at least "
+            f"{math.ceil(1000 / num_inference_steps) / 1000:g}, or more steps"
+        )
+
 
 StepCallback = Callable[["TryOnPipeline", int, torch.Tensor, dict], "dict | None"]
 
@@ -318,10 +356,10 @@ class TryOnPipeline(DiffusionPipeline):
         its 1024 px sample size by default, which would not tile a 1024 x 768 image at all; the
         default here is 512. ``tile_size=None`` keeps the VAE's own.
         """
+        if tile_size is not None:
+            check_vae_tile_size(tile_size, self.vae_scale_factor)
         self.vae.enable_tiling()
         if tile_size is not None:
-            if tile_size % self.vae_scale_factor:
-                raise UsageError(f"tile_size must be a multiple of {self.vae_scale_factor}")
             self.vae.tile_sample_min_size = tile_size
             self.vae.tile_latent_min_size = tile_size // self.vae_scale_factor
         self.vae.tile_overlap_factor = overlap
@@ -456,15 +494,10 @@ class TryOnPipeline(DiffusionPipeline):
             raise UsageError(
                 f"num_inference_steps must be an integer >= 1, got {num_inference_steps}"
             )
-        if not 0.0 < strength <= 1.0:
-            raise UsageError(f"strength must be in (0, 1], got {strength}")
+        check_strength(num_inference_steps, strength)
         if not np.isfinite(guidance_scale) or guidance_scale < 0:
             raise UsageError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
-        for name, value in (("height", height), ("width", width)):
-            if value % self.vae_scale_factor or value < self.vae_scale_factor * 2:
-                raise UsageError(
-                    f"{name} must be a multiple of {self.vae_scale_factor} (>= 16), got {value}"
-                )
+        check_work_size(height, width, self.vae_scale_factor)
         if num_images_per_prompt < 1:
             raise UsageError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
         if not isinstance(negative_prompt, str):
@@ -624,6 +657,8 @@ class TryOnPipeline(DiffusionPipeline):
         if latents is not None:
             if tuple(latents.shape) != shape:
                 raise UsageError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+            if not torch.isfinite(latents).all():
+                raise UsageError("latents hold non-finite values (NaN or inf)")
             return latents.to(device=device, dtype=torch.float32)
         noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         if strength >= 1.0:
@@ -710,8 +745,8 @@ class TryOnPipeline(DiffusionPipeline):
                     )[0]
                     if not torch.isfinite(latents).all():
                         raise NonFiniteOutputError(
-                            f"non-finite values in the latents at timestep {int(t)} "
-                            f"(dtype {dtype}): use --dtype bf16 or fp32"
+                            f"non-finite values in the latents at timestep {int(t)}: "
+                            f"{self.non_finite_cause()}"
                         )
                     if callback_on_step_end is not None:
                         update = callback_on_step_end(self, i, t, {"latents": latents})
@@ -738,11 +773,37 @@ class TryOnPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         if not torch.isfinite(decoded).all():
             raise NonFiniteOutputError(
-                "non-finite values in the decoded image: use --dtype bf16 or fp32"
+                f"non-finite values in the decoded image: {self.non_finite_cause()}"
             )
         return self.image_processor.postprocess(
             decoded, prepared, output_type, paste_back, rows.per_person
         )
+
+    def non_finite_cause(self) -> str:
+        """What made the computation overflow, as far as can be told once it has: weights that
+        are NaN/inf themselves (a damaged checkpoint), fp16's narrow range, or a guidance scale
+        far outside its useful range (the difference of two noise predictions amplified past
+        fp32). Only the fp16 case is helped by another ``--dtype``, so only it says so."""
+        damaged = [
+            _COMPONENT_NAMES.get(name, name)
+            for name, module in self.components.items()
+            if isinstance(module, torch.nn.Module)
+            and any(not torch.isfinite(p).all() for p in module.parameters())
+        ]
+        if damaged:
+            return (
+                f"the model's weights hold NaN/inf values ({', '.join(damaged)}): the checkpoint "
+                "is damaged; download or convert it again"
+            )
+        if self.unet.dtype == torch.float16 or self.vae.dtype == torch.float16:
+            return "fp16 overflowed (its range ends at 65504): use --dtype bf16 or fp32"
+        guidance_scale = getattr(self, "_guidance_scale", None)
+        if guidance_scale is not None and guidance_scale > _USEFUL_GUIDANCE:
+            return (
+                f"guidance scale {guidance_scale:g} is far too large (the model is used at 1 to "
+                "10; the reference uses 2)"
+            )
+        return f"in {str(self.unet.dtype).removeprefix('torch.')}: check the inputs and model"
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
@@ -803,7 +864,8 @@ class TryOnPipeline(DiffusionPipeline):
                 latents})`` after every step (diffusers' convention); a returned dict may replace
                 ``latents``. Progress reporting and cancellation (raise from it) hook in here.
         """
-        height, width = height or self.default_height, width or self.default_width
+        height = self.default_height if height is None else height
+        width = self.default_width if width is None else width
         text = dict(
             garment_description=garment_description,
             negative_prompt=negative_prompt,
@@ -824,6 +886,7 @@ class TryOnPipeline(DiffusionPipeline):
             **text,
         )
         device, do_cfg = self._execution_device, guidance_scale > 1.0
+        self._guidance_scale = guidance_scale  # for the messages of non_finite_cause
 
         # 1. Images -> tensors at H x W, and the regions to paste back into.
         prepared = self.prepare_inputs(
