@@ -14,6 +14,7 @@ from skimage.metrics import structural_similarity
 
 import idm_vton.evaluation.evaluate as evaluate_module
 from idm_vton.commands.evaluate import add_evaluate_arguments, run_evaluate
+from idm_vton.commands.main import run_command
 from idm_vton.errors import EvaluationError
 from idm_vton.evaluation.evaluate import evaluate_folders, format_table
 from idm_vton.evaluation.metrics.clip_score import CLIPImageScorer, _image_processor_class
@@ -395,9 +396,9 @@ def test_run_evaluate_prints_table_and_writes_json(dataset, tmp_path, capsys):
     # Weight files are verified by default: random weights are refused with a one-line error.
     args = parse([str(dataset["pred"]), str(dataset["gt"]), "--metrics", "lpips"])
     args.weights_dir = dataset["weights"]
-    assert run_evaluate(args) == 2
+    assert run_command(run_evaluate, args, "idm-vton evaluate") == 2
     error = capsys.readouterr().err
-    assert error.startswith("error: ") and "alexnet-owt-7be5be79.pth" in error
+    assert error.startswith("idm-vton evaluate: error: ") and "alexnet-owt-7be5be79.pth" in error
     assert error.count("\n") == 1
 
     with pytest.raises(SystemExit):

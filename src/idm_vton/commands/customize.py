@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Tune, write the delta, print a summary."""
-    from ..devices import default_dtype, resolve_device
+    from ..devices import check_mixed_precision_on_device, default_dtype, resolve_device
     from ..enums import DType, MixedPrecision
     from ..errors import CustomizationError
     from ..loaders.customization import save_customization
@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     # Autocast in the device's default dtype (bf16 on CUDA) unless asked; no autocast in fp32.
     default = MixedPrecision.BF16 if default_dtype(device) is DType.BF16 else MixedPrecision.NO
     precision = MixedPrecision(args.mixed_precision) if args.mixed_precision else default
+    check_mixed_precision_on_device(precision, device)
     for flag in ("person", "garment", "mask", "pose"):
         if not Path(getattr(args, flag)).is_file():
             raise CustomizationError(f"--{flag}: file not found: {getattr(args, flag)}")

@@ -4,7 +4,6 @@ CLIP-I, with the protocol that produced them."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ._dataclass_flags import add_dataclass_arguments, config_from_args
@@ -23,16 +22,12 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    """Evaluate, print the table (and write ``--json``); a user error is one line, exit code 2."""
-    from ..errors import IdmVtonError
+    """Evaluate, print the table (and write ``--json``); user errors raise ``IdmVtonError``,
+    reported on one line by the command boundary (:func:`~.main.run_command`)."""
     from ..evaluation.evaluate import EvaluationConfig, evaluate, format_table
     from ..files import write_json_atomic
 
-    try:
-        result = evaluate(config_from_args(EvaluationConfig, args))
-    except IdmVtonError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = evaluate(config_from_args(EvaluationConfig, args))
     print(format_table(result))
     if args.json is not None:
         write_json_atomic(args.json, result)

@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     check_dtype_on_device(dtype, device)
+    resolve_device(args.preprocess_device, "--preprocess-device")
     photo, garment, mask, pose = _load_inputs(args)
     mask, pose = _mask_and_pose(args, photo, mask, pose)
     if args.model == "tiny":

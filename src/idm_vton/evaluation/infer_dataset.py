@@ -138,6 +138,10 @@ class DatasetInferenceConfig:
         object.__setattr__(self, "pairing", Pairing.parse(self.pairing, "pairing"))
         if self.dtype is not None:
             object.__setattr__(self, "dtype", DType.parse(self.dtype, "dtype"))
+        if self.device is not None:  # checked before any work; kept as the name given
+            from ..devices import resolve_device
+
+            resolve_device(self.device)
 
 
 @dataclass(frozen=True)

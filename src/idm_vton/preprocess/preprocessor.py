@@ -75,12 +75,17 @@ class Preprocessor:
             ``$IDM_VTON_PREPROCESS_MODELS`` if set, else each weight file is downloaded from the
             hub Space yisol/IDM-VTON (or found in the hub cache) when a model first needs it
             (:func:`idm_vton.loaders.hub.fetch_preprocess_models`), so a mask alone never fetches DensePose.
-        device: torch device for OpenPose and DensePose (parsing runs on onnxruntime's CPU).
+        device: torch device for OpenPose and DensePose (parsing runs on onnxruntime's CPU),
+            checked first (:func:`idm_vton.devices.resolve_device`, named as
+            ``--preprocess-device`` in messages).
     """
 
     def __init__(
         self, models_dir: str | os.PathLike[str] | None = DEFAULT_MODELS_DIR, device: str = "cpu"
     ) -> None:
+        from ..devices import resolve_device
+
+        self.device = resolve_device(device, "--preprocess-device")
         source = ""
         if models_dir is None:
             models_dir = default_models_dir()
@@ -92,7 +97,6 @@ class Preprocessor:
                 f"{', '.join(MODEL_FILES.values())}; get them from the yisol/IDM-VTON hub repo "
                 "folder ckpt/ and pass --preprocess-models DIR)"
             )
-        self.device = device
         self._files: dict[str, Path] = {}
         self._parser = self._pose = self._densepose = None
 
