@@ -26,12 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from ..enums import Choice
-from ..errors import EvaluationError, UsageError
+from ..errors import EvaluationError, ImageInputError, UsageError
 from ..options import option
+from ..pipelines.image_processor import MAX_WORK_SIDE, load_image
 from .metrics.fid import (
     fid_from_features,
     inception_features,
@@ -56,6 +57,9 @@ __all__ = [
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 DEFAULT_RESOLUTION = (1024, 768)  # (height, width) of VITON-HD / DressCode test images
+# Pixels in one batch (per side of a pair), checked before anything is read: 128 images of
+# 1024 x 1024, far more than a GPU holds through LPIPS, far less than a runaway allocation.
+MAX_BATCH_PIXELS = 2**27
 
 
 class Metric(Choice):
@@ -171,16 +175,21 @@ def _missing_message(names: Sequence[str], where: str) -> str:
 
 
 def _load_rgb(path: Path, size: tuple[int, int] | None = None) -> tuple[np.ndarray, bool]:
-    """(H, W, 3) uint8 image, resized with PIL bicubic to ``size`` (H, W) when it differs."""
+    """(H, W, 3) uint8 image, resized with PIL bicubic to ``size`` (H, W) when it differs.
+
+    Read through the package's one image boundary (:func:`~idm_vton.pipelines.image_processor.
+    load_image`): verified, bounded before decoding (a decompression bomb is refused from its
+    header), 16-bit and float files by their range, transparency on white; an unusable file
+    raises :class:`~idm_vton.errors.EvaluationError` naming it.
+    """
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            resized = size is not None and image.size != (size[1], size[0])
-            if resized:
-                image = image.resize((size[1], size[0]), resample=Image.BICUBIC)
-            return np.asarray(image), resized
-    except (UnidentifiedImageError, OSError) as error:
-        raise EvaluationError(f"cannot read image {path}: {error}") from error
+        image = load_image(path, "cannot read image")
+    except ImageInputError as error:
+        raise EvaluationError(str(error)) from error
+    resized = size is not None and image.size != (size[1], size[0])
+    if resized:
+        image = image.resize((size[1], size[0]), resample=Image.BICUBIC)
+    return np.asarray(image), resized
 
 
 def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
@@ -380,10 +389,18 @@ def _wanted_metrics(config: EvaluationConfig) -> list[Metric]:
     if not wanted:
         raise EvaluationError("no metrics requested")
     height, width = (int(v) for v in config.resolution)
-    if height < 11 or width < 11:
-        raise EvaluationError(f"resolution must be at least 11x11, got {height}x{width}")
+    if not (11 <= height <= MAX_WORK_SIDE and 11 <= width <= MAX_WORK_SIDE):
+        raise EvaluationError(
+            f"resolution must be from 11x11 to {MAX_WORK_SIDE}x{MAX_WORK_SIDE}, got "
+            f"{height}x{width}"
+        )
     if config.batch_size < 1:
         raise EvaluationError(f"batch_size must be >= 1, got {config.batch_size}")
+    if config.batch_size * height * width > MAX_BATCH_PIXELS:
+        raise EvaluationError(
+            f"batch_size {config.batch_size} at {height}x{width} is over {MAX_BATCH_PIXELS} "
+            "pixels per batch: use a smaller --batch-size"
+        )
     return wanted
 
 
