@@ -338,11 +338,11 @@ def test_corrupt_and_wrong_checkpoints(tmp_path, body_pth):
     corrupt.write_bytes(
         b"PK\x03\x04" + bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8))
     )
-    with pytest.raises(PreprocessModelError, match="not a valid PyTorch checkpoint"):
+    with pytest.raises(PreprocessModelError, match="corrupt.pth is truncated or corrupt"):
         OpenPoseBody(corrupt)
     cut = tmp_path / "cut.pth"
     cut.write_bytes(body_pth.read_bytes()[:20_000])
-    with pytest.raises(PreprocessModelError, match="not a valid PyTorch checkpoint"):
+    with pytest.raises(PreprocessModelError, match="cut.pth is truncated or corrupt"):
         OpenPoseBody(cut)
 
     sd = make_body_state_dict()

@@ -1,7 +1,8 @@
 """``--device`` / ``--preprocess-device`` as a careless or hostile user gives them, in every command
 that takes one: a name torch does not know, a kind this project does not run on, a backend this
 machine does not have (CUDA, XPU, MPS), an index past the last GPU. Each ends in one line naming
-the flag and the device before any work, and nothing on disk; fp16 mixed precision on the CPU too.
+the flag and the device before any work, and nothing on disk; fp16 mixed precision on the CPU too
+(``customize`` here; ``train``'s case is in test_train.py).
 
 The backends are made unavailable (or one-GPU) with monkeypatch, so the cases mean the same on a
 machine with a GPU.
@@ -18,7 +19,6 @@ from idm_vton.devices import resolve_device
 from idm_vton.errors import UsageError
 
 from ..conftest import EXAMPLES
-from ..helpers.datasets import make_vitonhd
 from .conftest import assert_user_error, files_under
 
 IMAGES = [
@@ -91,12 +91,12 @@ def backends(monkeypatch):
 @pytest.fixture
 def no_server(monkeypatch):
     """``serve`` never starts a server here: an accepted device fails the test instead."""
-    import idm_vton.serving.command as serve_command
+    import idm_vton.serving.server as server
 
     def refuse(*args, **kwargs):
         raise AssertionError("serve accepted the device and started")
 
-    monkeypatch.setattr(serve_command, "serve_local", refuse)
+    monkeypatch.setattr(server, "serve", refuse)
 
 
 @pytest.mark.parametrize("device", list(DEVICES))
@@ -119,24 +119,6 @@ def test_device_rule_accepts_what_exists(backends):
     assert resolve_device("cuda") == torch.device("cuda")
     with pytest.raises(UsageError, match="only 2 cuda device"):
         resolve_device("cuda:2")
-
-
-@pytest.fixture(scope="module")
-def vitonhd(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("vitonhd")
-    make_vitonhd(root, n=2)
-    return root
-
-
-def test_train_fp16_mixed_precision_on_cpu_is_refused_before_writing(cli, tmp_path, vitonhd):
-    out = tmp_path / "run"
-    before = files_under(tmp_path, vitonhd)
-    result = cli(
-        "train", "--model", "tiny", "--data", vitonhd, "--dataset", "vitonhd", "--output", out,
-        "--max-steps", "1", "--resolution", "64", "48", "--mixed-precision", "fp16",
-    )  # fmt: skip
-    assert_user_error(result, "train", "--mixed-precision fp16", "CPU")
-    assert files_under(tmp_path, vitonhd) == before
 
 
 def test_customize_fp16_mixed_precision_on_cpu_is_refused(cli, tmp_path):

@@ -11,21 +11,18 @@ keys ever left out (GarmentNet's unused ``add_embedding.*``) are returned and lo
 
 from __future__ import annotations
 
-import json
 import logging
-import pickle
-import pickletools
 import re
-import zipfile
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import CheckpointError, StateDictMismatchError
-from .weights import ZIP_MAGIC, check_weight_file
+from .json_files import read_json_object
+from .weights import check_weight_file, load_torch_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +73,18 @@ def variant_name(name: str, variant: str | None) -> str:
 
 
 def weight_files(
-    folder: Path, variant: str | None = None, use_safetensors: bool | None = None
+    folder: Path,
+    variant: str | None = None,
+    use_safetensors: bool | None = None,
+    required: bool = True,
 ) -> list[Path]:
-    """The weight file(s) of a component folder (a single file or an index of shards).
+    """The weight file(s) of a component folder (a single file or an index of shards), each
+    checked to be a file of the folder itself (an index cannot name files elsewhere).
 
     ``variant`` (e.g. ``"fp16"``): the folder's ``*.{variant}.safetensors`` / ``.bin`` files
     are taken where present, the plain ones otherwise; ``use_safetensors``: True takes
     safetensors files only, False pickles only, None (default) safetensors first.
+    ``required=False``: ``[]`` for a folder without weights (tokenizers), no error.
     """
 
     def allowed(name: str) -> bool:
@@ -95,51 +97,59 @@ def weight_files(
     for index_name in filter(allowed, [*indexes, *_INDEX_NAMES]):
         index = folder / index_name
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            return [folder / s for s in shards]
+            return _shards(folder, index)
     for name in filter(allowed, [*files, *_WEIGHT_NAMES]):
         if (folder / name).exists():
-            return [folder / name]
+            return [_inside(folder, name, folder / name)]
+    if not required:
+        return []
     raise CheckpointError(
         f"no weight file in {folder} (expected one of {', '.join(_WEIGHT_NAMES[:1] + _WEIGHT_NAMES[4:5])})"
     )
 
 
-def _pickles_are_whole(path: Path, zipped: bool) -> bool:
-    """Whether the pickle streams ``torch.load`` reads from ``path`` parse to their end.
-
-    Only the opcodes are parsed (:func:`pickletools.genops`), nothing is built or imported. A
-    zip checkpoint holds one ``data.pkl``; a legacy one starts with up to four pickles (magic
-    number, protocol, system info, the state dict) before raw storage bytes.
-    """
-    try:
-        if zipped:
-            with zipfile.ZipFile(path) as archive:
-                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
-                if not names:
-                    return False
-                for _op in pickletools.genops(archive.read(names[0])):
-                    pass
-            return True
-        with open(path, "rb") as stream:
-            for _ in range(4):
-                if not stream.peek(1):  # the file ends after whole pickles
-                    break
-                for _op in pickletools.genops(stream):
-                    pass
-        return True
-    except Exception:  # noqa: BLE001 - any parse failure means an incomplete stream
-        return False
+def _shards(folder: Path, index: Path) -> list[Path]:
+    """The shard files a ``*.index.json`` names (its ``weight_map`` values), each checked to be
+    a file of ``folder`` itself (:func:`_inside`)."""
+    weight_map = read_json_object(index, CheckpointError, "shard index").get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(
+            f"shard index {index} has no 'weight_map' (an object naming each tensor's file)"
+        )
+    if not all(isinstance(name, str) and name for name in weight_map.values()):
+        raise CheckpointError(f"shard index {index}: every 'weight_map' value must be a file name")
+    return [_inside(folder, name, index) for name in sorted(set(weight_map.values()))]
 
 
-def _refused_global(message: str) -> str:
-    """The object ``torch.load(weights_only=True)`` refused, as its message names it."""
-    m = re.search(r"GLOBAL (\S+?)(?: whose|\s|$)", message)
-    if m:
-        return m.group(1)
-    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
-    detail = [ln for ln in lines[1:] if not ln.startswith(("Please", "Check the documentation"))]
-    return (detail or lines or ["unsupported content"])[0].removeprefix("WeightsUnpickler error: ")
+def _allowed_roots(folder: Path) -> list[Path]:
+    """Where the files of ``folder`` may really be: the folder itself and, for a Hugging Face
+    cache snapshot (``.../models--x/snapshots/<rev>/unet``, whose files are symlinks into
+    ``.../models--x/blobs/``), that repository's blob store."""
+    roots = [folder.resolve()]
+    for parent in folder.absolute().parents:
+        if parent.name == "snapshots" and (parent.parent / "blobs").is_dir():
+            roots.append((parent.parent / "blobs").resolve())
+            break
+    return roots
+
+
+def _inside(folder: Path, name: str, named_in: Path) -> Path:
+    """``folder / name``, refused unless ``name`` is a relative path whose file, symlinks
+    resolved, lies inside ``folder`` (or its hub-cache blob store): a checkpoint reads only its
+    own files, whatever its index says."""
+    path = folder / name
+    if PurePath(name).is_absolute() or ".." in PurePath(name).parts:
+        raise CheckpointError(
+            f"{named_in} names {name!r}, outside {folder}: refused (a checkpoint may only "
+            "read its own files)"
+        )
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(root) for root in _allowed_roots(folder)):
+        raise CheckpointError(
+            f"{path} is a link to {resolved}, outside {folder}: refused (a checkpoint may only "
+            "read its own files)"
+        )
+    return path
 
 
 def _read_one(path: Path) -> dict[str, torch.Tensor]:
@@ -152,29 +162,19 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(
                 f"{path} is truncated or corrupt ({msg}): download it again"
             ) from err
-    with open(path, "rb") as stream:
-        zipped = stream.read(4) == ZIP_MAGIC
-    try:
-        # Pickled checkpoints are read with weights_only=True: tensors only, no code. Only the
-        # zip format can be memory-mapped; legacy (_use_new_zipfile_serialization=False) files
-        # are read into memory.
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
-    except pickle.UnpicklingError as err:
-        if _pickles_are_whole(path, zipped):
+    # Pickled checkpoints are read with weights_only=True: tensors only, no code.
+    state = load_torch_pickle(path, CHECKPOINT_SOURCE, CheckpointError)
+    if not isinstance(state, Mapping):
+        raise CheckpointError(
+            f"{path} holds a {type(state).__name__}, not a state dict (names -> tensors)"
+        )
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise CheckpointError(
-                f"{path} holds objects other than tensors ({_refused_global(str(err))}) and was "
-                "refused for safety (only weights are loaded from pickles): use the official "
-                "weights or a safetensors copy"
-            ) from err
-        raise CheckpointError(
-            f"{path} is truncated or corrupt (its pickle data ends early or is malformed): "
-            "download it again"
-        ) from err
-    except Exception as err:  # noqa: BLE001 - torch.load fails in many ways on damaged files
-        msg = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else ""
-        raise CheckpointError(
-            f"{path} is truncated or corrupt ({msg or type(err).__name__}): download it again"
-        ) from err
+                f"{path} is not a flat state dict: entry {key!r} is a {type(value).__name__}, "
+                "not a tensor"
+            )
+    return dict(state)
 
 
 def read_state_dict(
@@ -275,7 +275,8 @@ def check_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Check ``state`` against ``expected`` (a module or key -> shape) and return the expected keys.
 
-    Every key must be present with the expected shape; nothing else may be there. ``ignored``
+    Every key must be present with the expected shape; nothing else may be there; where
+    ``expected`` is a module, its floating-point tensors must come as floating point. ``ignored``
     lists keys a published file carries but the model does not use (classifier heads): they may be
     present, their shape is still checked, and they are dropped. Keys ending in one of
     ``optional_suffixes`` (BatchNorm's ``num_batches_tracked``, present or not depending on the
@@ -285,8 +286,11 @@ def check_state_dict(
     mis-shaped key; ``wording`` is ``"checkpoint"`` (counts, the first five keys of each kind:
     a try-on checkpoint has thousands) or ``"network"`` (every key: metric networks are small).
     """
+    floating: set[str] = set()
     if isinstance(expected, torch.nn.Module):
-        expected = {k: tuple(v.shape) for k, v in expected.state_dict().items()}
+        own = expected.state_dict()
+        floating = {k for k, v in own.items() if v.is_floating_point()}
+        expected = {k: tuple(v.shape) for k, v in own.items()}
     ignored = dict(ignored or {})
     missing = sorted(
         k
@@ -303,6 +307,13 @@ def check_state_dict(
     if missing or unexpected or mismatched:
         raise StateDictMismatchError(
             _state_dict_problems(what, missing, unexpected, mismatched, wording)
+        )
+    # A floating-point weight must come as floats: integers would be cast silently.
+    mistyped = sorted(k for k in floating if k in state and not state[k].is_floating_point())
+    if mistyped:
+        raise StateDictMismatchError(
+            f"{what}: {len(mistyped)} tensor(s) are not floating point where the model holds "
+            f"floating-point weights: {', '.join(mistyped[:5])} ({state[mistyped[0]].dtype})"
         )
     return {k: v for k, v in state.items() if k in expected}
 

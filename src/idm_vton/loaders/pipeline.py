@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import pickle
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -17,7 +20,7 @@ from accelerate import init_empty_weights
 from diffusers import UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, IdmVtonError
 from ..models.tryon_net import ImageProjection, attach_ip_adapter
 from ..schedulers import SchedulerName, build_scheduler
 from .checkpoint import (
@@ -29,7 +32,8 @@ from .checkpoint import (
     variant_name,
     weight_files,
 )
-from .weights import check_weight_file
+from .json_files import read_json_object
+from .weights import check_weight_file, pickle_failure
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +78,48 @@ def find_component(root: Path, names: tuple[str, ...], what: str) -> Path:
 
 
 def _read_json(path: Path) -> dict:
+    """A checkpoint's JSON file (a config), which must hold a JSON object."""
+    return read_json_object(path, CheckpointError, "checkpoint file")
+
+
+@contextmanager
+def _loading(folder: Path, what: str, files: list[Path] = ()):
+    """Every failure of a library loader or constructor inside becomes one
+    :class:`CheckpointError` naming ``folder`` (and the pickle of ``files`` it refused, if any).
+
+    The one wrapper every component load goes through: diffusers and transformers raise many
+    kinds of errors on a damaged folder (``OSError``, ``ValueError``, ``TypeError``,
+    ``KeyError``, ``UnpicklingError``...), each of them a user's file, not a bug here.
+    """
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot read {path}: {err}") from err
+        yield
+    except (IdmVtonError, MemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - library loaders raise many kinds
+        raise CheckpointError(_load_failure(folder, what, files, err)) from err
+
+
+def _load_failure(folder: Path, what: str, files, err: BaseException) -> str:
+    """The one-line message of :func:`_loading`."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, pickle.UnpicklingError):
+        cause = cause.__cause__ or cause.__context__
+    for path in files if cause is not None else ():
+        if path.suffix != ".safetensors":
+            reason, damaged = pickle_failure(path, cause)
+            if damaged:
+                return f"{path} is truncated or corrupt ({reason}): download it again"
+            return f"{path} was refused for safety: {reason} (only tensors are loaded from pickles)"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    first = lines[0].split(". ")[0][:300] if lines else type(err).__name__
+    return f"cannot load {what} from {folder}: {first}"
+
+
+def _check_json_files(folder: Path) -> None:
+    """Every ``*.json`` of a component folder (config, preprocessor and tokenizer files) must
+    hold a JSON object, before a library loader reads it and fails in its own words."""
+    for path in sorted(folder.glob("*.json")):
+        _read_json(path)
 
 
 def _unet_config(folder: Path) -> dict:
@@ -171,14 +213,19 @@ def _load_projection(
     if projection_folder is not None:
         if projection_state:
             raise CheckpointError(f"{folder} and {projection_folder} both hold a Resampler")
-        kwargs = _file_kwargs(projection_folder, variant, use_safetensors)
-        return realign_parameters(
-            ImageProjection.from_pretrained(projection_folder, torch_dtype=dtype, **kwargs)
+        return load_component(
+            ImageProjection.from_pretrained,
+            projection_folder,
+            "IP-Adapter Resampler",
+            variant,
+            use_safetensors,
+            torch_dtype=dtype,
         )
     if not projection_state:
         raise CheckpointError(f"{folder} holds no IP-Adapter Resampler (encoder_hid_proj.*)")
-    with init_empty_weights():
-        projection = ImageProjection(**_resampler_config(folder, unet_config, projection_state))
+    config = _resampler_config(folder, unet_config, projection_state)
+    with _loading(folder, "IP-Adapter Resampler"), init_empty_weights():
+        projection = ImageProjection(**config)
     _load_into(projection, projection_state, f"Resampler ({folder})", dtype)
     return projection
 
@@ -191,6 +238,20 @@ def _tryon_config(folder: Path) -> dict:
         config["encoder_hid_dim_type"] = None
         config["encoder_hid_dim"] = None
     return config
+
+
+def _ip_adapter_settings(folder: Path) -> tuple[int, float]:
+    """(IP token count, IP scale) from ``ip_adapter_config.json`` (default 16 and 1.0)."""
+    path = folder / IP_ADAPTER_CONFIG
+    ip = _read_json(path) if path.exists() else {}
+    num_tokens, scale = ip.get("num_tokens", 16), ip.get("scale", 1.0)
+    if type(num_tokens) is not int or num_tokens < 1:
+        raise CheckpointError(
+            f"{path}: 'num_tokens' must be a positive integer, got {num_tokens!r}"
+        )
+    if type(scale) not in (int, float) or not math.isfinite(scale):
+        raise CheckpointError(f"{path}: 'scale' must be a finite number, got {scale!r}")
+    return num_tokens, float(scale)
 
 
 def load_tryon_unet(
@@ -210,8 +271,7 @@ def load_tryon_unet(
     """
     folder = Path(folder)
     config = _tryon_config(folder)
-    ip = _read_json(folder / IP_ADAPTER_CONFIG) if (folder / IP_ADAPTER_CONFIG).is_file() else {}
-    num_tokens, scale = int(ip.get("num_tokens", 16)), float(ip.get("scale", 1.0))
+    num_tokens, scale = _ip_adapter_settings(folder)
     unet_state, projection_state = convert_tryon_state_dict(
         read_state_dict(folder, variant, use_safetensors)
     )
@@ -225,7 +285,7 @@ def load_tryon_unet(
         raise CheckpointError(
             f"Resampler makes {projection.config.num_queries} tokens, IP-Adapter expects {num_tokens}"
         )
-    with init_empty_weights():
+    with _loading(folder, "TryonNet"), init_empty_weights():
         unet = UNet2DConditionModel.from_config(config)
         attach_ip_adapter(unet, num_tokens=num_tokens, scale=scale)
     _load_into(unet, unet_state, f"TryonNet ({folder})", dtype)
@@ -262,7 +322,7 @@ def load_garment_unet(
     config = _unet_config(folder)
     config.update(addition_embed_type=None, projection_class_embeddings_input_dim=None)
     config.update(encoder_hid_dim_type=None, encoder_hid_dim=None)
-    with init_empty_weights():
+    with _loading(folder, "GarmentNet"), init_empty_weights():
         unet = UNet2DConditionModel.from_config(config)
     state, dropped = convert_garment_state_dict(
         read_state_dict(folder, variant, use_safetensors), set(unet.state_dict())
@@ -340,7 +400,7 @@ def _file_kwargs(folder: Path, variant: str | None, use_safetensors: bool | None
     return kwargs
 
 
-def _hf_component(
+def load_component(
     loader,
     folder: Path,
     what: str,
@@ -348,22 +408,20 @@ def _hf_component(
     use_safetensors: bool | None = None,
     **kwargs,
 ):
+    """``loader(folder, **kwargs)`` (a diffusers / transformers ``from_pretrained``) after the
+    checks every component folder gets: its JSON files hold objects, its weight files are its
+    own and not placeholders; any failure of the loader becomes one :class:`CheckpointError`
+    naming ``folder`` (:func:`_loading`). ``variant`` / ``use_safetensors`` choose the files."""
     if not folder.is_dir():
         raise CheckpointError(f"missing component folder: {folder} ({what})")
-    try:
-        files = weight_files(folder, variant, use_safetensors)
-    except CheckpointError:
-        files = []
+    _check_json_files(folder)
+    # A folder without weights (tokenizers) is left to the library, which names what it misses.
+    files = weight_files(folder, variant, use_safetensors, required=False)
     kwargs.update(_file_kwargs(folder, variant, use_safetensors))
     for path in files:
         check_weight_file(path, f"{folder.name}/", CHECKPOINT_SOURCE, error=CheckpointError)
-    try:
+    with _loading(folder, what, files):
         component = loader(folder, **kwargs)
-    except CheckpointError:
-        raise
-    except Exception as err:  # noqa: BLE001 - library loaders raise many kinds
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot load {what} from {folder}: {first}") from err
     if isinstance(component, torch.nn.Module):
         realign_parameters(component)
     return component
@@ -462,7 +520,7 @@ def load_pipeline(
 def _load_vae(root: Path, dtype: torch.dtype, **files):
     from diffusers import AutoencoderKL
 
-    vae = _hf_component(
+    vae = load_component(
         AutoencoderKL.from_pretrained, root / "vae", "VAE", torch_dtype=dtype, **files
     )
     return vae.eval()
@@ -471,7 +529,7 @@ def _load_vae(root: Path, dtype: torch.dtype, **files):
 def _load_image_encoder(root: Path, dtype: torch.dtype, **files):
     from transformers import CLIPVisionModelWithProjection
 
-    encoder = _hf_component(
+    encoder = load_component(
         CLIPVisionModelWithProjection.from_pretrained,
         root / "image_encoder",
         "image encoder",
@@ -487,9 +545,12 @@ def _load_scheduler(root: Path, scheduler: SchedulerName | str | SchedulerMixin)
     if isinstance(scheduler, SchedulerMixin):
         return scheduler
     scheduler_dir = root / "scheduler"
-    if not (scheduler_dir / "scheduler_config.json").is_file():
+    config_path = scheduler_dir / "scheduler_config.json"
+    if not config_path.is_file():
         raise CheckpointError(f"missing component folder: {scheduler_dir} (scheduler)")
-    return build_scheduler(scheduler, _read_json(scheduler_dir / "scheduler_config.json"))
+    config = _read_json(config_path)
+    with _loading(scheduler_dir, "scheduler"):
+        return build_scheduler(scheduler, config)
 
 
 def _load_text_components(root: Path, dtype: torch.dtype, names: list[str], **files) -> dict:
@@ -507,7 +568,7 @@ def _load_text_components(root: Path, dtype: torch.dtype, names: list[str], **fi
         "tokenizer_2": (CLIPTokenizer.from_pretrained, "tokenizer 2", {}),
     }
     return {
-        name: _hf_component(loaders[name][0], root / name, loaders[name][1], **loaders[name][2])
+        name: load_component(loaders[name][0], root / name, loaders[name][1], **loaders[name][2])
         for name in names
     }
 
@@ -519,7 +580,7 @@ def _load_feature_extractor(root: Path):
 
     for folder in (root / "feature_extractor", root / "image_encoder"):
         if (folder / "preprocessor_config.json").is_file():
-            return CLIPImageProcessor.from_pretrained(folder)
+            return load_component(CLIPImageProcessor.from_pretrained, folder, "feature extractor")
     return CLIPImageProcessor()
 
 

@@ -1,4 +1,5 @@
-"""Weight files: one check that a file plausibly holds weights, used by every loader.
+"""Weight files: one check that a file plausibly holds weights, and one safe pickle reader,
+used by every loader.
 
 Checkpoint loading, the preprocessing models and the metric networks all read weight files a
 user downloaded. The official IDM-VTON repository ships each preprocessing checkpoint as a tiny
@@ -9,16 +10,35 @@ failed" or a zip error, which is the most common install failure reported for th
 :func:`check_weight_file` turns those cases into one clear sentence before any framework sees the
 file; given the expected format it also checks the file's first bytes (ONNX protobuf, PyTorch zip
 / pickle, plain pickle).
+
+Every pickled weight file (``.bin`` checkpoints, OpenPose ``.pth``, metric weights, training
+state) is read by :func:`load_torch_pickle`: ``torch.load(weights_only=True)``, so nothing in the
+file can run code, and every failure becomes one line that names the file and says which of
+three things happened: the file is damaged (truncated, not a pickle), it asks for objects other
+than tensors (refused for safety), or it is a pickle the safe reader cannot read (a plain
+``pickle.dump`` instead of ``torch.save``, or an old pickle protocol).
 """
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
+import pickletools
+import re
+import zipfile
 from pathlib import Path
 
 from ..errors import IdmVtonError, PreprocessModelError
 
-__all__ = ["MIN_WEIGHT_BYTES", "WEIGHT_FORMATS", "ZIP_MAGIC", "check_weight_file"]
+__all__ = [
+    "MIN_WEIGHT_BYTES",
+    "WEIGHT_FORMATS",
+    "ZIP_MAGIC",
+    "check_weight_file",
+    "load_torch_pickle",
+    "pickle_failure",
+]
 
 #: Files smaller than this cannot hold a real weight tensor of any model used here.
 MIN_WEIGHT_BYTES = 1024
@@ -138,3 +158,124 @@ def check_weight_file(
             f"{head[:8]!r}); download {path.name} again from {where_to_get}"
         )
     return path
+
+
+# ------------------------------------------------------------------------------ safe pickles
+def _scan_pickles(path: Path, zipped: bool) -> tuple[bool, list[str]]:
+    """(whether the pickle streams ``torch.load`` reads from ``path`` parse to their end, the
+    globals they name as ``module.name``).
+
+    Only the opcodes are parsed (:func:`pickletools.genops`), nothing is built or imported. A
+    zip checkpoint holds one ``data.pkl``; a legacy one starts with up to four pickles (magic
+    number, protocol, system info, the state dict) before raw storage bytes.
+    """
+    names: list[str] = []
+
+    def scan(stream) -> None:
+        strings: list[str] = []
+        for op, arg, _pos in pickletools.genops(stream):
+            if op.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(".".join(strings[-2:]))
+            elif isinstance(arg, str) and "UNICODE" in op.name:
+                strings.append(arg)
+
+    try:
+        if zipped:
+            with zipfile.ZipFile(path) as archive:
+                found = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                if not found:
+                    return False, names
+                scan(io.BytesIO(archive.read(found[0])))
+            return True, names
+        with open(path, "rb") as stream:
+            for _ in range(4):
+                if not stream.peek(1):  # the file ends after whole pickles
+                    break
+                scan(stream)
+        return True, names
+    except Exception:  # noqa: BLE001 - any parse failure means an incomplete stream
+        return False, names
+
+
+# What torch.save files name: tensor and storage rebuilders, containers.
+_TENSOR_GLOBALS = ("torch._utils.", "torch.", "collections.OrderedDict", "_codecs.encode")
+# Rebuilders that run torch.load(weights_only=False) on embedded bytes (plain pickle.dump files).
+_UNSAFE_TORCH_GLOBALS = ("torch.storage._load_from_bytes",)
+
+
+def _first_detail(message: str) -> str:
+    """The line of a ``torch.load`` message that says what went wrong (not the advice)."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    detail = [
+        ln
+        for ln in lines[1:]
+        if not ln.startswith(("Please", "Check the documentation", "Trying to load"))
+    ]
+    text = (detail or lines or [""])[0].removeprefix("WeightsUnpickler error: ")
+    return text.split(". ")[0].strip()
+
+
+def pickle_failure(path: str | os.PathLike[str], err: BaseException) -> tuple[str, bool]:
+    """Why ``torch.load(path, weights_only=True)`` failed with ``err``, as ``(reason, damaged)``.
+
+    ``damaged``: the file is truncated or not a pickle at all (download it again); otherwise it
+    is a whole pickle that the safe reader refuses, and ``reason`` says what it asked for.
+    """
+    path = Path(path)
+    with open(path, "rb") as stream:
+        zipped = stream.read(4) == ZIP_MAGIC
+    message = str(err)
+    if not isinstance(err, pickle.UnpicklingError) and "magic number" not in message:
+        return _first_detail(message) or type(err).__name__, True
+    whole, names = _scan_pickles(path, zipped)
+    if not whole:
+        return "its pickle data ends early or is malformed", True
+    refused = re.search(r"GLOBAL (\S+?)(?: whose|\s|$)", message)
+    refused_name = refused.group(1) if refused else None
+    foreign = list(dict.fromkeys(n for n in names if not n.startswith(_TENSOR_GLOBALS)))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        return f"it holds objects other than tensors ({shown})", False
+    if "magic number" in message or refused_name in _UNSAFE_TORCH_GLOBALS:
+        return "it is a plain pickle (pickle.dump), not a torch.save checkpoint", False
+    if refused_name:
+        return f"it holds objects other than tensors ({refused_name})", False
+    opcode = re.search(r"Unsupported operand (\d+)", message)
+    if opcode:
+        op = pickletools.code2op.get(chr(int(opcode.group(1))))
+        name = f"{op.name} (pickle protocol {op.proto})" if op else opcode.group(1)
+        return f"it uses the pickle opcode {name}, which the safe reader does not support", False
+    return f"it holds objects other than tensors ({_first_detail(message)})", False
+
+
+def load_torch_pickle(
+    path: str | os.PathLike[str],
+    where_to_get: str,
+    error: type[IdmVtonError],
+) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU (memory-mapped for zip files).
+
+    Nothing in the file can run code: only tensors, numbers, strings and containers are built.
+    Raises ``error`` with one line naming ``path``: truncated or corrupt (download it again from
+    ``where_to_get``), or refused for safety / not readable safely (see :func:`pickle_failure`).
+    """
+    import torch
+
+    path = Path(path)
+    with open(path, "rb") as stream:
+        zipped = stream.read(4) == ZIP_MAGIC
+    try:
+        # Only the zip format can be memory-mapped; legacy files are read into memory.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+    except Exception as err:  # noqa: BLE001 - torch.load fails in many ways on damaged files
+        reason, damaged = pickle_failure(path, err)
+        if damaged:
+            raise error(
+                f"{path} is truncated or corrupt ({reason}): download it again from {where_to_get}"
+            ) from err
+        raise error(
+            f"{path} was refused for safety: {reason} (only tensors are loaded from pickles); "
+            "use the official file, a torch.save copy of its state dict, or a safetensors copy"
+        ) from err

@@ -36,7 +36,7 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from idm_vton.errors import PreprocessModelError
-from idm_vton.loaders.weights import check_weight_file
+from idm_vton.loaders.weights import check_weight_file, load_torch_pickle
 
 __all__ = [
     "BODY_PARTS",
@@ -529,14 +529,7 @@ def _to_rgb(image: Image.Image | np.ndarray) -> np.ndarray:
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # zip/pickle errors have many types; all mean a bad file
-        raise PreprocessModelError(
-            f"OpenPose body model file {path} is not a valid PyTorch checkpoint (truncated or "
-            f"corrupt download?): {type(exc).__name__}; download {path.name} again from "
-            f"{WEIGHTS_SOURCE}"
-        ) from exc
+    state = load_torch_pickle(path, WEIGHTS_SOURCE, PreprocessModelError)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PreprocessModelError(
             f"OpenPose body model file {path} does not hold a state dict of tensors"

@@ -25,7 +25,8 @@ from ..loaders.checkpoint import (
     convert_resampler_state_dict,
     read_state_dict,
 )
-from ..loaders.pipeline import load_garment_unet
+from ..loaders.pipeline import load_component, load_garment_unet
+from ..loaders.weights import load_torch_pickle
 from ..models.tryon_net import ImageProjection, attach_ip_adapter, widen_conv_in
 
 logger = logging.getLogger(__name__)
@@ -39,9 +40,14 @@ def read_ip_adapter(path: str | Path) -> tuple[dict, dict]:
     if not path.is_file():
         raise CheckpointError(f"IP-Adapter weight file not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        flat = load_file(str(path))
+        try:
+            flat = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"{path} is truncated or corrupt ({first})") from err
         state: dict = {"image_proj": {}, "ip_adapter": {}}
         for key, value in flat.items():
             group, _, rest = key.partition(".")
@@ -49,10 +55,13 @@ def read_ip_adapter(path: str | Path) -> tuple[dict, dict]:
                 raise CheckpointError(f"{path}: unexpected key {key}")
             state[group][rest] = value
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    if set(state) != {"image_proj", "ip_adapter"}:
+        state = load_torch_pickle(
+            path, "the IP-Adapter repository (h94/IP-Adapter)", CheckpointError
+        )
+    if not isinstance(state, dict) or set(state) != {"image_proj", "ip_adapter"}:
         raise CheckpointError(
-            f"{path}: expected the groups image_proj and ip_adapter, found {sorted(state)}"
+            f"{path}: expected the groups image_proj and ip_adapter, found "
+            f"{sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__}"
         )
     return state["image_proj"], state["ip_adapter"]
 
@@ -133,8 +142,7 @@ def build_from_sdxl(
     ):
         if not (folder / "config.json").is_file():
             raise CheckpointError(f"{what} not found: {folder}/config.json")
-    with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(inpaint / "unet"))
+    unet = load_component(_empty_unet, inpaint / "unet", "SDXL-inpainting UNet")
     state = read_state_dict(inpaint / "unet")
     check_state_dict(unet, state, "SDXL-inpainting UNet")
     unet.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
@@ -152,26 +160,46 @@ def build_from_sdxl(
     assert not result.unexpected_keys, result.unexpected_keys
 
     garment_unet = load_garment_unet(base / "unet")
-    encoder = CLIPVisionModelWithProjection.from_pretrained(image_encoder)
+    encoder = load_component(
+        CLIPVisionModelWithProjection.from_pretrained, Path(image_encoder), "image encoder"
+    )
     if encoder.config.hidden_size != projection.config.embedding_dim:
         raise CheckpointError(
             f"image encoder width {encoder.config.hidden_size} does not match the Resampler's "
             f"input width {projection.config.embedding_dim}"
         )
-    scheduler_config = DDPMScheduler.load_config(inpaint / "scheduler")
+    scheduler = load_component(
+        lambda folder: DDPMScheduler.from_config(DDPMScheduler.load_config(folder)),
+        inpaint / "scheduler",
+        "scheduler",
+    )
     return TryOnPipeline(
-        vae=AutoencoderKL.from_pretrained(inpaint / "vae"),
+        vae=load_component(AutoencoderKL.from_pretrained, inpaint / "vae", "VAE"),
         unet=unet,
         garment_unet=garment_unet,
         image_projection=projection,
         image_encoder=encoder.eval(),
-        scheduler=DDPMScheduler.from_config(scheduler_config),
-        text_encoder=CLIPTextModel.from_pretrained(inpaint / "text_encoder"),
-        text_encoder_2=CLIPTextModelWithProjection.from_pretrained(inpaint / "text_encoder_2"),
-        tokenizer=CLIPTokenizer.from_pretrained(inpaint / "tokenizer"),
-        tokenizer_2=CLIPTokenizer.from_pretrained(inpaint / "tokenizer_2"),
+        scheduler=scheduler,
+        text_encoder=load_component(
+            CLIPTextModel.from_pretrained, inpaint / "text_encoder", "text encoder"
+        ),
+        text_encoder_2=load_component(
+            CLIPTextModelWithProjection.from_pretrained,
+            inpaint / "text_encoder_2",
+            "text encoder 2",
+        ),
+        tokenizer=load_component(CLIPTokenizer.from_pretrained, inpaint / "tokenizer", "tokenizer"),
+        tokenizer_2=load_component(
+            CLIPTokenizer.from_pretrained, inpaint / "tokenizer_2", "tokenizer 2"
+        ),
         feature_extractor=_clip_processor(Path(image_encoder), encoder.config.image_size),
     )
+
+
+def _empty_unet(folder: Path) -> UNet2DConditionModel:
+    """The UNet ``folder``'s config describes, without weights (meta tensors)."""
+    with init_empty_weights():
+        return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder))
 
 
 def _clip_processor(folder: Path, size: int):
@@ -179,7 +207,7 @@ def _clip_processor(folder: Path, size: int):
     from transformers import CLIPImageProcessor
 
     if (folder / "preprocessor_config.json").is_file():
-        return CLIPImageProcessor.from_pretrained(folder)
+        return load_component(CLIPImageProcessor.from_pretrained, folder, "CLIP preprocessing")
     return CLIPImageProcessor(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size}
     )

@@ -53,6 +53,8 @@ class CLIPImageScorer:
         """Load model and preprocessing config from a local folder (no download is attempted)."""
         from transformers import CLIPVisionModelWithProjection
 
+        from ...loaders.pipeline import load_component
+
         path = Path(path)
         if not (path / "config.json").is_file():
             raise MissingWeightFileError(
@@ -65,10 +67,19 @@ class CLIPImageScorer:
                 f"no preprocessor_config.json in {path}: CLIP-I needs the model's own "
                 "CLIPImageProcessor settings"
             )
-        encoder = CLIPVisionModelWithProjection.from_pretrained(
-            path, local_files_only=True, dtype=dtype
+        encoder = load_component(
+            CLIPVisionModelWithProjection.from_pretrained,
+            path,
+            "CLIP model",
+            local_files_only=True,
+            dtype=dtype,
         )
-        processor = _image_processor_class().from_pretrained(path, local_files_only=True)
+        processor = load_component(
+            _image_processor_class().from_pretrained,
+            path,
+            "CLIP preprocessing config",
+            local_files_only=True,
+        )
         return cls(encoder, processor, device=device)
 
     @torch.no_grad()

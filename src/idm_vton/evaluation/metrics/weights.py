@@ -23,7 +23,7 @@ import torch
 
 from ...errors import MissingWeightFileError, StateDictMismatchError, WeightFileError
 from ...loaders.checkpoint import check_state_dict
-from ...loaders.weights import check_weight_file
+from ...loaders.weights import check_weight_file, load_torch_pickle
 
 __all__ = [
     "KNOWN_WEIGHTS",
@@ -100,6 +100,7 @@ KNOWN_WEIGHTS: dict[str, WeightFile] = {
     )
 }
 
+_WEIGHTS_SOURCE = "the URL docs/evaluation.md lists for it"
 # Hashing a 500 MB file takes seconds; a process evaluates several folders with the same weights.
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
 
@@ -179,11 +180,10 @@ def weight_record(spec: str | WeightFile, path: str | os.PathLike, *, verified: 
 
 
 def load_weight_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a pickled state dict safely (``weights_only=True``) onto the CPU."""
-    try:
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # corrupt/truncated files raise many different types
-        raise WeightFileError(f"cannot read weight file {path}: {error}") from error
+    """Read a pickled state dict safely (``weights_only=True``) onto the CPU; a damaged or
+    unsafe file raises :class:`WeightFileError` naming it
+    (:func:`~idm_vton.loaders.weights.load_torch_pickle`)."""
+    state = load_torch_pickle(path, _WEIGHTS_SOURCE, WeightFileError)
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
     ):

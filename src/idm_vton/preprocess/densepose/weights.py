@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from idm_vton.errors import PreprocessModelError
-from idm_vton.loaders.weights import check_weight_file
+from idm_vton.loaders.weights import check_weight_file, load_torch_pickle
 
 __all__ = ["DENSEPOSE_WEIGHTS_SOURCE", "load_densepose_state_dict"]
 
@@ -155,6 +155,11 @@ def _to_tensor_dict(raw: object, path: Path) -> dict[str, torch.Tensor]:
                     f"{_WHAT} weights at {path}: entry {key!r} is a numpy object array, "
                     "expected numbers"
                 )
+            if value.dtype.kind not in "biuf":  # strings, dates, complex: not weights
+                raise PreprocessModelError(
+                    f"{_WHAT} weights at {path}: entry {key!r} is a numpy array of "
+                    f"{value.dtype}, expected numbers"
+                )
             value = torch.from_numpy(np.array(value))
         if not isinstance(value, torch.Tensor):
             raise PreprocessModelError(
@@ -176,11 +181,14 @@ def load_densepose_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.T
         PreprocessModelError: missing, placeholder, git-lfs pointer, truncated or unsafe file.
     """
     path = check_weight_file(path, _WHAT, DENSEPOSE_WEIGHTS_SOURCE)
+    with open(path, "rb") as stream:
+        zipped = stream.read(2) == b"PK"
+    if zipped or path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        raw = load_torch_pickle(path, DENSEPOSE_WEIGHTS_SOURCE, PreprocessModelError)
+        return _to_tensor_dict(raw, path)
     data = path.read_bytes()
     try:
-        if data.startswith(b"PK") or path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
-            raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        elif path.suffix == ".safetensors":
+        if path.suffix == ".safetensors":
             from safetensors.torch import load as load_safetensors
 
             raw = load_safetensors(data)
@@ -196,10 +204,11 @@ def load_densepose_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.T
             f"{_WHAT} weights at {path} are truncated or corrupt ({error}); download "
             f"{path.name} again from {DENSEPOSE_WEIGHTS_SOURCE}"
         ) from error
-    except (EOFError, ValueError, RuntimeError, OSError, IndexError, KeyError) as error:
+    except Exception as error:  # noqa: BLE001 - a damaged pickle fails in many ways
+        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
         raise PreprocessModelError(
             f"{_WHAT} weights at {path} are truncated or corrupt "
-            f"({type(error).__name__}: {error}); download {path.name} again from "
+            f"({type(error).__name__}: {detail}); download {path.name} again from "
             f"{DENSEPOSE_WEIGHTS_SOURCE}"
         ) from error
     return _to_tensor_dict(raw, path)
