@@ -85,6 +85,24 @@ def test_params_refused(fields):
         TryOnParams.parse(ServeConfig(), **fields)
 
 
+def test_params_refusals_say_field_allowed_values_and_what_came_in():
+    config = ServeConfig(max_steps=50)
+    cases = {
+        "steps": ("60", "steps: expected an integer in 1..50, got '60'"),
+        "num_images": ("1.5", "num_images: expected an integer, got '1.5'"),
+        "guidance": ("31", "guidance: expected a number in 0..30, got '31'"),
+        "seed": ("x", "seed: expected an integer, got 'x'"),
+        "category": ("hats", "unknown category 'hats'; expected one of: upper_body, lower_body"),
+    }
+    for field, (value, message) in cases.items():
+        with pytest.raises(ParameterError) as info:
+            TryOnParams.parse(config, **{field: value})
+        assert str(info.value).startswith(message)
+    # whole numbers written as decimals are integers; numbers keep their fraction
+    p = TryOnParams.parse(config, steps="3.0", guidance="1.25", category=" dresses ")
+    assert (p.steps, type(p.steps), p.guidance, p.category) == (3, int, 1.25, "dresses")
+
+
 # ---------------------------------------------------------------------------- uploads
 def test_decode_image_formats_and_modes():
     data = (EXAMPLES / "person.jpg").read_bytes()

@@ -185,16 +185,13 @@ class TryOnParams:
         if len(description) > 500:
             raise ParameterError(f"description: at most 500 characters, got {len(description)}")
         category = (category or config.default_category).strip()
-        if category not in GarmentCategory.values():
-            raise ParameterError(
-                f"category: expected one of {', '.join(GarmentCategory.values())}, got {category!r}"
-            )
-        steps = _integer("steps", steps, config.default_steps, 1, config.max_steps)
-        guidance = _number("guidance", guidance, config.default_guidance, 0.0, 30.0)
-        seed = _integer("seed", seed, -1, -1, SEED_RANGE - 1)
+        category = GarmentCategory.parse(category, "category", ParameterError).value
+        steps = _number("steps", steps, config.default_steps, 1, config.max_steps, integer=True)
+        guidance = _number("guidance", guidance, config.default_guidance, 0, 30)
+        seed = _number("seed", seed, -1, -1, SEED_RANGE - 1, integer=True)
         if seed == -1:
             seed = secrets.randbelow(SEED_RANGE)
-        num_images = _integer("num_images", num_images, 1, 1, config.max_images)
+        num_images = _number("num_images", num_images, 1, 1, config.max_images, integer=True)
         return cls(
             description=description,
             category=category,
@@ -211,30 +208,21 @@ class TryOnParams:
         return [(self.seed + j) % SEED_RANGE for j in range(self.num_images)]
 
 
-def _integer(name: str, value: object, default: int, low: int, high: int) -> int:
+def _number(name: str, value: object, default, low, high, *, integer: bool = False):
+    """``value`` (a form's string, or a number) as a number in ``low..high``, ``default`` when
+    absent; with ``integer`` a whole number (``"3.0"`` is 3), returned as an ``int``."""
     if value is None or value == "":
         return default
+    kind = "an integer" if integer else "a number"
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ParameterError(f"{name}: expected an integer, got {value!r}") from None
-    if not math.isfinite(number) or number != int(number):
-        raise ParameterError(f"{name}: expected an integer, got {value!r}")
+        number = math.nan
+    if not math.isfinite(number) or (integer and not number.is_integer()):
+        raise ParameterError(f"{name}: expected {kind}, got {value!r}")
     if not low <= number <= high:
-        raise ParameterError(f"{name}: expected {low}..{high}, got {int(number)}")
-    return int(number)
-
-
-def _number(name: str, value: object, default: float, low: float, high: float) -> float:
-    if value is None or value == "":
-        return default
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ParameterError(f"{name}: expected a number, got {value!r}") from None
-    if not math.isfinite(number) or not low <= number <= high:
-        raise ParameterError(f"{name}: expected a number in {low:g}..{high:g}, got {value!r}")
-    return number
+        raise ParameterError(f"{name}: expected {kind} in {low}..{high}, got {value!r}")
+    return int(number) if integer else number
 
 
 def _boolean(name: str, value: object, default: bool) -> bool:
