@@ -27,20 +27,19 @@ SESSION_COOKIE = "idm_vton_session"
 PUBLIC_PATHS = ("/healthz", "/readyz", "/login", "/docs", "/docs/oauth2-redirect", "/openapi.json")
 
 
-async def _send_json(send: Send, status: int, payload: dict, headers=()) -> None:
-    body = json.dumps(payload).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
+async def _respond(
+    send: Send, status: int, body: bytes = b"", content_type: bytes | None = None, headers=()
+) -> None:
+    """One whole HTTP response (with ``Content-Type`` and ``Content-Length`` for a body)."""
+    headers = list(headers)
+    if content_type is not None:
+        headers[:0] = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _send_json(send: Send, status: int, payload: dict, headers=()) -> None:
+    await _respond(send, status, json.dumps(payload).encode(), b"application/json", headers)
 
 
 class BodyLimitMiddleware:
@@ -172,14 +171,7 @@ class ApiKeyMiddleware:
             return
         accept = dict(scope.get("headers", ())).get(b"accept", b"")
         if scope.get("method") == "GET" and b"text/html" in accept:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 303,
-                    "headers": [(b"location", b"/login")],
-                }
-            )
-            await send({"type": "http.response.body", "body": b""})
+            await _respond(send, 303, headers=[(b"location", b"/login")])
             return
         await _send_json(
             send,
@@ -208,26 +200,9 @@ class ApiKeyMiddleware:
             await self._page(send, 401, '<p class="error">Wrong key.</p>')
             return
         cookie = f"{SESSION_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 303,
-                "headers": [(b"location", b"/"), (b"set-cookie", cookie.encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": b""})
+        await _respond(send, 303, headers=[(b"location", b"/"), (b"set-cookie", cookie.encode())])
 
     @staticmethod
     async def _page(send: Send, status: int, error: str) -> None:
         body = _LOGIN_PAGE.format(error=error).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"text/html; charset=utf-8"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _respond(send, status, body, b"text/html; charset=utf-8")
