@@ -9,12 +9,13 @@ The result has one folder per pipeline component (``unet/``, ``garment_unet/``,
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError
-from ..files import atomic_directory
+from ..files import atomic_directory, check_writable_output
 
 __all__ = ["convert_checkpoint"]
 
@@ -45,16 +46,35 @@ def convert_checkpoint(
     """Load ``src`` (hub id or folder), cast to ``dtype`` and write it to ``dst`` atomically.
 
     The VAE stays in float32 when ``dtype`` is float16 (the SDXL VAE overflows in fp16).
+
+    ``dst`` is checked before anything is loaded (:func:`_check_destination`): it can never be,
+    hold or sit inside ``src``, and ``overwrite`` replaces only an earlier conversion, in one
+    swap that touches nothing else.
     """
     from ..pipelines.tryon import TryOnPipeline
 
     dst = Path(dst).expanduser()
-    if dst.exists() and not overwrite:
-        raise CheckpointError(f"{dst} already exists (pass --overwrite to replace it)")
-    if dst.exists() and dst.resolve() == Path(src).expanduser().resolve():
-        raise CheckpointError("the output folder must differ from the input folder")
+    _check_destination(src, dst, overwrite)
     pipe = TryOnPipeline.from_pretrained(src, torch_dtype=dtype)
     with atomic_directory(dst) as tmp:
         pipe.save_pretrained(tmp)
         _drop_ema_keys(tmp)
     return dst
+
+
+def _check_destination(src: str | Path, dst: Path, overwrite: bool) -> None:
+    """Refuse a ``dst`` that is, holds or sits inside a local ``src`` (symlinks resolved), that
+    is not a writable folder, or that exists and is not empty, unless ``overwrite`` is given and
+    ``dst`` is a converted model (``model_index.json``): nothing else is ever replaced."""
+    source = Path(src).expanduser()
+    inputs = {"the source": source} if os.path.lexists(source) else {}
+    check_writable_output(dst, kind="folder", flag="output folder", inputs=inputs)
+    if not dst.is_dir() or not any(dst.iterdir()):
+        return
+    if not overwrite:
+        raise CheckpointError(f"{dst} already exists (pass --overwrite to replace it)")
+    if not (dst / "model_index.json").is_file():
+        raise CheckpointError(
+            f"--overwrite only replaces an earlier conversion (a folder with model_index.json); "
+            f"{dst} is not one, so it is left alone: choose a new output folder"
+        )
