@@ -10,29 +10,7 @@
 - :mod:`.server`: running it for a config, in this process or on Ray Serve (:mod:`.ray_app`);
   the ``idm-vton serve`` options are parsed by :mod:`idm_vton.commands.serve`.
 
-Needs the ``serve`` extra (``pip install "idm-vton[serve]"``; Ray: ``idm-vton[ray]``).
-See docs/serving.md.
+Names are imported from their module (``idm_vton.serving.config.ServeConfig``), as in the
+package's other folders. Needs the ``serve`` extra (``pip install "idm-vton[serve]"``; Ray:
+``idm-vton[ray]``). See docs/serving.md.
 """
-
-from __future__ import annotations
-
-_EXPORTS = {
-    "ServeConfig": "config",
-    "TryOnParams": "config",
-    "TryOnEngine": "engine",
-    "WorkItem": "engine",
-    "Scheduler": "scheduler",
-    "TryOnService": "service",
-    "create_app": "app",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    # Lazy: importing the package does not import FastAPI, Gradio or torch.
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'idm_vton.serving' has no attribute '{name}'")
