@@ -2,6 +2,10 @@
 
 import sys
 
-from .commands.main import main
+try:
+    from .commands.main import main
+except KeyboardInterrupt:  # Ctrl-C while the command line itself is imported
+    print("idm-vton: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

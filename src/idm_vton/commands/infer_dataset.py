@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(DatasetInferenceConfig, args)
     if config.model == "tiny":
-        print(f"note: {TINY_MODEL_NOTE}", file=sys.stderr)
+        print(f"note: {TINY_MODEL_NOTE}")  # stdout: stderr is for errors
     summary = infer_dataset(config)
     if summary.num_processes > 1:
         print(

@@ -1,21 +1,25 @@
 """``idm-vton``: the command line. Each command is a module of this package that parses its
 options and calls the library.
 
-Every mistake a user can make (an :class:`~idm_vton.errors.IdmVtonError`) ends in one line on
-stderr and exit code 2, with no output file; Ctrl-C ends with exit code 130; anything else is a
-bug, reported in one line with exit code 1 (``--verbose`` shows the traceback).
+Every mistake a user can make ends in one line on stderr and exit code 2, with no output file:
+an :class:`~idm_vton.errors.IdmVtonError`, an argparse mistake (its message, not the usage), an
+``OSError`` (the path and the reason: a full disk, a read-only folder...). Ctrl-C ends in one
+line and exit code 130, wherever it comes, the imports of start-up included. Anything else is a
+bug, reported in one line with exit code 1 (``--verbose`` shows the traceback). When stderr is
+not a terminal, progress bars are off, so the error line stands alone there.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
 import sys
 import warnings
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "OneLineParser", "build_parser", "describe_os_error", "main", "run_command"]
 
 #: The command modules, in the order ``--help`` lists them. Each defines ``HELP``,
 #: ``add_arguments(parser)`` and ``run(args) -> int``.
@@ -33,8 +37,24 @@ COMMANDS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line, ``PROG: error: MESSAGE (see PROG
+    --help)``, instead of the whole usage; its sub-command parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        # Unknown options are the sub-command's mistake: say so under its name.
+        args, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = getattr(args, "command_parser", self)
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return args
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="idm-vton",
         description="IDM-VTON virtual try-on (Choi et al., ECCV 2024) on current diffusers.",
     )
@@ -46,12 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"{__package__}.{module_name}")
         command = sub.add_parser(name, help=module.HELP, description=module.__doc__.split("\n")[0])
         module.add_arguments(command)
-        command.set_defaults(func=module.run)
+        command.set_defaults(func=module.run, command_parser=command)
     return parser
 
 
 def quiet_libraries() -> None:
-    """Only errors from the libraries underneath (diffusers, transformers, warnings)."""
+    """Only errors from the libraries underneath (diffusers, transformers, warnings), and none
+    of their progress bars."""
     logging.basicConfig(level=logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore")
@@ -60,36 +81,54 @@ def quiet_libraries() -> None:
 
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
+    # Their "Loading weights" bars would put lines of their own around a one-line error.
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``idm-vton`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    prog = "idm-vton"
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit:  # --help, or a usage error argparse has already printed
-        return int(exit.code or 0)
-    if not args.verbose:
-        quiet_libraries()
-    return run_command(args.func, args, f"idm-vton {args.command}", verbose=args.verbose)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exit:  # --help, or a usage error argparse has already printed
+            return exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+        prog = f"idm-vton {args.command}"
+        if not args.verbose:
+            quiet_libraries()
+    except KeyboardInterrupt:  # during the imports of the commands and libraries
+        return _interrupted(prog)
+    return run_command(args.func, args, prog, verbose=args.verbose)
 
 
 def run_command(func, args, prog: str, verbose: bool = False) -> int:
     """``func(args)`` with the error policy of the module docstring."""
+    try:
+        return _run(func, args, prog, verbose)
+    except KeyboardInterrupt:
+        return _interrupted(prog)
+
+
+def _run(func, args, prog: str, verbose: bool) -> int:
     from ..errors import IdmVtonError
+    from ..files import as_write_error
 
     try:
-        return int(func(args) or 0)
+        with _progress_bars_on_terminals_only():
+            return int(func(args) or 0)
     except IdmVtonError as err:
         if verbose:
             raise
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
     except Exception as err:
         if verbose:
             raise
+        io_error = as_write_error(err, None)  # OSError, or an I/O failure in a library's type
+        if io_error is not None:
+            print(f"{prog}: error: {_one_line(describe_os_error(io_error))}", file=sys.stderr)
+            return 2
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
         print(
             f"{prog}: internal error: {type(err).__name__}: {message} (run with --verbose for "
@@ -97,6 +136,37 @@ def run_command(func, args, prog: str, verbose: bool = False) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def describe_os_error(err: OSError) -> str:
+    """What went wrong and where, for one line: ``disk full while writing PATH``, or
+    ``REASON: PATH``."""
+    where = None if err.filename is None else os.fsdecode(err.filename)
+    if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return f"disk full while writing {where}" if where else "disk full"
+    reason = err.strerror or str(err) or type(err).__name__
+    if where is None:
+        return reason
+    if err.filename2 is not None:
+        return f"{reason}: {where} -> {os.fsdecode(err.filename2)}"
+    return f"{reason}: {where}"
+
+
+def _interrupted(prog: str) -> int:
+    print(f"{prog}: interrupted", file=sys.stderr)
+    return 130
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line: line breaks (in a message, or in a hostile file name) escaped."""
+    return text.strip().replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _progress_bars_on_terminals_only():
+    """Progress bars only when stderr is a terminal (:mod:`idm_vton.progress`)."""
+    from ..progress import progress_bars
+
+    return progress_bars(getattr(sys.stderr, "isatty", lambda: False)())
 
 
 if __name__ == "__main__":

@@ -58,7 +58,9 @@ def _sdxl_fields() -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    from .main import OneLineParser
+
+    parser = OneLineParser(
         prog="idm_vton.train", description="Train IDM-VTON's TryonNet (paper Sec. 3)."
     )
     add_arguments(parser)
@@ -77,7 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m idm_vton.train``: the ``idm-vton train`` command on its own."""
     from .main import run_command
 
-    return run_command(run, parse_args(argv), "idm_vton.train")
+    try:
+        args = parse_args(argv)
+    except SystemExit as exit:  # --help, or a usage error already printed on one line
+        return exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+    except KeyboardInterrupt:
+        print("idm_vton.train: interrupted", file=sys.stderr)
+        return 130
+    return run_command(run, args, "idm_vton.train")
 
 
 if __name__ == "__main__":

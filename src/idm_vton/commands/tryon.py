@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ._flags import add_memory_arguments, add_preprocess_model_arguments, add_shared, memory_options
@@ -87,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     photo, garment, mask, pose = _load_inputs(args)
     mask, pose = _mask_and_pose(args, photo, mask, pose)
     if args.model == "tiny":
-        print(f"note: {TINY_MODEL_NOTE}", file=sys.stderr)
+        print(f"note: {TINY_MODEL_NOTE}")  # stdout: stderr is for errors
     pipe = load_model(args.model, dtype, device, args.scheduler)
     if args.customization:
         from ..loaders.customization import apply_customization

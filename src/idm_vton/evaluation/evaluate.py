@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from ..enums import Choice
 from ..errors import EvaluationError, ImageInputError, UsageError
 from ..options import option
 from ..pipelines.image_processor import MAX_WORK_SIDE, load_image
+from ..progress import progress_bar
 from .metrics.fid import (
     fid_from_features,
     inception_features,
@@ -482,8 +482,8 @@ def _score_images(
     needs_features = networks.inception is not None
     with (
         torch.no_grad(),
-        tqdm(
-            total=len(pairs.stems), unit="img", desc="evaluate", disable=not config.progress
+        progress_bar(
+            total=len(pairs.stems), unit="img", desc="evaluate", show=config.progress
         ) as bar,
     ):
         for batch in _batches(pairs.stems, config.batch_size):

@@ -295,12 +295,12 @@ def preprocess_photos(
     Resumable: a photo whose files all exist is skipped. A photo that cannot be read or shows
     nobody is listed in the summary's ``failed`` and the others go on.
     """
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     root = Path(root)
     failed: list[str] = []
     done = skipped = 0
-    for path in tqdm(photos, desc="preprocess", unit="photo", disable=not progress):
+    for path in progress_bar(photos, desc="preprocess", unit="photo", show=progress):
         outputs = dataset_paths(root, path.stem)
         if all(p.is_file() for p in outputs.values()):
             skipped += 1

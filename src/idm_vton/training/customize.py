@@ -283,8 +283,7 @@ def _tune(
     """``config.steps`` optimizer steps of the training objective (the training step
     :class:`~.objective.TrainingStep` that ``Trainer`` runs) on the one example; returns the
     losses. Only ``params`` are trained; the UNet's train/eval mode is restored afterwards."""
-    from tqdm.auto import tqdm
-
+    from ..progress import progress_bar
     from .objective import ObjectiveConfig, TrainingStep, TryonTrainable
 
     unet = pipe.unet
@@ -304,7 +303,7 @@ def _tune(
     for p in params:
         p.requires_grad_(True)
     try:
-        for index in tqdm(range(config.steps), desc="customize", disable=not progress):
+        for index in progress_bar(range(config.steps), desc="customize", show=progress):
             with autocast:
                 loss = step.loss(batch, index)
             step.update(loss, optimizer, clip_gradients=clip)
