@@ -33,6 +33,7 @@ from .checkpoint import (
     weight_files,
 )
 from .json_files import read_json_object
+from .model_size import check_model_size
 from .weights import check_weight_file, pickle_failure
 
 logger = logging.getLogger(__name__)
@@ -123,8 +124,10 @@ def _check_json_files(folder: Path) -> None:
 
 
 def _unet_config(folder: Path) -> dict:
-    """A UNet config.json without private (``_*``) and EMA bookkeeping keys."""
+    """A UNet config.json without private (``_*``) and EMA bookkeeping keys, its size checked
+    (:func:`~idm_vton.loaders.model_size.check_model_size`) before anything is built."""
     config = _read_json(folder / "config.json")
+    check_model_size(config, folder / "config.json", "UNet")
     return {k: v for k, v in config.items() if not k.startswith("_") and k not in EMA_CONFIG_KEYS}
 
 
@@ -520,6 +523,10 @@ def load_pipeline(
 def _load_vae(root: Path, dtype: torch.dtype, **files):
     from diffusers import AutoencoderKL
 
+    if (root / "vae" / "config.json").is_file():
+        check_model_size(
+            _read_json(root / "vae" / "config.json"), root / "vae" / "config.json", "VAE"
+        )
     vae = load_component(
         AutoencoderKL.from_pretrained, root / "vae", "VAE", torch_dtype=dtype, **files
     )
