@@ -12,13 +12,14 @@ for DressCode, from the per-category ``dc_caption.txt`` files.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..enums import GarmentCategory
+from ..errors import DatasetError
+from ..loaders.json_files import read_json_object
 
 __all__ = [
     "GarmentCategory",
@@ -52,7 +53,7 @@ def describe_vitonhd(tag_entry: Mapping[str, Any] | None) -> str:
     """
     if tag_entry is None:
         return VITONHD_FALLBACK_DESCRIPTION
-    tags = tag_entry.get("tag_info") or []
+    tags = tag_entry.get("tag_info") or []  # checked by load_vitonhd_tags: a list of objects
     parts: list[str] = []
     for tag_name in VITONHD_TAG_ORDER:
         for tag in tags:
@@ -68,28 +69,45 @@ def load_vitonhd_tags(json_path: str | Path) -> dict[str, str]:
     Keys are the ``file_name`` values exactly as written in the file (garment file names with
     their extension, e.g. ``"00067_00.jpg"``). The file is ``{"data": [entry, ...]}``; like the
     official loader, entries under every top-level key are read.
+
+    Raises :class:`~idm_vton.errors.DatasetError` naming the file when it is not such a file:
+    not JSON, not an object, entries without a ``file_name``, ``tag_info`` that is not a list
+    of tag objects with string (or null) ``tag_name`` / ``tag_category``.
     """
     path = Path(json_path)
-    try:
-        with path.open("r", encoding="utf-8") as file:
-            content = json.load(file)
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read VITON-HD tag file {path}: {error}") from error
-    if not isinstance(content, dict):
-        raise ValueError(
-            f"VITON-HD tag file {path}: expected a JSON object, got {type(content).__name__}"
-        )
+    content = read_json_object(path, DatasetError, "VITON-HD tag file")
     descriptions: dict[str, str] = {}
     for key, entries in content.items():
         if not isinstance(entries, list):
-            raise ValueError(f"VITON-HD tag file {path}: key {key!r} should hold a list of entries")
+            raise DatasetError(
+                f"VITON-HD tag file {path}: key {key!r} should hold a list of entries", path=path
+            )
         for entry in entries:
-            if not isinstance(entry, dict) or "file_name" not in entry:
-                raise ValueError(
-                    f"VITON-HD tag file {path}: entry without 'file_name': {entry!r:.200}"
-                )
+            _check_tag_entry(entry, path)
             descriptions[entry["file_name"]] = describe_vitonhd(entry)
     return descriptions
+
+
+def _check_tag_entry(entry: object, path: Path) -> None:
+    """One entry of a VITON-HD tag file has the published shape: ``{"file_name": str,
+    "tag_info": [{"tag_name": str, "tag_category": str | null}, ...] | null}``."""
+
+    def bad(what: str) -> DatasetError:
+        return DatasetError(f"VITON-HD tag file {path}: {what}: {entry!r:.200}", path=path)
+
+    if not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str):
+        raise bad("entry without a 'file_name' string")
+    tags = entry.get("tag_info")
+    if tags is None:
+        return
+    if not isinstance(tags, list):
+        raise bad(f"'tag_info' of {entry['file_name']} is not a list")
+    for tag in tags:
+        if not isinstance(tag, dict):
+            raise bad(f"'tag_info' of {entry['file_name']} holds {tag!r:.40}, not a tag object")
+        for field in ("tag_name", "tag_category"):
+            if not isinstance(tag.get(field), str | None):
+                raise bad(f"'{field}' of a tag of {entry['file_name']} is not a string")
 
 
 def load_dresscode_captions(path: str | Path) -> dict[str, str]:
@@ -114,7 +132,11 @@ def load_dresscode_captions(path: str | Path) -> dict[str, str]:
                 name, words = fields
                 explicit[name] = " ".join(words.split())
     except OSError as error:
-        raise ValueError(f"cannot read DressCode caption file {path}: {error}") from error
+        raise DatasetError(
+            f"cannot read DressCode caption file {path}: {error.strerror or error}", path=path
+        ) from error
+    except UnicodeDecodeError:
+        raise DatasetError(f"DressCode caption file {path} is not UTF-8 text", path=path) from None
     captions: dict[str, str] = {}
     for name, description in explicit.items():
         stem = Path(name).stem

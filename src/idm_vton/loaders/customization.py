@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,20 +170,25 @@ def apply_customization_to_unet(
     unmodified base, once.
     """
     path = Path(path)
-    metadata, tensors = _read_customization(path)
+    metadata, layout = _read_header(path)
     method = _file_kind(path, metadata)
     config = _read_lora_config(path, metadata) if method is CustomizationMethod.LORA else None
-    modules = config["target_modules"] if config else json.loads(metadata["tuned_modules"])
+    modules = config["target_modules"] if config else _tuned_modules(path, metadata)
     current = _current_tensors(path, unet, modules)
     fingerprint, _ = base_fingerprint(current)
     exact = fingerprint == metadata["base_fingerprint"]
     if check_base and not exact:
         _check_same_base(path, metadata, current, fingerprint)
+    expected = (
+        {name: tuple(value.shape) for name, value in current.items()}
+        if config is None
+        else _lora_shapes(unet, config)
+    )
+    _check_layout(path, layout, expected)
+    tensors = _read_tensors(path)
     if config is None:
-        _check_tensors(path, tensors, {name: value.shape for name, value in current.items()})
         _add_full_delta(current, tensors)
     else:
-        _check_tensors(path, tensors, _lora_shapes(unet, config))
         merge_lora(unet, tensors, config)
     return CustomizationInfo(
         method=method.value,
@@ -194,17 +200,37 @@ def apply_customization_to_unet(
     )
 
 
-def _read_customization(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """(metadata, tensors) of a safetensors file."""
+def _read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[tuple[int, ...], str]]]:
+    """(metadata, {key: (shape, safetensors dtype)}) of a safetensors file, from its header
+    alone: nothing is loaded before every tensor is known to fit."""
     if not path.is_file():
         raise CustomizationError(f"customization file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            layout = {}
+            for key in f.keys():
+                tensor = f.get_slice(key)
+                layout[key] = (tuple(tensor.get_shape()), tensor.get_dtype())
     except Exception as err:  # noqa: BLE001 - safetensors raises several kinds
         raise CustomizationError(f"{path} is not a readable safetensors file ({err})") from err
-    return metadata, tensors
+    return metadata, layout
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a file whose header was checked (:func:`_check_layout`); each must hold
+    finite values (NaN in a delta would silently turn the weights it touches into NaN)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # noqa: BLE001 - safetensors raises several kinds
+        raise CustomizationError(f"{path} is truncated or corrupt ({err})") from err
+    for key, value in tensors.items():
+        if not torch.isfinite(value).all():
+            raise CustomizationError(
+                f"{path.name}: tensor {key} holds NaN or infinite values (damaged file)"
+            )
+    return tensors
 
 
 def _file_kind(path: Path, metadata: dict[str, str]) -> CustomizationMethod:
@@ -235,6 +261,26 @@ def _file_kind(path: Path, metadata: dict[str, str]) -> CustomizationMethod:
     return kind
 
 
+def _json_metadata(path: Path, metadata: dict[str, str], key: str):
+    """The JSON value stored under metadata ``key`` (present: checked by :func:`_file_kind`)."""
+    try:
+        return json.loads(metadata[key])
+    except (ValueError, RecursionError):
+        raise CustomizationError(
+            f"{path}: metadata {key!r} is not valid JSON (damaged file)"
+        ) from None
+
+
+def _tuned_modules(path: Path, metadata: dict[str, str]) -> list[str]:
+    """The module names a full-delta file tunes: a non-empty list of strings."""
+    modules = _json_metadata(path, metadata, "tuned_modules")
+    if not (isinstance(modules, list) and modules and all(isinstance(m, str) for m in modules)):
+        raise CustomizationError(
+            f"{path}: metadata 'tuned_modules' is not a list of module names (damaged file)"
+        )
+    return modules
+
+
 def _read_lora_config(path: Path, metadata: dict[str, str]) -> dict:
     """The LoRA config of the file's ``lora_adapter_metadata`` (as written by :func:`lora_config`)."""
     try:
@@ -247,9 +293,10 @@ def _read_lora_config(path: Path, metadata: dict[str, str]) -> dict:
         isinstance(modules, list)
         and modules
         and all(isinstance(m, str) for m in modules)
-        and isinstance(rank, int)
+        and type(rank) is int
         and rank >= 1
-        and isinstance(alpha, int | float)
+        and type(alpha) in (int, float)
+        and math.isfinite(alpha)
     ):
         raise CustomizationError(
             f"{path.name}: LoRA metadata has an invalid rank, alpha or modules"
@@ -284,30 +331,47 @@ def _lora_shapes(unet: torch.nn.Module, config: dict) -> dict[str, tuple[int, ..
     return shapes
 
 
-def _check_tensors(
-    path: Path, tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]
+def _check_layout(
+    path: Path,
+    layout: dict[str, tuple[tuple[int, ...], str]],
+    expected: dict[str, tuple[int, ...]],
 ) -> None:
-    """Exactly the expected tensors, each with exactly its shape (nothing left to broadcast)."""
+    """Exactly the expected tensors, each with exactly its shape (nothing left to broadcast) and
+    a floating-point dtype, read from the file's header."""
     for key in expected:
-        if key not in tensors:
+        if key not in layout:
             raise CustomizationError(f"{path.name}: tensor {key} is missing (damaged file)")
-    for key, value in tensors.items():
+    for key, (shape, dtype) in layout.items():
         if key not in expected:
             raise CustomizationError(f"{path.name}: unexpected tensor {key} (damaged file)")
-        if tuple(value.shape) != tuple(expected[key]):
+        if shape != tuple(expected[key]):
             raise CustomizationError(
-                f"{path.name}: tensor {key} has shape {tuple(value.shape)}, expected "
+                f"{path.name}: tensor {key} has shape {shape}, expected "
                 f"{tuple(expected[key])} (damaged file)"
             )
-        if not value.is_floating_point():
-            raise CustomizationError(f"{path.name}: tensor {key} is not floating point")
+        if not dtype.startswith(("F", "BF")):  # F16, BF16, F32, F64, F8_*
+            raise CustomizationError(
+                f"{path.name}: tensor {key} is {dtype}, not floating point (damaged file)"
+            )
 
 
 def _check_same_base(
     path: Path, metadata: dict[str, str], current: dict[str, torch.Tensor], fingerprint: str
 ) -> None:
     """Accept the same base at another precision (per-tensor sums within bf16 rounding)."""
-    expected = json.loads(metadata["base_stats"])
+    expected = _json_metadata(path, metadata, "base_stats")
+    if not (
+        isinstance(expected, dict)
+        and all(
+            isinstance(v, list)
+            and len(v) == 2
+            and all(type(x) in (int, float) and math.isfinite(x) for x in v)
+            for v in expected.values()
+        )
+    ):
+        raise CustomizationError(
+            f"{path}: metadata 'base_stats' is not a table of per-tensor sums (damaged file)"
+        )
     if set(expected) == set(current) and _stats_match(expected, current):
         return
     base = metadata.get("base_name") or "an unnamed model"

@@ -17,7 +17,6 @@ they are written once per run to ``.frozen-components/`` and hard-linked into ev
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -26,7 +25,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ..errors import CheckpointError, IdmVtonError
+from ..loaders.checkpoint import check_state_dict, read_state_dict
+from ..loaders.json_files import read_json_object
 from ..loaders.pipeline import save_ip_adapter_config
+from ..loaders.weights import pickle_failure
 
 __all__ = [
     "FROZEN_CACHE",
@@ -36,6 +39,8 @@ __all__ = [
     "checkpoints",
     "latest_checkpoint",
     "link_or_copy_tree",
+    "load_trainable_components",
+    "load_training_state",
     "read_trainer_state",
     "remove_old_checkpoints",
     "write_frozen_components",
@@ -77,11 +82,81 @@ def remove_old_checkpoints(output: Path, keep: int) -> list[Path]:
     return doomed
 
 
+# trainer_state.json: key -> (required, smallest value). All are integers.
+_TRAINER_STATE_KEYS = {
+    "global_step": (True, 0),
+    "batch_size": (True, 1),
+    "num_processes": (True, 1),
+    "gradient_accumulation_steps": (True, 1),
+    "consumed_micro_batches": (False, 0),
+    "seed": (False, None),
+    "max_steps": (False, 1),
+}
+
+
 def read_trainer_state(checkpoint: Path) -> dict:
+    """A checkpoint's ``trainer_state.json``, checked: a JSON object whose step counts and batch
+    geometry are integers in range. Raises :class:`~idm_vton.errors.CheckpointError` naming the
+    file otherwise (a damaged or hand-edited checkpoint)."""
     path = Path(checkpoint) / TRAINER_STATE
     if not path.is_file():
-        raise FileNotFoundError(f"{checkpoint} is not a training checkpoint (no {TRAINER_STATE})")
-    return json.loads(path.read_text())
+        raise CheckpointError(f"{checkpoint} is not a training checkpoint (no {TRAINER_STATE})")
+    state = read_json_object(path, CheckpointError, "training state")
+    for key, (required, smallest) in _TRAINER_STATE_KEYS.items():
+        if key not in state:
+            if required:
+                raise CheckpointError(f"training state {path} has no {key!r} (damaged checkpoint)")
+            continue
+        value = state[key]
+        if type(value) is not int or (smallest is not None and value < smallest):
+            bound = "an integer" if smallest is None else f"an integer >= {smallest}"
+            raise CheckpointError(
+                f"training state {path}: {key!r} must be {bound}, got {value!r:.40}"
+            )
+    return state
+
+
+def load_training_state(accelerator, checkpoint: Path) -> None:
+    """Restore optimizer, LR schedule, grad scaler and RNG states from ``checkpoint`` (and,
+    through the load hook, the trainable weights: :func:`load_trainable_components`).
+
+    accelerate reads its pickles with ``torch.load(weights_only=True)``; any failure (a file
+    missing, damaged, refused for safety, or not fitting this run's optimizer) becomes one
+    :class:`~idm_vton.errors.CheckpointError` naming the file or the folder.
+    """
+    folder = Path(checkpoint) / TRAINING_STATE
+    if not folder.is_dir():
+        raise CheckpointError(
+            f"{checkpoint} has no {TRAINING_STATE}/ folder (an incomplete training checkpoint)"
+        )
+    try:
+        accelerator.load_state(str(folder))
+    except IdmVtonError:
+        raise
+    except Exception as err:  # noqa: BLE001 - accelerate and torch fail in many ways
+        raise CheckpointError(_training_state_failure(folder, err)) from err
+
+
+def _training_state_failure(folder: Path, err: BaseException) -> str:
+    """The one-line message of :func:`load_training_state`: the file that fails to load, else
+    what went wrong."""
+    from accelerate.utils import load
+
+    if isinstance(err, FileNotFoundError) and err.filename:
+        return f"training state {folder} is incomplete: {err.filename} is missing"
+    for path in sorted(folder.iterdir()):
+        if path.suffix not in (".bin", ".pkl", ".pt") or not path.is_file():
+            continue
+        try:
+            load(path, map_location="cpu")  # as accelerate reads it: weights_only, numpy allowed
+        except Exception as file_err:  # noqa: BLE001
+            reason, damaged = pickle_failure(path, file_err)
+            if damaged:
+                return f"{path} is truncated or corrupt ({reason})"
+            return f"{path} was refused for safety: {reason} (only tensors are loaded)"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = lines[0] if lines else type(err).__name__
+    return f"cannot restore the training state from {folder} ({detail}): it does not fit this run"
 
 
 def write_frozen_components(pipe, folder: Path) -> None:
@@ -144,9 +219,11 @@ def write_trainable_components(pipe, state: dict[str, torch.Tensor], folder: Pat
 
 
 def load_trainable_components(module: torch.nn.Module, checkpoint: Path) -> None:
-    """Load ``unet/`` and ``image_projection/`` weights of a checkpoint into a TryonTrainable."""
-    from safetensors.torch import load_file
-
+    """Load ``unet/`` and ``image_projection/`` weights of a checkpoint into a TryonTrainable,
+    read and checked as every checkpoint is (:func:`~idm_vton.loaders.checkpoint.read_state_dict`,
+    :func:`~idm_vton.loaders.checkpoint.check_state_dict`)."""
     for name in TRAINABLE_COMPONENTS:
-        state = load_file(str(Path(checkpoint) / name / WEIGHTS_NAME))
-        getattr(module, name).load_state_dict(state, strict=True)
+        target = getattr(module, name)
+        state = read_state_dict(Path(checkpoint) / name)
+        state = check_state_dict(target, state, f"{name} ({checkpoint})")
+        target.load_state_dict(state, strict=True)

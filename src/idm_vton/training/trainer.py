@@ -318,7 +318,7 @@ class Trainer:
                 geometry,
                 saved,
             )
-        self.accelerator.load_state(str(path / ckpt.TRAINING_STATE))
+        ckpt.load_training_state(self.accelerator, path)
         self.global_step = int(state["global_step"])
         self.consumed = self.global_step * self.config.gradient_accumulation_steps
         self._stream = None
