@@ -300,9 +300,12 @@ def test_interrupted_run_resumes_to_the_same_images(kind, datasets, reference, t
     assert len(done) == 2 and calls.rows == 2
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     assert json.loads((out / "manifest.json").read_text())["complete"] is False
-    # What a killed process can leave behind: a damaged output and a temporary file.
+    # What a killed process can leave behind: a damaged output and its temporary file (named
+    # as idm_vton.files names them, with the pid of a process that has ended).
     (out / done[0]).write_bytes((out / done[0]).read_bytes()[:-20])
-    (out / f".{done[1]}.12345.tmp").write_bytes(b"partial")
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    (out / f".{done[1]}.idm-vton-{ended.pid}-0123abcd.tmp").write_bytes(b"partial")
 
     with counting() as calls:
         assert main(_args(data, kind, out, "--batch-size", "1")) == 0

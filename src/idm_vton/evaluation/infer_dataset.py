@@ -41,13 +41,21 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..enums import DatasetKind, DType, GarmentCategory, Pairing, Split, parse_dataset_category
 from ..errors import DatasetError, UsageError
-from ..files import write_json_atomic
+from ..files import (
+    check_writable_output,
+    lock_folder,
+    make_folders,
+    remove_empty_folders,
+    remove_stale_temporaries,
+    write_json_atomic,
+)
 from ..options import option
 
 __all__ = [
@@ -309,44 +317,72 @@ def infer_dataset(config: DatasetInferenceConfig, pipe=None) -> InferenceSummary
     ``pipe``: a ready :class:`~idm_vton.pipelines.tryon.TryOnPipeline` (on its device, in its dtype);
     when ``None`` the model named by ``config.model`` is loaded, and only if there is work left.
     Call it in every process of an accelerate launch (the processes meet at barriers).
+
+    The options, ``--out`` and the dataset are checked before anything is written. The main
+    process holds ``--out``'s lock (:func:`idm_vton.files.lock_folder`) for the whole run, so a
+    second run into the same folder is refused instead of racing this one; a run that fails
+    before writing any image leaves no manifest and no folder of its own behind.
     """
     _validate(config)
+    out = check_writable_output(config.out, kind="folder", flag="--out")
     state, device, dtype = _process_device_and_dtype(config, pipe)
-    out = Path(config.out)
-    manifest_path = out / MANIFEST_NAME
     protocol = _protocol(config, dtype)
-    _check_resumable(manifest_path, protocol)
 
     # 1. Samples and their output files, in dataset order (repeated pairs rendered once).
     index_of = _output_rows(config)
-    size = (config.height, config.width)
-    pending = [(n, i) for n, i in index_of.items() if not is_finished_image(out / n, size)]
 
-    # 2. Nobody renders before everyone has listed the pending samples, so the lists agree.
-    if state.is_main_process:
-        _start_output_folder(out)
-        done = len(index_of) - len(pending)
-        _write_manifest(manifest_path, protocol, len(index_of), done, complete=False)
-    state.wait_for_everyone()
-    mine = shard(pending, state.process_index, state.num_processes, config.batch_size)
+    main = state.is_main_process
+    created = make_folders(out) if main else []
+    try:
+        with lock_folder(out, "--out") if main else nullcontext():
+            return _infer_locked(config, pipe, state, device, dtype, out, protocol, index_of)
+    except BaseException:
+        remove_empty_folders(created)
+        raise
 
-    # 3. Render this process's share.
-    rendered = 0
-    if mine:
-        if pipe is None:
-            from ..loaders.pipeline import load_model
 
-            pipe = load_model(config.model, dtype.torch_dtype, device)
-        rendered = _render(config, pipe, mine, protocol, out, state)
+def _infer_locked(config, pipe, state, device, dtype, out, protocol, index_of) -> InferenceSummary:
+    """:func:`infer_dataset` once the main process holds the output folder."""
+    main, manifest_path = state.is_main_process, out / MANIFEST_NAME
+    state.wait_for_everyone()  # nobody lists the folder before it is held
+    had_manifest = manifest_path.is_file()
+    pending_names: list[str] = []
+    try:
+        if main:
+            remove_stale_temporaries(out)
+        _check_resumable(manifest_path, protocol)
+        size = (config.height, config.width)
+        pending = [(n, i) for n, i in index_of.items() if not is_finished_image(out / n, size)]
+        pending_names = [n for n, _ in pending]
 
-    # 4. Count and record.
-    state.wait_for_everyone()
-    finished = None
-    if state.is_main_process:
-        finished = sum(is_finished_image(out / n, size) for n in index_of)
-        _write_manifest(
-            manifest_path, protocol, len(index_of), finished, complete=finished == len(index_of)
-        )
+        # 2. Nobody renders before everyone has listed the pending samples, so the lists agree.
+        if main:
+            done = len(index_of) - len(pending)
+            _write_manifest(manifest_path, protocol, len(index_of), done, complete=False)
+        state.wait_for_everyone()
+        mine = shard(pending, state.process_index, state.num_processes, config.batch_size)
+
+        # 3. Render this process's share.
+        rendered = 0
+        if mine:
+            if pipe is None:
+                from ..loaders.pipeline import load_model
+
+                pipe = load_model(config.model, dtype.torch_dtype, device)
+            rendered = _render(config, pipe, mine, protocol, out, state)
+
+        # 4. Count and record.
+        state.wait_for_everyone()
+        finished = None
+        if main:
+            finished = sum(is_finished_image(out / n, size) for n in index_of)
+            complete = finished == len(index_of)
+            _write_manifest(manifest_path, protocol, len(index_of), finished, complete=complete)
+    except BaseException:
+        # Nothing came of this run: it leaves no manifest of its own either.
+        if main and not had_manifest and not any((out / n).exists() for n in pending_names):
+            manifest_path.unlink(missing_ok=True)
+        raise
     return InferenceSummary(
         rendered=rendered,
         skipped=len(index_of) - len(pending),
@@ -395,14 +431,6 @@ def _output_rows(config: DatasetInferenceConfig) -> dict[str, int]:
     return index_of
 
 
-def _start_output_folder(out: Path) -> None:
-    """Create ``out`` and remove the temporary files a killed run left there."""
-    out.mkdir(parents=True, exist_ok=True)
-    for pattern in (".*.png.*.tmp", f".{MANIFEST_NAME}.*.tmp"):
-        for stale in out.glob(pattern):
-            stale.unlink(missing_ok=True)
-
-
 def _write_manifest(
     path: Path, protocol: dict[str, Any], total: int, count: int, complete: bool
 ) -> None:
@@ -413,10 +441,10 @@ def _write_manifest(
 def _render(config, pipe, mine, protocol, out, state) -> int:
     """Render ``mine`` (output name, dataset row) in batches of ``config.batch_size``."""
     import torch
-    from tqdm import tqdm
 
     from ..data.datasets import collate
     from ..pipelines.image_processor import save_image_atomic
+    from ..progress import progress_bar
 
     pipe.set_progress_bar_config(disable=True)
     # The dataset's CLIP view must match the image encoder's input size.
@@ -432,11 +460,11 @@ def _render(config, pipe, mine, protocol, out, state) -> int:
         f" [{state.process_index}/{state.num_processes}]" if state.num_processes > 1 else ""
     )
     done = 0
-    with tqdm(
+    with progress_bar(
         total=len(mine),
         desc=desc,
         unit="img",
-        disable=not (config.progress and state.is_local_main_process),
+        show=config.progress and state.is_local_main_process,
     ) as bar:
         for batch in loader:
             batch_names = names[done : done + len(batch["name"])]
