@@ -20,11 +20,20 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler
-from tqdm.auto import tqdm
 
+from ..devices import check_mixed_precision_on_device
 from ..enums import DatasetKind
-from ..errors import TrainConfigError
-from ..files import replace_directory, write_json_atomic
+from ..errors import DatasetError, TrainConfigError
+from ..files import (
+    apply_umask,
+    check_writable_output,
+    make_folders,
+    naming_write_errors,
+    remove_empty_folders,
+    replace_directory,
+    write_json_atomic,
+)
+from ..progress import progress_bar
 from . import checkpointing as ckpt
 from .config import OptimizerKind, TrainConfig
 from .data import batch_stream, batches_per_epoch
@@ -124,15 +133,45 @@ def _report_to(config: TrainConfig) -> str:
     return report
 
 
+def _launch_device() -> torch.device:
+    """The device accelerate will train on, known before it starts: the CPU when asked
+    (``ACCELERATE_USE_CPU``) or when there is no accelerator, else the accelerator."""
+    from accelerate.utils import parse_flag_from_env
+
+    if parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.accelerator.is_available():
+        return torch.device("cpu")
+    return torch.accelerator.current_accelerator()
+
+
+def _resume_point(which: str | None) -> str | Path | None:
+    """``--resume`` checked before anything is written: ``latest``, or a checkpoint folder."""
+    if which is None or which == "latest":
+        return which
+    path = Path(which)
+    if not (path / ckpt.TRAINER_STATE).is_file():
+        raise TrainConfigError(
+            f"--resume: {path} is not a training checkpoint folder (no {ckpt.TRAINER_STATE})"
+        )
+    return path
+
+
 class Trainer:
     """Builds everything from a :class:`TrainConfig` and runs optimizer steps.
 
     ``pipe`` (optional) replaces the model named in the config, e.g. a pipeline built in memory.
+
+    Nothing is written before the output folder, the resume point, the precision, the model and
+    the dataset have been checked, so a typo leaves nothing behind; a run that fails before its
+    first checkpoint removes what it wrote (:meth:`_discard_output`).
     """
 
     def __init__(self, config: TrainConfig, pipe=None) -> None:
         self.config = config
         report = _report_to(config)
+        check_writable_output(config.output, kind="folder", flag="--output")
+        resume_from = _resume_point(config.resume)
+        # Before the Accelerator: it fixes the precision for the whole process.
+        check_mixed_precision_on_device(config.mixed_precision, _launch_device())
         self.accelerator = accel = Accelerator(
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             mixed_precision=config.mixed_precision.value,
@@ -145,36 +184,75 @@ class Trainer:
         if config.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
         set_seed(config.seed)
-        if accel.is_main_process:
-            config.output.mkdir(parents=True, exist_ok=True)
 
-        trainable = self._prepare_model(pipe)  # 1. Model.
-        self._prepare_data()  # 2. Data.
-        self._prepare_optimization(trainable)  # 3. Optimizer, LR schedule, accelerate.
+        # 1. Model and data, checked before anything is written.
+        self.pipe = pipe if pipe is not None else load_base_pipeline(config)
+        self._prepare_data()
+        self._saved = False  # a checkpoint written by this run
+        self._begin_output()
+        try:
+            trainable = self._prepare_model()  # 2. Frozen and trainable parts.
+            self._prepare_optimization(trainable)  # 3. Optimizer, LR schedule, accelerate.
 
-        # 4. Objective, step counters, resume, logging.
-        objective = ObjectiveConfig(
-            snr_gamma=config.snr_gamma,
-            noise_offset=config.noise_offset,
-            condition_dropout=config.condition_dropout,
-        )
-        self.step = TrainingStep(
-            self.pipe,
-            self.model,
-            accel.device,
-            objective,
-            config.seed,
-            text_cache_size=config.text_cache_size,
-        )
-        self.global_step = 0
-        self.consumed = 0  # micro-batches consumed by this process
-        self._stream = None
-        if config.resume:
-            self.resume(config.resume)
-        if accel.is_main_process:
-            write_json_atomic(config.output / "train_config.json", config.to_json())
-        if report != "none":
-            accel.init_trackers("idm-vton", config={k: str(v) for k, v in config.to_json().items()})
+            # 4. Objective, step counters, resume, logging.
+            objective = ObjectiveConfig(
+                snr_gamma=config.snr_gamma,
+                noise_offset=config.noise_offset,
+                condition_dropout=config.condition_dropout,
+            )
+            self.step = TrainingStep(
+                self.pipe,
+                self.model,
+                accel.device,
+                objective,
+                config.seed,
+                text_cache_size=config.text_cache_size,
+            )
+            self.global_step = 0
+            self.consumed = 0  # micro-batches consumed by this process
+            self._stream = None
+            if resume_from is not None:
+                self.resume(resume_from)
+            if accel.is_main_process:
+                write_json_atomic(config.output / "train_config.json", config.to_json())
+            if report != "none":
+                config_record = {k: str(v) for k, v in config.to_json().items()}
+                accel.init_trackers("idm-vton", config=config_record)
+        except BaseException:
+            self._discard_output()
+            raise
+
+    def _begin_output(self) -> None:
+        """Create the output folder and write the frozen components once (original dtype),
+        remembering what this run creates so that :meth:`_discard_output` can take it back."""
+        output = self.config.output
+        self.frozen_cache = output / ckpt.FROZEN_CACHE
+        self._created_folders: list[Path] = []
+        self._created_paths: list[Path] = []
+        if not self.accelerator.is_main_process:
+            return
+        fresh = ("train_config.json", "logs", "validation", ckpt.FROZEN_CACHE)
+        self._created_paths = [output / name for name in fresh if not (output / name).exists()]
+        self._created_folders = make_folders(output)
+        try:
+            with naming_write_errors(self.frozen_cache):
+                ckpt.write_frozen_components(self.pipe, self.frozen_cache)
+        except BaseException:
+            self._discard_output()
+            raise
+
+    def _discard_output(self) -> None:
+        """Remove what this run wrote to the output folder (only while it saved no checkpoint)."""
+        if self._saved or not self.accelerator.is_main_process:
+            return
+        for path in self._created_paths:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists():
+                path.unlink()
+        if self._created_folders:  # the output folder itself is new: all in it is this run's
+            shutil.rmtree(self._created_folders[-1], ignore_errors=True)
+            remove_empty_folders(self._created_folders[:-1])
 
     @property
     def conditioner(self) -> Conditioner:
@@ -191,14 +269,10 @@ class Trainer:
         """The loss options of the training step."""
         return self.step.objective
 
-    def _prepare_model(self, pipe) -> TryonTrainable:
-        """Load the model, write its frozen components once (original dtype), freeze them in the
-        mixed-precision dtype (the VAE in fp32) and return the trainable part in fp32."""
+    def _prepare_model(self) -> TryonTrainable:
+        """Freeze the frozen parts in the mixed-precision dtype (the VAE in fp32) and return the
+        trainable part in fp32."""
         config, accel = self.config, self.accelerator
-        self.pipe = pipe if pipe is not None else load_base_pipeline(config)
-        self.frozen_cache = config.output / ckpt.FROZEN_CACHE
-        if accel.is_main_process:
-            ckpt.write_frozen_components(self.pipe, self.frozen_cache)
         self.weight_dtype = config.mixed_precision.torch_dtype
         device = accel.device
         frozen = [self.pipe.garment_unet, self.pipe.image_encoder]
@@ -265,13 +339,27 @@ class Trainer:
         accel.register_load_state_pre_hook(load_hook)
 
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoint-<step>`` atomically (see :mod:`.checkpointing`); all processes call."""
+        """Write ``checkpoint-<step>`` atomically (see :mod:`.checkpointing`), with the user's
+        umask; all processes call. A failed write leaves no temporary folder and is an
+        ``OSError`` naming the checkpoint."""
         accel, output = self.accelerator, self.config.output
         final = output / f"checkpoint-{self.global_step}"
         tmp = output / f".checkpoint-{self.global_step}.tmp"
         if accel.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         accel.wait_for_everyone()
+        try:
+            with naming_write_errors(final, tmp):
+                self._write_checkpoint(tmp, final)
+        except BaseException:
+            if accel.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        accel.wait_for_everyone()
+        return final
+
+    def _write_checkpoint(self, tmp: Path, final: Path) -> None:
+        accel, output = self.accelerator, self.config.output
         accel.save_state(str(tmp / ckpt.TRAINING_STATE))
         state = accel.get_state_dict(self.model)
         if accel.is_main_process:
@@ -287,14 +375,14 @@ class Trainer:
                 "max_steps": self.max_steps,
             }
             (tmp / ckpt.TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
+            apply_umask(tmp)
             replace_directory(tmp, final)
+            self._saved = True
             if self.config.checkpoints_total_limit:
                 for path in ckpt.remove_old_checkpoints(
                     output, self.config.checkpoints_total_limit
                 ):
                     logger.info("removed old checkpoint %s", path)
-        accel.wait_for_everyone()
-        return final
 
     def resume(self, which: str) -> Path | None:
         """Continue from ``latest`` (in the output folder) or a checkpoint folder."""
@@ -434,45 +522,58 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self) -> list[StepMetrics]:
-        """Run until ``max_steps`` (or ``stop_after``); checkpoint at the end."""
+        """Run until ``max_steps`` (or ``stop_after``); checkpoint at the end.
+
+        A bad dataset row (:class:`~idm_vton.errors.DatasetError`) after some steps saves a
+        checkpoint of the steps done, then stops with the error naming the row and the
+        checkpoint. A run that fails before saving any checkpoint removes what it wrote.
+        """
         config, accel = self.config, self.accelerator
         end = (
             self.max_steps if config.stop_after is None else min(config.stop_after, self.max_steps)
         )
         history: list[StepMetrics] = []
-        progress = tqdm(
+        progress = progress_bar(
             total=self.max_steps,
             initial=self.global_step,
             desc="train",
             unit="step",
-            disable=not accel.is_local_main_process,
+            show=accel.is_local_main_process,
         )
         saved_at = None
         start = time.perf_counter()
-        while self.global_step < end:
-            metrics = self.train_step()
-            history.append(metrics)
-            if not math.isfinite(metrics.loss):
-                logger.warning("step %d: non-finite loss %s", metrics.step, metrics.loss)
-            logs = {"loss": metrics.loss, "lr": metrics.lr}
-            if metrics.grad_norm is not None:
-                logs["grad_norm"] = metrics.grad_norm
-            accel.log(logs, step=metrics.step)
-            progress.update(1)
-            progress.set_postfix(
-                loss=f"{metrics.loss:.4f}",
-                grad=f"{metrics.grad_norm:.3g}" if metrics.grad_norm is not None else "-",
-                lr=f"{metrics.lr:.2e}",
-            )
-            if config.checkpointing_steps and self.global_step % config.checkpointing_steps == 0:
-                self.save_checkpoint()
-                saved_at = self.global_step
-            if config.validation_steps and self.global_step % config.validation_steps == 0:
-                self.validate()
-        progress.close()
-        if history and saved_at != self.global_step:
-            path = self.save_checkpoint()
-            accel.print(f"saved {path}")
+        try:
+            while self.global_step < end:
+                metrics = self._step_or_save(history)
+                history.append(metrics)
+                if not math.isfinite(metrics.loss):
+                    logger.warning("step %d: non-finite loss %s", metrics.step, metrics.loss)
+                logs = {"loss": metrics.loss, "lr": metrics.lr}
+                if metrics.grad_norm is not None:
+                    logs["grad_norm"] = metrics.grad_norm
+                accel.log(logs, step=metrics.step)
+                progress.update(1)
+                progress.set_postfix(
+                    loss=f"{metrics.loss:.4f}",
+                    grad=f"{metrics.grad_norm:.3g}" if metrics.grad_norm is not None else "-",
+                    lr=f"{metrics.lr:.2e}",
+                )
+                if (
+                    config.checkpointing_steps
+                    and self.global_step % config.checkpointing_steps == 0
+                ):
+                    self.save_checkpoint()
+                    saved_at = self.global_step
+                if config.validation_steps and self.global_step % config.validation_steps == 0:
+                    self.validate()
+            progress.close()
+            if history and saved_at != self.global_step:
+                path = self.save_checkpoint()
+                accel.print(f"saved {path}")
+        except BaseException:
+            progress.close()
+            self._discard_output()
+            raise
         elapsed = time.perf_counter() - start
         if history:
             accel.print(
@@ -480,3 +581,20 @@ class Trainer:
             )
         accel.end_training()
         return history
+
+    def _step_or_save(self, history: list[StepMetrics]) -> StepMetrics:
+        """:meth:`train_step`; on a bad row after steps of this run, save them first."""
+        try:
+            return self.train_step()
+        except DatasetError as error:
+            if not history:
+                raise
+            # The interrupted step's micro-batches are not part of the saved state.
+            self.consumed = self.global_step * self.config.gradient_accumulation_steps
+            path = self.save_checkpoint()
+            raise DatasetError(
+                f"{error}; the {len(history)} steps before it are saved in {path} (fix or remove "
+                "the row, then continue with --resume latest)",
+                path=error.path,
+                row=error.row,
+            ) from error
