@@ -6,17 +6,19 @@ files outside the component folder (``../``, absolute paths, symlinks); pickles 
 that are plain ``pickle.dump`` files or use an old protocol; truncated weight files; a damaged
 image projection, scheduler, tokenizer or feature extractor. Each ends in exit code 2, one line
 naming the offending file or folder, no output, no code run from a pickle, and no file outside
-the checkpoint ever read.
+the checkpoint ever read. The preprocessing models' and metric networks' pickles likewise.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -340,3 +342,116 @@ def test_symlinks_inside_the_folder_and_the_hub_cache_layout_load(tmp_path, save
     os.symlink(other / "beef", unet / ST)
     with pytest.raises(CheckpointError, match="outside"):
         weight_files(unet)
+
+
+# ----------------------------------------------------------------- preprocessing and metrics
+# The other pickles a user hands over: the DensePose .pkl and OpenPose .pth of the
+# preprocessing models, the metric networks' .pth files. Same contract: one line naming the
+# file, nothing run, nothing written.
+def _densepose_pickle(payload: object) -> bytes:
+    return pickle.dumps({"model": payload, "__author__": "test"}, protocol=2)
+
+
+def _object_arrays(ran: Path) -> bytes:
+    return _densepose_pickle({"w": np.array([1, "text", None] * 400, dtype=object)})
+
+
+def _string_arrays(ran: Path) -> bytes:
+    return _densepose_pickle({"w": np.array(["weights"] * 400)})
+
+
+def _numpy_pickle_runs_code(ran: Path) -> bytes:
+    return _densepose_pickle({"w": np.zeros(400, np.float32), "x": _RunsCode(ran)})
+
+
+def _zip_runs_code(ran: Path) -> bytes:  # a torch.save file under the .pkl name
+    buffer = io.BytesIO()
+    torch.save({"model": {"w": torch.zeros(400)}, "x": _RunsCode(ran)}, buffer)
+    return buffer.getvalue()
+
+
+def _truncated_densepose(ran: Path) -> bytes:
+    return _densepose_pickle({"w": np.zeros(4000, np.float32)})[:6000]
+
+
+DENSEPOSE_FILES = {
+    "object-arrays": (_object_arrays, ("object array",)),
+    "string-arrays": (_string_arrays, ("expected numbers",)),
+    "numpy-pickle-runs-code": (_numpy_pickle_runs_code, ("refusing to load global",)),
+    "torch-zip-runs-code": (_zip_runs_code, ("refused for safety", "_leave_marker")),
+    "truncated": (_truncated_densepose, ("truncated or corrupt",)),
+}
+
+
+@pytest.mark.parametrize("case", list(DENSEPOSE_FILES))
+def test_damaged_densepose_weights_are_one_line(cli, tmp_path, case):
+    make, fragments = DENSEPOSE_FILES[case]
+    weights = tmp_path / "ckpt" / "densepose" / "model_final_162be9.pkl"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(make(tmp_path / "ran"))
+    before = files_under(tmp_path)
+    result = cli(
+        "tryon", "--model", "tiny", "--person", EXAMPLES / "person.jpg",
+        "--garment", EXAMPLES / "garment.jpg", "--mask", EXAMPLES / "mask.png", "--pose", "auto",
+        "--preprocess-models", tmp_path / "ckpt", "--height", "64", "--width", "48",
+        "--steps", "1", "--device", "cpu", "--out", tmp_path / "out.png",
+    )  # fmt: skip
+    assert_user_error(result, "tryon", str(weights), *fragments)
+    assert files_under(tmp_path) == before
+
+
+@pytest.fixture(scope="module")
+def parsers(tmp_path_factory) -> Path:
+    """The two random SCHP parsers in the demo's layout (valid ONNX files)."""
+    from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE
+    from idm_vton.preprocess.preprocessor import MODEL_FILES
+
+    from ..helpers.preprocess_models import make_random_schp
+
+    root = tmp_path_factory.mktemp("parsers")
+    (root / MODEL_FILES["parsing_atr"]).parent.mkdir(parents=True)
+    make_random_schp(root / MODEL_FILES["parsing_atr"], ATR_INPUT_SIZE, 18, seed=1)
+    make_random_schp(root / MODEL_FILES["parsing_lip"], LIP_INPUT_SIZE, 20, seed=2)
+    return root
+
+
+OPENPOSE_FILES = {
+    "runs-code": (lambda ran: {"w": torch.zeros(400), "x": _RunsCode(ran)}, "refused for safety"),
+    "a-list": (lambda ran: [torch.zeros(400)], "state dict of tensors"),
+}
+
+
+@pytest.mark.parametrize("case", list(OPENPOSE_FILES))
+def test_damaged_openpose_weights_are_one_line(cli, tmp_path, parsers, case):
+    make, fragment = OPENPOSE_FILES[case]
+    models = Path(shutil.copytree(parsers, tmp_path / "ckpt"))
+    weights = models / "openpose" / "ckpts" / "body_pose_model.pth"
+    weights.parent.mkdir(parents=True)
+    torch.save(make(tmp_path / "ran"), weights)
+    before = files_under(tmp_path)
+    result = cli(
+        "mask", "--person", EXAMPLES / "person.jpg", "--preprocess-models", models,
+        "--out", tmp_path / "mask.png",
+    )  # fmt: skip
+    assert_user_error(result, "mask", str(weights), fragment)
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("damage", ["runs-code", "plain-pickle"])
+def test_damaged_metric_weights_are_one_line(cli, tmp_path, damage):
+    weights = tmp_path / "weights" / "alexnet-owt-7be5be79.pth"
+    weights.parent.mkdir()
+    torch.save({"lin0.model.1.weight": torch.zeros(1, 64, 1, 1)}, weights.parent / "alex.pth")
+    state = {"features.0.weight": torch.zeros(64, 3, 11, 11)}
+    if damage == "runs-code":
+        torch.save({**state, "x": _RunsCode(tmp_path / "ran")}, weights)
+    else:
+        weights.write_bytes(pickle.dumps(state, protocol=2))
+    before = files_under(tmp_path)
+    result = cli(
+        "evaluate", EXAMPLES, EXAMPLES, "--metrics", "lpips", "--weights-dir", weights.parent,
+        "--no-verify-weights", "--json", tmp_path / "scores.json",
+    )  # fmt: skip
+    fragment = "refused for safety" if damage == "runs-code" else "plain pickle"
+    assert_user_error(result, "evaluate", str(weights), fragment)
+    assert files_under(tmp_path) == before
