@@ -27,13 +27,19 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ..errors import UsageError
+    from ..files import refuse_output_over_inputs
     from ..pipelines.image_processor import load_image, save_image_atomic
     from ..preprocess.preprocessor import Preprocessor, mask_preview
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out must be a .png file, got '{out.name}'")
-    photo = load_image(args.person, "person image")
+    refuse_output_over_inputs(out, {"--person": args.person})
+    if not args.no_preview:
+        refuse_output_over_inputs(
+            preview_path(out), {"--person": args.person}, "the preview of --out"
+        )
+    photo = load_image(args.person, "--person")
     preprocessor = Preprocessor(args.preprocess_models, device=args.preprocess_device)
     mask = preprocessor.mask(photo, args.category, args.mask_type)
     save_image_atomic(Image.fromarray(mask.astype(np.uint8) * 255), out)
