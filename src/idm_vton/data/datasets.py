@@ -40,10 +40,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..enums import Pairing, Split
 from ..errors import DatasetError, UsageError
+from ..pipelines.image_processor import load_image, load_mask
 from .augment import (
     AugmentConfig,
     AugmentParams,
@@ -88,19 +89,16 @@ _LOAD_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image, decode it fully (truncated files fail here), honour EXIF orientation, RGB."""
-    with Image.open(path) as image:
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        return image.convert("RGB")
+    """An RGB image through the package's image boundary (:func:`~idm_vton.pipelines.
+    image_processor.load_image`): decoded in full (truncated files fail here), bounded before
+    decoding, EXIF orientation honoured, 16-bit and float files by their range (NaN refused)."""
+    return load_image(path, "image")
 
 
 def load_gray(path: str | Path) -> Image.Image:
-    """Like :func:`load_rgb` but as an 8-bit single-channel image (for masks)."""
-    with Image.open(path) as image:
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        return image.convert("L")
+    """A mask as an 8-bit single-channel image (:func:`~idm_vton.pipelines.image_processor.
+    load_mask`: the painted part of a transparent layer, else the luminance)."""
+    return load_mask(path, "mask")
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
