@@ -374,8 +374,17 @@ def _truncated_densepose(ran: Path) -> bytes:
     return _densepose_pickle({"w": np.zeros(4000, np.float32)})[:6000]
 
 
+def _densepose_without_a_weight(ran: Path) -> bytes:
+    from ..helpers.preprocess_models import tiny_densepose_state
+
+    state = tiny_densepose_state()
+    state.pop(sorted(state)[0])
+    return _densepose_pickle(state)
+
+
 DENSEPOSE_FILES = {
     "object-arrays": (_object_arrays, ("object array",)),
+    "a-weight-missing": (_densepose_without_a_weight, ("lacks 1 weights",)),
     "string-arrays": (_string_arrays, ("expected numbers",)),
     "numpy-pickle-runs-code": (_numpy_pickle_runs_code, ("refusing to load global",)),
     "torch-zip-runs-code": (_zip_runs_code, ("refused for safety", "_leave_marker")),
@@ -415,9 +424,19 @@ def parsers(tmp_path_factory) -> Path:
     return root
 
 
+def _openpose_misshaped(ran: Path) -> dict:
+    from ..helpers.preprocess_models import make_body_state_dict
+
+    state = make_body_state_dict()
+    bias = next(k for k in state if k.endswith(".bias"))
+    state[bias] = torch.zeros(state[bias].numel() + 1)
+    return state
+
+
 OPENPOSE_FILES = {
     "runs-code": (lambda ran: {"w": torch.zeros(400), "x": _RunsCode(ran)}, "refused for safety"),
     "a-list": (lambda ran: [torch.zeros(400)], "state dict of tensors"),
+    "mis-shaped": (_openpose_misshaped, "do not fit the network"),
 }
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -180,6 +180,13 @@ def _read_pairs(path: Path) -> list[_PairLine]:
                 f"{path} line {number}: expected '<person file> <garment file>', got {line!r}",
                 path=path,
             )
+        for name in fields[:2]:
+            if PurePath(name).is_absolute() or ".." in PurePath(name).parts:
+                raise DatasetError(
+                    f"{path} line {number}: {name!r} is not a file name of the dataset (a pairs "
+                    "file names files inside the dataset folder)",
+                    path=path,
+                )
         pairs.append(_PairLine(fields[0], fields[1], f"{path} line {number}: {line.strip()!r}"))
     return pairs
 

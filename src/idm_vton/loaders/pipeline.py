@@ -34,7 +34,7 @@ from .checkpoint import (
 )
 from .json_files import read_json_object
 from .model_size import check_model_size
-from .weights import check_weight_file, pickle_failure
+from .weights import building_from, check_weight_file, pickle_failure
 
 logger = logging.getLogger(__name__)
 
@@ -275,9 +275,9 @@ def load_tryon_unet(
     folder = Path(folder)
     config = _tryon_config(folder)
     num_tokens, scale = _ip_adapter_settings(folder)
-    unet_state, projection_state = convert_tryon_state_dict(
-        read_state_dict(folder, variant, use_safetensors)
-    )
+    state = read_state_dict(folder, variant, use_safetensors)
+    with building_from(folder, CheckpointError):
+        unet_state, projection_state = convert_tryon_state_dict(state)
     if projection is None:
         projection = _load_projection(
             folder, config, projection_state, projection_folder, dtype, variant, use_safetensors
@@ -286,7 +286,8 @@ def load_tryon_unet(
         logger.info("%s: Resampler weights left out (an image_projection was given)", folder)
     if projection.config.num_queries != num_tokens:
         raise CheckpointError(
-            f"Resampler makes {projection.config.num_queries} tokens, IP-Adapter expects {num_tokens}"
+            f"{folder}: the Resampler makes {projection.config.num_queries} tokens, "
+            f"{IP_ADAPTER_CONFIG} expects {num_tokens}"
         )
     with _loading(folder, "TryonNet"), init_empty_weights():
         unet = UNet2DConditionModel.from_config(config)
@@ -308,9 +309,9 @@ def load_image_projection(
         projection = _load_projection(root, {}, {}, projection_dir, dtype, variant, use_safetensors)
         return projection.eval()
     folder = find_component(root, TRYON_DIRS, "TryonNet")
-    _, projection_state = convert_tryon_state_dict(
-        read_state_dict(folder, variant, use_safetensors)
-    )
+    state = read_state_dict(folder, variant, use_safetensors)
+    with building_from(folder, CheckpointError):
+        _, projection_state = convert_tryon_state_dict(state)
     return _load_projection(folder, _tryon_config(folder), projection_state, None, dtype).eval()
 
 

@@ -27,6 +27,8 @@ import pickle
 import pickletools
 import re
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import IdmVtonError, PreprocessModelError
@@ -35,6 +37,7 @@ __all__ = [
     "MIN_WEIGHT_BYTES",
     "WEIGHT_FORMATS",
     "ZIP_MAGIC",
+    "building_from",
     "check_weight_file",
     "load_torch_pickle",
     "pickle_failure",
@@ -279,3 +282,24 @@ def load_torch_pickle(
             f"{path} was refused for safety: {reason} (only tensors are loaded from pickles); "
             "use the official file, a torch.save copy of its state dict, or a safetensors copy"
         ) from err
+
+
+@contextmanager
+def building_from(path: str | os.PathLike[str], error: type[IdmVtonError]) -> Iterator[None]:
+    """Build a network from the weights read from ``path`` inside this block: every problem the
+    weights cause names ``path``.
+
+    A network's own checks (missing or mis-shaped keys) raise the project's errors without the
+    file they came from; ``load_state_dict`` and the layers raise ``RuntimeError`` /
+    ``ValueError`` on weights that do not fit. Both become one ``error`` line naming ``path``.
+    """
+    try:
+        yield
+    except IdmVtonError as err:
+        if str(path) in str(err):
+            raise
+        raise type(err)(f"{path}: {err}") from err
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = lines[0][:300] if lines else type(err).__name__
+        raise error(f"the weights in {path} do not fit the network ({detail})") from err

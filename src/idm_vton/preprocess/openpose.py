@@ -36,7 +36,7 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from idm_vton.errors import PreprocessModelError
-from idm_vton.loaders.weights import check_weight_file, load_torch_pickle
+from idm_vton.loaders.weights import building_from, check_weight_file, load_torch_pickle
 
 __all__ = [
     "BODY_PARTS",
@@ -568,7 +568,9 @@ class OpenPoseBody:
         )
         self.device = torch.device(device)
         self.resolution = resolution
-        self.net = OpenPoseBodyNet.from_state_dict(_load_state_dict(path)).to(self.device).eval()
+        with building_from(path, PreprocessModelError):
+            net = OpenPoseBodyNet.from_state_dict(_load_state_dict(path))
+        self.net = net.to(self.device).eval()
 
     def network_maps(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Heatmaps (H, W, 19) and PAFs (H, W, 38) in the pixels of ``image_bgr`` (uint8 BGR).

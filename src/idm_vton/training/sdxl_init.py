@@ -26,7 +26,7 @@ from ..loaders.checkpoint import (
     read_state_dict,
 )
 from ..loaders.pipeline import load_component, load_garment_unet
-from ..loaders.weights import load_torch_pickle
+from ..loaders.weights import building_from, load_torch_pickle
 from ..models.tryon_net import ImageProjection, attach_ip_adapter, widen_conv_in
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def build_from_sdxl(
             raise CheckpointError(f"{what} not found: {folder}/config.json")
     unet = load_component(_empty_unet, inpaint / "unet", "SDXL-inpainting UNet")
     state = read_state_dict(inpaint / "unet")
-    check_state_dict(unet, state, "SDXL-inpainting UNet")
+    check_state_dict(unet, state, f"SDXL-inpainting UNet ({inpaint / 'unet'})")
     unet.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
     if unet.config.in_channels != 9:
         raise CheckpointError(
@@ -153,10 +153,11 @@ def build_from_sdxl(
     widen_conv_in(unet, 13)
 
     proj_state, attn_state = read_ip_adapter(ip_adapter)
-    projection = _resampler_from_weights(convert_resampler_state_dict(proj_state))
-    attach_ip_adapter(unet, num_tokens=projection.config.num_queries, scale=1.0)
-    ip = convert_ip_adapter_attn_state_dict(unet, attn_state)
-    result = unet.load_state_dict(ip, strict=False)
+    with building_from(ip_adapter, CheckpointError):
+        projection = _resampler_from_weights(convert_resampler_state_dict(proj_state))
+        attach_ip_adapter(unet, num_tokens=projection.config.num_queries, scale=1.0)
+        ip = convert_ip_adapter_attn_state_dict(unet, attn_state)
+        result = unet.load_state_dict(ip, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
 
     garment_unet = load_garment_unet(base / "unet")

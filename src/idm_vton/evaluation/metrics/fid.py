@@ -33,6 +33,8 @@ from PIL import Image
 from scipy import linalg
 from torch import nn
 
+from ...errors import WeightFileError
+from ...loaders.weights import building_from
 from .weights import load_checked_state_dict, load_weight_file, resolve_weight_file, weight_record
 
 logger = logging.getLogger(__name__)
@@ -386,7 +388,9 @@ def load_fid_inception(
 ) -> tuple[FIDInceptionV3, dict]:
     """Load the FID Inception from ``weights_dir``; returns the model and its protocol record."""
     path = resolve_weight_file("fid_inception", weights_dir, verify=verify)
-    model = FIDInceptionV3.from_state_dict(load_weight_file(path)).to(device)
+    with building_from(path, WeightFileError):
+        model = FIDInceptionV3.from_state_dict(load_weight_file(path))
+    model = model.to(device)
     return model, {"fid_inception": weight_record("fid_inception", path, verified=verify)}
 
 

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from idm_vton.errors import NoPersonFoundError
+from idm_vton.errors import NoPersonFoundError, PreprocessModelError
+from idm_vton.loaders.weights import building_from
 from idm_vton.preprocess.densepose.model import (
     DensePoseRCNN,
     DensePoseRCNNConfig,
@@ -96,7 +97,9 @@ class DensePosePredictor:
         config: DensePoseRCNNConfig | None = None,
     ) -> None:
         state = load_densepose_state_dict(weights_path)
-        self.model = DensePoseRCNN.from_state_dict(state, config).to(device)
+        with building_from(weights_path, PreprocessModelError):
+            model = DensePoseRCNN.from_state_dict(state, config)
+        self.model = model.to(device)
         self.device = torch.device(device)
 
     def __call__(self, image: Image.Image | np.ndarray) -> DensePoseResult:
