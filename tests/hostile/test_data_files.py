@@ -136,6 +136,44 @@ def test_pairs_file_naming_files_outside_the_dataset_is_one_line(cli, dataset, n
     assert files_under(dataset.parent) == before
 
 
+@pytest.mark.parametrize("text", ["[]", "{oops", '"results"'])
+def test_damaged_manifest_of_an_earlier_run_is_one_line(cli, dataset, text):
+    out = dataset.parent / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text(text)
+    before = files_under(dataset.parent)
+    result = infer(cli, dataset, out)
+    assert_user_error(result, "infer-dataset", str(out / "manifest.json"))
+    assert files_under(dataset.parent) == before
+
+
+def test_binary_evaluate_pairs_file_is_one_line(cli, tmp_path):
+    pairs = tmp_path / "test_pairs.txt"
+    pairs.write_bytes(b"person.jpg \xff\xfegarment.jpg\n")
+    before = files_under(tmp_path)
+    result = cli(
+        "evaluate", EXAMPLES, EXAMPLES, "--metrics", "clip_i", "--pairs-file", pairs,
+        "--garments-dir", EXAMPLES, "--json", tmp_path / "scores.json",
+    )  # fmt: skip
+    assert_user_error(result, "evaluate", str(pairs), "UTF-8")
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['{"people": "x"}', '{"people": [{"pose_keypoints_2d": ["a", "b"]}]}', "[1, 2]", "{"],
+)
+def test_damaged_openpose_json_is_a_dataset_error_naming_it(tmp_path, content):
+    from idm_vton.errors import DatasetError
+    from idm_vton.preprocess.openpose import load_openpose_json
+
+    path = tmp_path / "00000_00_keypoints.json"
+    path.write_text(content)
+    with pytest.raises(DatasetError, match=str(path)) as error:
+        load_openpose_json(path)
+    assert "\n" not in str(error.value)
+
+
 # ------------------------------------------------------------------- training state
 def _leave_marker(path: str) -> None:
     Path(path).write_text("the pickle ran code")

@@ -158,8 +158,13 @@ def _read_pairs_file(path: Path) -> dict[str, str]:
     """VITON-HD ``test_pairs.txt``: ``person.jpg garment.jpg`` per line -> person stem: garment stem."""
     if not path.is_file():
         raise EvaluationError(f"pairs file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or "not UTF-8 text"
+        raise EvaluationError(f"cannot read pairs file {path}: {reason}") from None
     pairs = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         fields = line.split()
         if not fields:
             continue

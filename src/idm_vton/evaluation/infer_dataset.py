@@ -38,7 +38,6 @@ protocol is refused, so one folder never mixes two protocols.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -56,6 +55,7 @@ from ..files import (
     remove_stale_temporaries,
     write_json_atomic,
 )
+from ..loaders.json_files import read_json_object
 from ..options import option
 
 __all__ = [
@@ -293,12 +293,7 @@ def _protocol(config: DatasetInferenceConfig, dtype: DType) -> dict[str, Any]:
 def _check_resumable(manifest_path: Path, protocol: dict[str, Any]) -> None:
     if not manifest_path.is_file():
         return
-    try:
-        previous = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as error:
-        raise UsageError(
-            f"cannot read {manifest_path}: {error}; remove it or use another --out"
-        ) from None
+    previous = read_json_object(manifest_path, UsageError, "manifest of an earlier run")
     differ = [
         f"{key} {previous.get(key)!r} -> {protocol[key]!r}"
         for key in PROTOCOL_KEYS

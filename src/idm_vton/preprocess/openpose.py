@@ -35,7 +35,8 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
-from idm_vton.errors import PreprocessModelError
+from idm_vton.errors import DatasetError, PreprocessModelError
+from idm_vton.loaders.json_files import read_json_object
 from idm_vton.loaders.weights import building_from, check_weight_file, load_torch_pickle
 
 __all__ = [
@@ -637,15 +638,20 @@ def load_openpose_json(path: str | os.PathLike[str], min_confidence: float = 0.0
     with no person gives all zeros.
     """
     path = Path(path)
-    with path.open() as f:
-        data = json.load(f)
+    data = read_json_object(path, DatasetError, "OpenPose JSON file")
     if "people" in data:
-        if not data["people"]:
+        people = data["people"]
+        if not isinstance(people, list) or not all(isinstance(p, dict) for p in people):
+            raise DatasetError(f"{path}: 'people' should be a list of objects", path=path)
+        if not people:
             return np.zeros((len(BODY_PARTS), 2))
-        data = data["people"][0]
+        data = people[0]
     if "pose_keypoints_2d" not in data:
-        raise ValueError(f"{path} has no pose_keypoints_2d")
-    values = np.asarray(data["pose_keypoints_2d"], dtype=np.float64)
+        raise DatasetError(f"{path} has no pose_keypoints_2d", path=path)
+    try:
+        values = np.asarray(data["pose_keypoints_2d"], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{path}: pose_keypoints_2d should hold numbers", path=path) from None
     if values.ndim == 1:
         n = values.size
         if n % 3 == 0 and n // 3 in (18, 25):
@@ -653,9 +659,10 @@ def load_openpose_json(path: str | os.PathLike[str], min_confidence: float = 0.0
         elif n % 2 == 0 and n // 2 in (18, 25):
             values = values.reshape(-1, 2)
     if values.ndim != 2 or values.shape[0] not in (18, 25) or values.shape[1] not in (2, 3):
-        raise ValueError(
+        raise DatasetError(
             f"{path}: pose_keypoints_2d should hold 18 or 25 points as (x, y[, confidence]), "
-            f"got {np.asarray(data['pose_keypoints_2d']).shape}"
+            f"got {values.shape}",
+            path=path,
         )
     if values.shape[0] == 25:
         values = values[list(_BODY25_TO_COCO18)]
