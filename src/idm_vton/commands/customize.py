@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ..devices import check_mixed_precision_on_device, default_dtype, resolve_device
     from ..enums import DType, MixedPrecision
     from ..errors import CustomizationError
+    from ..files import check_writable_output
     from ..loaders.customization import save_customization
     from ..training.customize import CustomizeConfig, customize, load_base
 
@@ -57,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
             raise CustomizationError(f"--{flag}: file not found: {getattr(args, flag)}")
     if args.out.suffix != ".safetensors":
         raise CustomizationError(f"--out must end in .safetensors, got {args.out.name}")
+    inputs = {f"--{flag}": getattr(args, flag) for flag in ("person", "garment", "mask", "pose")}
+    check_writable_output(args.out, kind="file", flag="--out", inputs=inputs)
     config = config_from_args(CustomizeConfig, args, base_name=args.model)
     pipe = load_base(args.model, precision, device)
     autocast_dtype = None if precision is MixedPrecision.NO else precision.torch_dtype

@@ -50,13 +50,18 @@ def run(args: argparse.Namespace) -> int:
         UsageError: ``--dtype`` without ``--convert``.
     """
     from ..errors import CheckpointError, UsageError
+    from ..files import check_writable_output
     from ..loaders.pipeline import resolve_checkpoint
 
     if args.dtype is not None and args.convert is None:
         raise UsageError("--dtype only applies with --convert DIR")
     convert_dir = Path(args.convert).expanduser() if args.convert is not None else None
-    if convert_dir is not None and convert_dir.exists():
-        raise CheckpointError(f"--convert: {convert_dir} already exists (choose a new folder)")
+    if convert_dir is not None:  # before anything is fetched
+        model = Path(args.model).expanduser()
+        inputs = {"--model": model} if model.exists() else {}
+        check_writable_output(convert_dir, kind="folder", flag="--convert", inputs=inputs)
+        if convert_dir.exists():
+            raise CheckpointError(f"--convert: {convert_dir} already exists (choose a new folder)")
 
     model = resolve_checkpoint(args.model)
     print(f"model: {model}")

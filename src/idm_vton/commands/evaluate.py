@@ -24,10 +24,22 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate, print the table (and write ``--json``); user errors raise ``IdmVtonError``,
     reported on one line by the command boundary (:func:`~.main.run_command`)."""
-    from ..evaluation.evaluate import EvaluationConfig, evaluate, format_table
-    from ..files import write_json_atomic
+    from ..evaluation.evaluate import IMAGE_EXTENSIONS, EvaluationConfig, evaluate, format_table
+    from ..files import check_writable_output, write_json_atomic
 
-    result = evaluate(config_from_args(EvaluationConfig, args))
+    config = config_from_args(EvaluationConfig, args)
+    if args.json is not None:  # before the work; and never over one of the images evaluated
+        folders = {"PRED_DIR": config.pred_dir, "GT_DIR": config.gt_dir}
+        folders["--garments-dir"] = config.garments_dir
+        images = {}
+        if args.json.suffix.lower() in IMAGE_EXTENSIONS:
+            images = {
+                f"an image of {flag}": Path(folder) / args.json.name
+                for flag, folder in folders.items()
+                if folder is not None
+            }
+        check_writable_output(args.json, kind="file", flag="--json", inputs=images)
+    result = evaluate(config)
     print(format_table(result))
     if args.json is not None:
         write_json_atomic(args.json, result)

@@ -99,43 +99,47 @@ def main(argv: list[str] | None = None) -> int:
             quiet_libraries()
     except KeyboardInterrupt:  # during the imports of the commands and libraries
         return _interrupted(prog)
+    except Exception as err:  # e.g. no usable temporary folder for a library's import
+        verbose = any(a in ("--verbose", "-v") for a in (sys.argv[1:] if argv is None else argv))
+        return _failed(err, prog, verbose)
     return run_command(args.func, args, prog, verbose=args.verbose)
 
 
 def run_command(func, args, prog: str, verbose: bool = False) -> int:
     """``func(args)`` with the error policy of the module docstring."""
     try:
-        return _run(func, args, prog, verbose)
+        with _progress_bars_on_terminals_only():
+            return int(func(args) or 0)
     except KeyboardInterrupt:
         return _interrupted(prog)
+    except Exception as err:
+        try:
+            return _failed(err, prog, verbose)
+        except KeyboardInterrupt:
+            return _interrupted(prog)
 
 
-def _run(func, args, prog: str, verbose: bool) -> int:
+def _failed(err: Exception, prog: str, verbose: bool) -> int:
+    """Report ``err`` in one line and return the exit code (re-raise it under ``--verbose``)."""
     from ..errors import IdmVtonError
     from ..files import as_write_error
 
-    try:
-        with _progress_bars_on_terminals_only():
-            return int(func(args) or 0)
-    except IdmVtonError as err:
-        if verbose:
-            raise
+    if verbose:
+        raise err
+    if isinstance(err, IdmVtonError):
         print(f"{prog}: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
-    except Exception as err:
-        if verbose:
-            raise
-        io_error = as_write_error(err, None)  # OSError, or an I/O failure in a library's type
-        if io_error is not None:
-            print(f"{prog}: error: {_one_line(describe_os_error(io_error))}", file=sys.stderr)
-            return 2
-        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        print(
-            f"{prog}: internal error: {type(err).__name__}: {message} (run with --verbose for "
-            "the traceback; please report it)",
-            file=sys.stderr,
-        )
-        return 1
+    io_error = as_write_error(err, None)  # OSError, or an I/O failure in a library's type
+    if io_error is not None:
+        print(f"{prog}: error: {_one_line(describe_os_error(io_error))}", file=sys.stderr)
+        return 2
+    message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    print(
+        f"{prog}: internal error: {type(err).__name__}: {message} (run with --verbose for "
+        "the traceback; please report it)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def describe_os_error(err: OSError) -> str:

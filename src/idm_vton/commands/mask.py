@@ -27,24 +27,30 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ..errors import UsageError
-    from ..files import refuse_output_over_inputs
+    from ..files import check_writable_output
     from ..pipelines.image_processor import load_image, save_image_atomic
     from ..preprocess.preprocessor import Preprocessor, mask_preview
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out must be a .png file, got '{out.name}'")
-    refuse_output_over_inputs(out, {"--person": args.person})
+    inputs = {"--person": args.person}
+    check_writable_output(out, kind="file", flag="--out", inputs=inputs)
     if not args.no_preview:
-        refuse_output_over_inputs(
-            preview_path(out), {"--person": args.person}, "the preview of --out"
+        check_writable_output(
+            preview_path(out), kind="file", flag="the preview of --out", inputs=inputs
         )
     photo = load_image(args.person, "--person")
     preprocessor = Preprocessor(args.preprocess_models, device=args.preprocess_device)
     mask = preprocessor.mask(photo, args.category, args.mask_type)
     save_image_atomic(Image.fromarray(mask.astype(np.uint8) * 255), out)
+    if not args.no_preview:
+        try:
+            save_image_atomic(mask_preview(photo, mask), preview_path(out))
+        except BaseException:
+            out.unlink(missing_ok=True)  # the two files come together, or neither does
+            raise
     print(f"wrote {out} ({mask.mean():.1%} of the photo)")
     if not args.no_preview:
-        save_image_atomic(mask_preview(photo, mask), preview_path(out))
         print(f"wrote {preview_path(out)}")
     return 0

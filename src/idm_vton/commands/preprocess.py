@@ -17,9 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..files import check_writable_output
     from ..preprocess.preprocessor import Preprocessor, find_photos, preprocess_photos
 
     photos = find_photos(args.input)
+    check_writable_output(args.output, kind="folder", flag="--output")
     preprocessor = Preprocessor(args.preprocess_models, device=args.preprocess_device)
     summary = preprocess_photos(photos, args.output, preprocessor, args.category, args.mask_type)
     print(

@@ -116,9 +116,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_arguments(args: argparse.Namespace) -> Path:
     """The output path, after the checks that need no model: steps, strength, work size, output
-    name (never one of the inputs), input files."""
+    name, input files, and the output writable and never one of the inputs."""
     from ..errors import UsageError
-    from ..files import refuse_output_over_inputs
+    from ..files import check_writable_output
     from ..pipelines.image_processor import check_work_size
     from ..pipelines.tryon import check_strength
 
@@ -135,10 +135,8 @@ def _check_arguments(args: argparse.Namespace) -> Path:
             raise UsageError(f"--{flag}: file not found: {value}")
     if "auto" in (args.person, args.garment):
         raise UsageError("only --mask and --pose can be 'auto'")
-    refuse_output_over_inputs(
-        out, {f"--{flag}": getattr(args, flag) for flag in ("person", "garment", "mask", "pose")}
-    )
-    return out
+    inputs = {f"--{flag}": getattr(args, flag) for flag in ("person", "garment", "mask", "pose")}
+    return check_writable_output(out, kind="file", flag="--out", inputs=inputs)
 
 
 def _load_inputs(args: argparse.Namespace):

@@ -436,9 +436,9 @@ def paste_back(
 
 
 def save_image_atomic(image: Image.Image, path: str | Path) -> Path:
-    """Write ``image`` to ``path`` through a temporary file and a rename (never half-written)."""
+    """Write ``image`` to ``path`` through a temporary file and a rename (never half-written;
+    :func:`idm_vton.files.atomic_path` creates the folder, and takes it back on failure)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower() or ".png"
     fmt = Image.registered_extensions().get(suffix)
     if fmt is None:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..enums import GarmentCategory
 from ..errors import ImageInputError, NoPersonFoundError, PreprocessModelError, UsageError
-from ..files import atomic_path, write_json_atomic
+from ..files import atomic_path, make_folders, remove_empty_folders, write_json_atomic
 from ..pipelines.image_processor import load_image, save_image_atomic
 
 __all__ = [
@@ -325,11 +325,24 @@ def preprocess_photos(
 
 
 def _write_sample(outputs: dict[str, Path], photo: Image.Image, result: PreprocessResult) -> None:
+    """Write one photo's five files, all or none: a failure (a full disk) takes back the files
+    and folders of this sample already written, so a later run redoes it whole."""
     from .openpose import write_openpose_json
 
-    save_image_atomic(photo, outputs["image"])
-    save_image_atomic(Image.fromarray(result.mask.astype(np.uint8) * 255), outputs["mask"])
-    save_image_atomic(result.densepose, outputs["densepose"])
-    save_image_atomic(Image.fromarray(result.parse), outputs["parse"])
-    with atomic_path(outputs["keypoints"]) as tmp:
-        write_openpose_json(tmp, result.keypoints)
+    created = [folder for path in outputs.values() for folder in make_folders(path.parent)]
+    written: list[Path] = []
+    try:
+        for key, image in (
+            ("image", photo),
+            ("mask", Image.fromarray(result.mask.astype(np.uint8) * 255)),
+            ("densepose", result.densepose),
+            ("parse", Image.fromarray(result.parse)),
+        ):
+            written.append(save_image_atomic(image, outputs[key]))
+        with atomic_path(outputs["keypoints"]) as tmp:
+            write_openpose_json(tmp, result.keypoints)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        remove_empty_folders(created)
+        raise
