@@ -113,6 +113,14 @@ def test_decode_image_formats_and_modes():
     assert decode_image(png_of(Image.new("L", (8, 8), 200)), "m", mode="L").getpixel((1, 1)) == 200
 
 
+def test_a_mask_upload_painted_on_a_transparent_layer_is_its_painted_part():
+    layer = np.zeros((6, 8, 4), np.uint8)  # transparent black, as Gradio's paint layers
+    layer[2:4, 3:6] = (255, 255, 255, 255)
+    mask = decode_image(png_of(Image.fromarray(layer, mode="RGBA")), "mask", as_mask=True)
+    assert mask.mode == "L"
+    assert (np.asarray(mask) >= 128).tolist() == (layer[..., 3] > 0).tolist()
+
+
 @pytest.mark.parametrize(
     "data",
     [b"", b"GIF89a", b"not an image at all", b"%!PS-Adobe-3.0 EPSF-3.0\n"],

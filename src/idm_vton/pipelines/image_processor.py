@@ -35,7 +35,7 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageInputError, UsageError
 from ..files import atomic_path
@@ -139,6 +139,11 @@ def open_image(
         raise too_large(
             f"{label}: over the limit of {limit} pixels (possible decompression bomb)"
         ) from err
+    except UnidentifiedImageError:
+        expected = f"; expected {', '.join(formats)}" if formats else ""
+        raise ImageInputError(
+            f"{label}: not a readable image (not a known image format{expected})"
+        ) from None
     except Exception as err:  # noqa: BLE001 - a decoder fed a hostile file fails in many ways
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ImageInputError(f"{label}: not a readable image ({detail})") from None

@@ -138,7 +138,7 @@ def _decode_all(person: bytes, garment: bytes, mask: bytes | None, pose: bytes |
     images = {
         "person": decode_image(person, "person"),
         "garment": decode_image(garment, "garment"),
-        "mask": decode_image(mask, "mask", mode="L") if mask is not None else None,
+        "mask": decode_image(mask, "mask", as_mask=True) if mask is not None else None,
         "pose": decode_image(pose, "pose") if pose is not None else None,
     }
     if images["mask"] is not None and not (np.asarray(images["mask"]) >= 128).any():

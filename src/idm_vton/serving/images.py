@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import ImageInputError
-from ..pipelines.image_processor import MAX_PIXELS, load_image
+from ..pipelines.image_processor import MAX_PIXELS, load_image, load_mask, open_image
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -37,38 +36,27 @@ class ImageTooLargeError(ImageInputError):
 
 
 def decode_image(
-    data: bytes, what: str, mode: str = "RGB", max_pixels: int = MAX_PIXELS
+    data: bytes, what: str, mode: str = "RGB", max_pixels: int = MAX_PIXELS, as_mask: bool = False
 ) -> Image.Image:
-    """Decode and verify an uploaded image; returns a detached image in ``mode``.
+    """Decode and verify an uploaded image; returns a detached image in ``mode``, or with
+    ``as_mask`` the mask it paints (:func:`~idm_vton.pipelines.image_processor.load_mask`).
 
-    Raises :class:`ImageTooLargeError` over ``max_pixels`` (checked from the header, before
-    decoding) and :class:`ImageInputError` for anything that is not a readable image.
+    The package's one image boundary (:func:`~idm_vton.pipelines.image_processor.open_image`)
+    reads it, restricted to :data:`ALLOWED_FORMATS`: :class:`ImageTooLargeError` over
+    ``max_pixels`` (checked from the header, before decoding), :class:`ImageInputError` for
+    anything that is not a readable image, past the aspect limit or holding NaN/inf.
     """
     if not data:
         raise ImageInputError(f"{what}: the file is empty")
-    try:
-        with warnings.catch_warnings():
-            # Pillow warns past its own limit and raises past twice that; both are refusals here.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as opened:
-                width, height = opened.size
-                if width * height > max_pixels:
-                    raise ImageTooLargeError(
-                        f"{what}: {width}x{height} pixels is over the limit of {max_pixels} pixels"
-                    )
-                opened.load()
-                image = ImageOps.exif_transpose(opened)
-    except ImageInputError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageTooLargeError(f"{what}: over the pixel limit ({err})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
-        raise ImageInputError(
-            f"{what}: not a readable image (expected {', '.join(ALLOWED_FORMATS)}): "
-            f"{type(err).__name__}"
-        ) from None
+    image = open_image(
+        io.BytesIO(data),
+        what,
+        formats=ALLOWED_FORMATS,
+        max_pixels=max_pixels,
+        too_large=ImageTooLargeError,
+    )
     # The library's conversions: RGBA composited on white, 16-bit scaled, palette, CMYK...
-    return load_image(image, what, mode=mode)
+    return load_mask(image, what) if as_mask else load_image(image, what, mode=mode)
 
 
 def image_digest(image: Image.Image) -> str:
