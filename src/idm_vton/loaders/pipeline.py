@@ -94,7 +94,7 @@ def _loading(folder: Path, what: str, files: list[Path] = ()):
     """
     try:
         yield
-    except (IdmVtonError, MemoryError):
+    except (IdmVtonError, MemoryError, AssertionError):  # ours, memory (bounded elsewhere), bugs
         raise
     except Exception as err:  # noqa: BLE001 - library loaders raise many kinds
         raise CheckpointError(_load_failure(folder, what, files, err)) from err
