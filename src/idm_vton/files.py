@@ -260,7 +260,7 @@ def check_writable_output(
     if kind == "file":
         if out.is_dir():
             raise UsageError(f"{flag} {out} is a folder; give the name of a file to write")
-        if os.path.lexists(out) and out.exists() and not out.is_file():
+        if out.exists() and not out.is_file():
             raise UsageError(f"{flag} {out} is not a regular file (a device or a pipe?)")
         refuse_output_over_inputs(out, inputs or {}, flag)
         folder = out.parent
@@ -401,7 +401,10 @@ def remove_stale_temporaries(
         entries = list(os.scandir(folder))
     except OSError:
         return []
+    prefix = "." if target is None else f".{target[:_TARGET_KEEP]}.idm-vton-"
     for entry in entries:
+        if not entry.name.startswith(prefix):  # cheap: a folder of many outputs is scanned often
+            continue
         match = _TEMPORARY.match(entry.name)
         if match is None or entry.is_symlink():
             continue
