@@ -203,7 +203,7 @@ def _scan_pickles(path: Path, zipped: bool) -> tuple[bool, list[str]]:
 
 
 # What torch.save files name: tensor and storage rebuilders, containers.
-_TENSOR_GLOBALS = ("torch._utils.", "torch.", "collections.OrderedDict", "_codecs.encode")
+_TENSOR_GLOBALS = ("torch.", "collections.OrderedDict", "_codecs.encode")
 # Rebuilders that run torch.load(weights_only=False) on embedded bytes (plain pickle.dump files).
 _UNSAFE_TORCH_GLOBALS = ("torch.storage._load_from_bytes",)
 
@@ -272,6 +272,8 @@ def load_torch_pickle(
     try:
         # Only the zip format can be memory-mapped; legacy files are read into memory.
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+    except MemoryError:
+        raise
     except Exception as err:  # noqa: BLE001 - torch.load fails in many ways on damaged files
         reason, damaged = pickle_failure(path, err)
         if damaged:
