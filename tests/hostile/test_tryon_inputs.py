@@ -291,3 +291,35 @@ def test_non_finite_result_in_fp16_suggests_another_dtype():
 def test_zero_width_is_not_the_default_in_the_library():
     with pytest.raises(UsageError, match="width"):
         call(tiny_pipeline(), width=0)
+
+
+# ------------------------------------------------------------------ the same size rule elsewhere
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (("customize", "--width", "0"), ("--width", "got 0")),
+        (("customize", "--height", "4104"), ("--height", "4096")),
+        (("train", "--resolution", "5000", "768"), ("--resolution", "4096")),
+    ],
+    ids=" ".join,
+)
+def test_work_sizes_of_the_other_rendering_commands(cli, tmp_path, argv, fragments):
+    command, *flags = argv
+    if command == "customize":
+        files = ["--person", PERSON, "--garment", GARMENT, "--mask", MASK, "--pose", POSE]
+        out = tmp_path / "out" / "d.safetensors"
+        extra = [*files, "--description", "shirt", "--out", out, "--device", "cpu"]
+    else:
+        extra = ["--data", tmp_path / "data", "--dataset", "vitonhd", "--output", tmp_path / "out"]
+    result = cli(command, "--model", "tiny", *flags, *extra)
+    assert_user_error(result, command, *fragments)
+    assert not files_under(tmp_path / "out")
+
+
+def test_zero_size_is_not_the_default_in_customize():
+    from idm_vton.training.customize import customize
+
+    with pytest.raises(UsageError, match="width"):
+        customize(tiny_pipeline(), str(PERSON), str(GARMENT), str(MASK), str(POSE), "", width=0)

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import CustomizationError
     from ..files import check_writable_output
     from ..loaders.customization import save_customization
+    from ..pipelines.image_processor import check_work_size
     from ..training.customize import CustomizeConfig, customize, load_base
 
     device = resolve_device(args.device)
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     default = MixedPrecision.BF16 if default_dtype(device) is DType.BF16 else MixedPrecision.NO
     precision = MixedPrecision(args.mixed_precision) if args.mixed_precision else default
     check_mixed_precision_on_device(precision, device)
+    check_work_size(args.height, args.width, flag="--")  # None: the model's own size
     for flag in ("person", "garment", "mask", "pose"):
         if not Path(getattr(args, flag)).is_file():
             raise CustomizationError(f"--{flag}: file not found: {getattr(args, flag)}")

@@ -57,6 +57,7 @@ from ..files import (
 )
 from ..loaders.json_files import read_json_object
 from ..options import option
+from ..pipelines.image_processor import check_work_size
 
 __all__ = [
     "DatasetInferenceConfig",
@@ -251,9 +252,7 @@ def _validate(config: DatasetInferenceConfig) -> None:
         raise UsageError(f"--batch-size must be >= 1, got {config.batch_size}")
     if config.num_workers < 0:
         raise UsageError(f"--num-workers must be >= 0, got {config.num_workers}")
-    for flag, value in (("--height", config.height), ("--width", config.width)):
-        if value % 8 or value < 16:
-            raise UsageError(f"{flag} must be a multiple of 8 and >= 16, got {value}")
+    check_work_size(config.height, config.width, flag="--")
     if config.dataset is DatasetKind.VITONHD and config.category not in (
         None,
         GarmentCategory.UPPER_BODY,

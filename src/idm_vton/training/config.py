@@ -143,9 +143,14 @@ class TrainConfig:
             raise TrainConfigError("give either --model or --init-from-sdxl (with its four paths)")
         if self.data is None:
             raise TrainConfigError("--data is required")
-        if len(self.resolution) != 2 or any(v < 16 or v % 8 for v in self.resolution):
+        from ..pipelines.image_processor import MAX_WORK_SIDE  # the work-size rule of inference
+
+        if len(self.resolution) != 2 or any(
+            v < 16 or v % 8 or v > MAX_WORK_SIDE for v in self.resolution
+        ):
             raise TrainConfigError(
-                f"--resolution must be H W, multiples of 8 and >= 16, got {self.resolution}"
+                f"--resolution must be H W, multiples of 8 from 16 to {MAX_WORK_SIDE}, got "
+                f"{self.resolution}"
             )
         positive = ("batch_size", "gradient_accumulation_steps", "num_validation_images")
         for name in positive:

@@ -51,6 +51,7 @@ from ..loaders.customization import (
     target_tensors,
 )
 from ..options import option
+from ..pipelines.image_processor import check_work_size
 
 __all__ = ["CustomizeConfig", "customization_targets", "customize", "load_base"]
 
@@ -184,10 +185,12 @@ def customize(
         )
     modules = customization_targets(unet, config.tune_ip_adapter)
     fingerprint, stats = base_fingerprint(target_tensors(unet, modules))
+    height = pipe.default_height if height is None else height
+    width = pipe.default_width if width is None else width
+    check_work_size(height, width, pipe.vae_scale_factor)
     batch = _example_batch(
-        pipe, person, garment, mask, pose, description,
-        height or pipe.default_height, width or pipe.default_width, config.batch_size,
-    )  # fmt: skip
+        pipe, person, garment, mask, pose, description, height, width, config.batch_size
+    )
     for module in (pipe.unet, pipe.garment_unet, pipe.image_projection, pipe.image_encoder,
                    pipe.vae, pipe.text_encoder, pipe.text_encoder_2):  # fmt: skip
         if module is not None:
