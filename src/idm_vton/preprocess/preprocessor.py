@@ -306,7 +306,7 @@ def preprocess_photos(
             skipped += 1
             continue
         try:
-            photo = load_image(path, f"photo {path.name}")
+            photo = load_image(path, "photo")  # messages name the file
             result = preprocessor.analyse(photo, category, model_type)
         except (ImageInputError, NoPersonFoundError) as err:
             failed.append(f"{path.name}: {err}")
