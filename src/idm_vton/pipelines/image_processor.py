@@ -342,8 +342,10 @@ def mask_region(mask: np.ndarray, height: int, width: int, margin: float = 0.1) 
     target = width / height
     if abs(photo_w / photo_h - target) <= 0.01 * target:
         return Region(0, 0, photo_w, photo_h)
-    ys, xs = np.nonzero(mask)
-    top, bottom, left, right = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    # The mask's bounding box from its row and column projections: memory of a row and a column,
+    # not of every marked pixel's coordinates.
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     box_h, box_w = bottom - top, right - left
     box_h, box_w = box_h * (1 + 2 * margin), box_w * (1 + 2 * margin)
     if box_w / box_h < target:
