@@ -28,10 +28,12 @@ TRYON = [
     [
         pytest.param(["tryon", "--model", "tiny"], "tryon", "required: --person", id="missing"),
         pytest.param([*TRYON, "--out", "o.png", "--persn", "x"], "tryon", "--persn", id="unknown"),
-        pytest.param([*TRYON, "--out", "o.png", "--steps", "three"], "tryon", "'three'",
-                     id="bad-int"),  # fmt: skip
-        pytest.param([*TRYON, "--out", "o.png", "--scheduler", "nope"], "tryon", "'nope'",
-                     id="bad-choice"),  # fmt: skip
+        pytest.param(
+            [*TRYON, "--out", "o.png", "--steps", "three"], "tryon", "'three'", id="bad-int"
+        ),  # fmt: skip
+        pytest.param(
+            [*TRYON, "--out", "o.png", "--scheduler", "nope"], "tryon", "'nope'", id="bad-choice"
+        ),  # fmt: skip
         pytest.param(["train", "--model", "tiny"], "train", "--output", id="train-missing"),
         pytest.param(["evaluate", "preds"], "evaluate", "gt_dir", id="positional-missing"),
         pytest.param(["convert"], "convert", "src", id="convert-bare"),
