@@ -27,10 +27,12 @@ sys.path.insert(0, str(REPO))
 
 from idm_vton.preprocess.densepose.model import DensePoseRCNNConfig  # noqa: E402
 from idm_vton.preprocess.densepose.predictor import DensePosePredictor  # noqa: E402
-from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE  # noqa: E402
 from idm_vton.preprocess.preprocessor import MODEL_FILES, Preprocessor  # noqa: E402
-from tests.test_densepose import REAL_SIZES, tiny_densepose_state  # noqa: E402
-from tests.test_parsing import make_random_schp  # noqa: E402
+from tests.helpers.preprocess_models import (  # noqa: E402
+    REAL_SIZES,
+    make_random_parsers,
+    tiny_densepose_state,
+)
 
 
 def openpose_real_shapes() -> dict[str, tuple[int, int, int, int]]:
@@ -60,8 +62,7 @@ def openpose_real_shapes() -> dict[str, tuple[int, int, int, int]]:
 def write_models(root: Path) -> None:
     for rel in MODEL_FILES.values():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
-    make_random_schp(root / MODEL_FILES["parsing_atr"], ATR_INPUT_SIZE, 18, seed=1)
-    make_random_schp(root / MODEL_FILES["parsing_lip"], LIP_INPUT_SIZE, 20, seed=2)
+    make_random_parsers(root)
     g = torch.Generator().manual_seed(0)
     state = {}
     for name, shape in openpose_real_shapes().items():

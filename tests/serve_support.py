@@ -166,28 +166,3 @@ def image_difference(a: Image.Image, b: Image.Image) -> tuple[int, float]:
     assert x.shape == y.shape
     diff = np.abs(x - y).max(axis=-1)
     return int(diff.max()), float((diff > 0).mean())
-
-
-# ---------------------------------------------------------------------------- preprocessing
-def make_preprocess_models(root: Path) -> Path:
-    """Random-weight parsing, OpenPose and DensePose files in the real formats and the demo's
-    ``ckpt/`` layout (the builders of the preprocessing tests, reached through this one place)."""
-    import torch
-
-    from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE
-    from idm_vton.preprocess.preprocessor import MODEL_FILES
-
-    from .helpers.preprocess_models import (
-        make_body_state_dict,
-        make_random_schp,
-        tiny_densepose_state,
-        write_pickle,
-    )
-
-    for key in MODEL_FILES.values():
-        (root / key).parent.mkdir(parents=True, exist_ok=True)
-    make_random_schp(root / MODEL_FILES["parsing_atr"], ATR_INPUT_SIZE, 18, seed=1)
-    make_random_schp(root / MODEL_FILES["parsing_lip"], LIP_INPUT_SIZE, 20, seed=2)
-    torch.save(make_body_state_dict(), root / MODEL_FILES["openpose"])
-    write_pickle(root / MODEL_FILES["densepose"], {"model": tiny_densepose_state()})
-    return root

@@ -28,15 +28,16 @@ from idm_vton.preprocess.parsing import (
 )
 
 from .conftest import EXAMPLES, example_person_3x4
-from .helpers.preprocess_models import make_constant_schp, make_random_schp, quarter
+from .helpers.preprocess_models import (
+    make_constant_schp,
+    make_random_parsers,
+    quarter,
+)
 
 
 @pytest.fixture(scope="module")
 def random_model_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("humanparsing")
-    make_random_schp(d / "parsing_atr.onnx", ATR_INPUT_SIZE, 18, seed=1)
-    make_random_schp(d / "parsing_lip.onnx", LIP_INPUT_SIZE, 20, seed=2)
-    return d
+    return make_random_parsers(tmp_path_factory.mktemp("ckpt")) / "humanparsing"
 
 
 @pytest.fixture(scope="module")

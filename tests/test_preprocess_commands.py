@@ -5,38 +5,21 @@ The three models are small random-weight files in the real formats and the demo'
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from idm_vton.commands.main import main
 from idm_vton.loaders.weights import PreprocessModelError
-from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE
 from idm_vton.preprocess.preprocessor import MODEL_FILES, Preprocessor, dataset_paths, mask_preview
 
 from .conftest import EXAMPLES, example_person, example_person_3x4
-from .helpers.preprocess_models import (
-    make_body_state_dict,
-    make_constant_schp,
-    make_random_schp,
-    tiny_densepose_state,
-)
+from .helpers.preprocess_models import make_constant_schp, make_preprocess_models
 
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    for key in MODEL_FILES.values():
-        (root / key).parent.mkdir(parents=True, exist_ok=True)
-    make_random_schp(root / MODEL_FILES["parsing_atr"], ATR_INPUT_SIZE, 18, seed=1)
-    make_random_schp(root / MODEL_FILES["parsing_lip"], LIP_INPUT_SIZE, 20, seed=2)
-    torch.save(make_body_state_dict(), root / MODEL_FILES["openpose"])
-    with open(root / MODEL_FILES["densepose"], "wb") as f:
-        pickle.dump({"model": tiny_densepose_state(), "__author__": "test"}, f, protocol=2)
-    return root
+    return make_preprocess_models(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from .helpers.images import huge_png_header
+from .helpers.preprocess_models import make_preprocess_models
 from .serve_support import (
     STEPS,
     assert_outside_mask_unchanged,
@@ -28,7 +29,6 @@ from .serve_support import (
     example_files,
     file_bytes,
     image_difference,
-    make_preprocess_models,
     multipart,
     photo_mask,
     png_of,

@@ -14,10 +14,10 @@ from PIL import Image
 pytest.importorskip("gradio")
 
 from .conftest import EXAMPLES  # noqa: E402
+from .helpers.preprocess_models import make_preprocess_models  # noqa: E402
 from .serve_support import (  # noqa: E402
     assert_outside_mask_unchanged,
     file_bytes,
-    make_preprocess_models,
     photo_mask,
     running_server,
 )

@@ -5,7 +5,9 @@
 - OpenPose: a scaled-down ``body_pose_model.pth`` with the CMU layer names
   (:func:`make_body_state_dict`);
 - DensePose: a scaled-down detectron2 checkpoint with the real key names
-  (:func:`tiny_densepose_state`, written with :func:`write_pickle`).
+  (:func:`tiny_densepose_state`, written with :func:`write_pickle`);
+- all of them in the demo's ``ckpt/`` layout (:func:`make_preprocess_models`, the parsers alone
+  with :func:`make_random_parsers`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
+
+from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE
+from idm_vton.preprocess.preprocessor import MODEL_FILES
 
 # ------------------------------------------------------------------------------ human parsing
 
@@ -237,3 +242,28 @@ def tiny_densepose_state(
         state[key + ".bias"] = np.zeros(out_ch, np.float32)
     state["roi_heads.densepose_predictor.ann_index_lowres.bias"][1] = 1.0
     return state
+
+
+# ------------------------------------------------------------------------------ the ckpt/ folder
+
+
+def make_random_parsers(root: Path) -> Path:
+    """The two random SCHP parsers (ATR, 18 labels; LIP, 20 labels) under ``root`` in the demo's
+    layout (``humanparsing/parsing_atr.onnx``, ``humanparsing/parsing_lip.onnx``)."""
+    (root / MODEL_FILES["parsing_atr"]).parent.mkdir(parents=True, exist_ok=True)
+    make_random_schp(root / MODEL_FILES["parsing_atr"], ATR_INPUT_SIZE, 18, seed=1)
+    make_random_schp(root / MODEL_FILES["parsing_lip"], LIP_INPUT_SIZE, 20, seed=2)
+    return root
+
+
+def make_preprocess_models(root: Path) -> Path:
+    """Random-weight parsing, OpenPose and DensePose files in the real formats and the demo's
+    ``ckpt/`` layout (:data:`idm_vton.preprocess.preprocessor.MODEL_FILES`); returns ``root``."""
+    for key in MODEL_FILES.values():
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+    make_random_parsers(root)
+    torch.save(make_body_state_dict(), root / MODEL_FILES["openpose"])
+    write_pickle(
+        root / MODEL_FILES["densepose"], {"model": tiny_densepose_state(), "__author__": "test"}
+    )
+    return root

@@ -412,16 +412,9 @@ def test_damaged_densepose_weights_are_one_line(cli, tmp_path, case):
 @pytest.fixture(scope="module")
 def parsers(tmp_path_factory) -> Path:
     """The two random SCHP parsers in the demo's layout (valid ONNX files)."""
-    from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE
-    from idm_vton.preprocess.preprocessor import MODEL_FILES
+    from ..helpers.preprocess_models import make_random_parsers
 
-    from ..helpers.preprocess_models import make_random_schp
-
-    root = tmp_path_factory.mktemp("parsers")
-    (root / MODEL_FILES["parsing_atr"]).parent.mkdir(parents=True)
-    make_random_schp(root / MODEL_FILES["parsing_atr"], ATR_INPUT_SIZE, 18, seed=1)
-    make_random_schp(root / MODEL_FILES["parsing_lip"], LIP_INPUT_SIZE, 20, seed=2)
-    return root
+    return make_random_parsers(tmp_path_factory.mktemp("parsers"))
 
 
 def _openpose_misshaped(ran: Path) -> dict:

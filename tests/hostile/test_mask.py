@@ -1,43 +1,27 @@
 """Hostile and careless inputs to ``idm-vton mask``: the photo, and an --out that would replace it.
 
-The preprocessing models are small random-weight files in the demo's layout (as in
-``tests/test_preprocess_commands.py``), given to every case, so a refusal is the input check's
+The preprocessing models are small random-weight files in the demo's layout
+(``tests/helpers/preprocess_models.py``), given to every case, so a refusal is the input check's
 and not a missing model's.
 """
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE
-from idm_vton.preprocess.preprocessor import MODEL_FILES, Preprocessor
+from idm_vton.preprocess.preprocessor import Preprocessor
 
 from ..conftest import EXAMPLES
 from ..helpers.images import huge_png_header
-from ..helpers.preprocess_models import (
-    make_body_state_dict,
-    make_random_schp,
-    tiny_densepose_state,
-)
+from ..helpers.preprocess_models import make_preprocess_models
 from .conftest import assert_user_error, files_under
 
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    for key in MODEL_FILES.values():
-        (root / key).parent.mkdir(parents=True, exist_ok=True)
-    make_random_schp(root / MODEL_FILES["parsing_atr"], ATR_INPUT_SIZE, 18, seed=1)
-    make_random_schp(root / MODEL_FILES["parsing_lip"], LIP_INPUT_SIZE, 20, seed=2)
-    torch.save(make_body_state_dict(), root / MODEL_FILES["openpose"])
-    with open(root / MODEL_FILES["densepose"], "wb") as f:
-        pickle.dump({"model": tiny_densepose_state(), "__author__": "test"}, f, protocol=2)
-    return root
+    return make_preprocess_models(tmp_path_factory.mktemp("ckpt"))
 
 
 def mask(cli, models_dir, person, out):

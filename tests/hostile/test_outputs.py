@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import errno
 import os
-import pickle
 import resource
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from ..conftest import EXAMPLES
@@ -40,27 +38,14 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     """What the commands read: the tiny model as a folder, a small dataset, random-weight
     preprocessing models, two folders of images to evaluate. Kept apart from each test's
     ``tmp_path``, which holds only what the command writes."""
-    from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE
-    from idm_vton.preprocess.preprocessor import MODEL_FILES
     from idm_vton.testing.tiny import tiny_pipeline
 
-    from ..helpers.preprocess_models import (
-        make_body_state_dict,
-        make_random_schp,
-        tiny_densepose_state,
-    )
+    from ..helpers.preprocess_models import make_preprocess_models
 
     root = tmp_path_factory.mktemp("inputs")
     tiny_pipeline().save_pretrained(root / "model")
     make_vitonhd(root / "vitonhd", n=2)
-    models = root / "ckpt"
-    for key in MODEL_FILES.values():
-        (models / key).parent.mkdir(parents=True, exist_ok=True)
-    make_random_schp(models / MODEL_FILES["parsing_atr"], ATR_INPUT_SIZE, 18, seed=1)
-    make_random_schp(models / MODEL_FILES["parsing_lip"], LIP_INPUT_SIZE, 20, seed=2)
-    torch.save(make_body_state_dict(), models / MODEL_FILES["openpose"])
-    with open(models / MODEL_FILES["densepose"], "wb") as f:
-        pickle.dump({"model": tiny_densepose_state(), "__author__": "test"}, f, protocol=2)
+    models = make_preprocess_models(root / "ckpt")
     rng = np.random.default_rng(0)
     for folder in ("pred", "gt"):
         (root / folder).mkdir()
