@@ -34,6 +34,7 @@ from .helpers.checkpoints import (
     published_tryon_state,
     write_published_checkpoint,
 )
+from .helpers.pickles import RunsCode
 
 
 @pytest.fixture(scope="module")
@@ -363,20 +364,6 @@ def test_both_unet_encoder_config_forms_give_the_same_garment_net(tiny, tmp_path
             assert torch.equal(net.state_dict()[key], value), key
 
 
-def _leave_marker(path: str) -> None:
-    Path(path).write_text("code ran while unpickling")
-
-
-class _RunsCodeOnLoad:
-    """Unpickles to a call of ``_leave_marker``: proof that loading ran code."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (_leave_marker, (self.marker,))
-
-
 def _bin_folder(tmp_path: Path, name: str, payload: dict, legacy: bool) -> Path:
     folder = tmp_path / name
     folder.mkdir()
@@ -421,10 +408,10 @@ def test_truncated_bin_is_called_truncated(tmp_path, legacy):
 @pytest.mark.parametrize("legacy", [False, True])
 def test_bin_with_code_is_refused_for_safety(tmp_path, legacy):
     proof = tmp_path / "proof"
-    pickle.loads(pickle.dumps(_RunsCodeOnLoad(proof)))
+    pickle.loads(pickle.dumps(RunsCode(proof)))
     assert proof.exists(), "the payload must run code when unpickled normally"
     marker = tmp_path / "ran"
-    payload = {"w": torch.randn(30, 30), "x": _RunsCodeOnLoad(marker)}
+    payload = {"w": torch.randn(30, 30), "x": RunsCode(marker)}
     folder = _bin_folder(tmp_path, "evil", payload, legacy=legacy)
     with pytest.raises(CheckpointError) as err:
         read_state_dict(folder)

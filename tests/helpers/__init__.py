@@ -8,5 +8,6 @@ Test modules never import each other; what two of them need lives here.
 - :mod:`.images`: image files built byte by byte (a PNG header declaring a huge size);
 - :mod:`.metrics`: the metric networks written out with plain ``torch.nn.functional`` calls,
   to check the library's implementations against;
+- :mod:`.pickles`: a pickle payload that writes a file when unpickled (proof code ran);
 - :mod:`.preprocess_models`: small parsing, OpenPose and DensePose files in the real formats.
 """

@@ -27,24 +27,11 @@ from idm_vton.errors import CheckpointError
 from idm_vton.loaders.checkpoint import read_state_dict, weight_files
 
 from ..conftest import EXAMPLES
+from ..helpers.pickles import RunsCode
 from .conftest import assert_user_error, files_under
 
 ST = "diffusion_pytorch_model.safetensors"
 INDEX = f"{ST}.index.json"
-
-
-def _leave_marker(path: str) -> None:
-    Path(path).write_text("the pickle ran code")
-
-
-class _RunsCode:
-    """Unpickling this object with plain ``pickle`` writes ``marker`` (the proof code ran)."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (_leave_marker, (self.marker,))
 
 
 @pytest.fixture(scope="module")
@@ -176,21 +163,21 @@ def index_names_missing_shard(m):
 
 def pickle_runs_code(m):
     (m / "unet" / ST).unlink()
-    payload = {"w": torch.zeros(64), "x": _RunsCode(m.parent / "ran")}
+    payload = {"w": torch.zeros(64), "x": RunsCode(m.parent / "ran")}
     torch.save(payload, m / "unet" / "diffusion_pytorch_model.bin")
     return ("unet/diffusion_pytorch_model.bin", "refused for safety", "_leave_marker")
 
 
 def pickle_runs_code_protocol_5(m):
     (m / "unet" / ST).unlink()
-    payload = {"w": torch.zeros(512).numpy(), "x": _RunsCode(m.parent / "ran")}
+    payload = {"w": torch.zeros(512).numpy(), "x": RunsCode(m.parent / "ran")}
     (m / "unet" / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps(payload, protocol=5))
     return ("unet/diffusion_pytorch_model.bin", "refused for safety", "_leave_marker")
 
 
 def image_encoder_pickle_runs_code(m):
     (m / "image_encoder" / "model.safetensors").unlink()
-    payload = {"w": torch.zeros(512), "x": _RunsCode(m.parent / "ran")}
+    payload = {"w": torch.zeros(512), "x": RunsCode(m.parent / "ran")}
     torch.save(payload, m / "image_encoder" / "pytorch_model.bin")
     return ("image_encoder/pytorch_model.bin", "refused for safety", "_leave_marker")
 
@@ -361,12 +348,12 @@ def _string_arrays(ran: Path) -> bytes:
 
 
 def _numpy_pickle_runs_code(ran: Path) -> bytes:
-    return _densepose_pickle({"w": np.zeros(400, np.float32), "x": _RunsCode(ran)})
+    return _densepose_pickle({"w": np.zeros(400, np.float32), "x": RunsCode(ran)})
 
 
 def _zip_runs_code(ran: Path) -> bytes:  # a torch.save file under the .pkl name
     buffer = io.BytesIO()
-    torch.save({"model": {"w": torch.zeros(400)}, "x": _RunsCode(ran)}, buffer)
+    torch.save({"model": {"w": torch.zeros(400)}, "x": RunsCode(ran)}, buffer)
     return buffer.getvalue()
 
 
@@ -427,7 +414,7 @@ def _openpose_misshaped(ran: Path) -> dict:
 
 
 OPENPOSE_FILES = {
-    "runs-code": (lambda ran: {"w": torch.zeros(400), "x": _RunsCode(ran)}, "refused for safety"),
+    "runs-code": (lambda ran: {"w": torch.zeros(400), "x": RunsCode(ran)}, "refused for safety"),
     "a-list": (lambda ran: [torch.zeros(400)], "state dict of tensors"),
     "mis-shaped": (_openpose_misshaped, "do not fit the network"),
 }
@@ -456,7 +443,7 @@ def test_damaged_metric_weights_are_one_line(cli, tmp_path, damage):
     torch.save({"lin0.model.1.weight": torch.zeros(1, 64, 1, 1)}, weights.parent / "alex.pth")
     state = {"features.0.weight": torch.zeros(64, 3, 11, 11)}
     if damage == "runs-code":
-        torch.save({**state, "x": _RunsCode(tmp_path / "ran")}, weights)
+        torch.save({**state, "x": RunsCode(tmp_path / "ran")}, weights)
     else:
         weights.write_bytes(pickle.dumps(state, protocol=2))
     before = files_under(tmp_path)

@@ -24,6 +24,7 @@ from idm_vton.training.customize import CustomizeConfig, customize
 
 from ..conftest import EXAMPLES
 from ..helpers.datasets import make_dresscode, make_vitonhd
+from ..helpers.pickles import RunsCode
 from .conftest import assert_user_error, files_under
 
 H, W = 64, 48
@@ -175,18 +176,6 @@ def test_damaged_openpose_json_is_a_dataset_error_naming_it(tmp_path, content):
 
 
 # ------------------------------------------------------------------- training state
-def _leave_marker(path: str) -> None:
-    Path(path).write_text("the pickle ran code")
-
-
-class _RunsCode:
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (_leave_marker, (self.marker,))
-
-
 def train_args(data: Path, output: Path, *extra) -> list:
     return [
         "train", "--model", "tiny", "--data", data, "--dataset", "vitonhd", "--output", output,
@@ -232,7 +221,7 @@ def _truncate(relative: str):
 
 
 def _pickled_code(run: Path):
-    torch.save({"state": {}, "x": _RunsCode(run.parent / "ran")}, run / OPTIMIZER)
+    torch.save({"state": {}, "x": RunsCode(run.parent / "ran")}, run / OPTIMIZER)
 
 
 RESUME_DAMAGES = {
