@@ -27,16 +27,12 @@ from idm_vton.training.objective import (
 )
 from idm_vton.training.trainer import Trainer
 
-from .helpers.datasets import make_dresscode, make_vitonhd
+from .helpers.datasets import make_dresscode, make_vitonhd, vitonhd_fixture
 
 H, W = 64, 48
 
 
-@pytest.fixture(scope="module")
-def vitonhd(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("vitonhd")
-    make_vitonhd(root, n=3)
-    return root
+vitonhd = vitonhd_fixture(n=3)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 FILE_H, FILE_W = 40, 30  # size of the synthetic files on disk (3:4, like the real data)
@@ -61,6 +62,19 @@ def make_vitonhd(root: Path, n: int = 3, tags_at_root: bool = False) -> list[str
         json_dir = root if tags_at_root else phase
         (json_dir / f"vitonhd_{split}_tagged.json").write_text(json.dumps(tags))
     return names
+
+
+def vitonhd_fixture(n: int):
+    """A module-scoped ``vitonhd`` fixture: a :func:`make_vitonhd` folder of ``n`` people, written
+    once per test module (``vitonhd = vitonhd_fixture(2)`` at the module's top level)."""
+
+    @pytest.fixture(scope="module")
+    def vitonhd(tmp_path_factory) -> Path:
+        root = tmp_path_factory.mktemp("vitonhd")
+        make_vitonhd(root, n=n)
+        return root
+
+    return vitonhd
 
 
 DC_IDS = {

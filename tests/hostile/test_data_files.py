@@ -23,7 +23,7 @@ from idm_vton.testing.tiny import tiny_pipeline
 from idm_vton.training.customize import CustomizeConfig, customize
 
 from ..conftest import EXAMPLES
-from ..helpers.datasets import make_dresscode, make_vitonhd
+from ..helpers.datasets import make_dresscode, vitonhd_fixture
 from ..helpers.pickles import RunsCode
 from .conftest import assert_user_error, files_under
 
@@ -31,11 +31,7 @@ H, W = 64, 48
 
 
 # ------------------------------------------------------------------- tag files and captions
-@pytest.fixture(scope="module")
-def vitonhd(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("vitonhd")
-    make_vitonhd(root, n=2)
-    return root
+vitonhd = vitonhd_fixture(n=2)
 
 
 @pytest.fixture

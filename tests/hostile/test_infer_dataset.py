@@ -13,17 +13,13 @@ import pytest
 
 from idm_vton.evaluation.infer_dataset import is_finished_image
 
-from ..helpers.datasets import make_vitonhd
+from ..helpers.datasets import vitonhd_fixture
 from .conftest import REPO, assert_user_error, files_under
 
 H, W = 64, 48
 
 
-@pytest.fixture(scope="module")
-def vitonhd(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("vitonhd")
-    make_vitonhd(root, n=2)
-    return root
+vitonhd = vitonhd_fixture(n=2)
 
 
 def infer_args(data: Path, out: Path, *extra: str) -> list[str]:

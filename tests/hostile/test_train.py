@@ -11,18 +11,14 @@ import pytest
 
 from idm_vton.training.data import EpochShardSampler
 
-from ..helpers.datasets import make_vitonhd
+from ..helpers.datasets import vitonhd_fixture
 from .conftest import assert_user_error, files_under
 
 H, W = 64, 48
 SEED = 3
 
 
-@pytest.fixture(scope="module")
-def vitonhd(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("vitonhd")
-    make_vitonhd(root, n=3)
-    return root
+vitonhd = vitonhd_fixture(n=3)
 
 
 def train_args(data: Path, output: Path, *extra: str) -> list[str]:
