@@ -17,7 +17,7 @@ from idm_vton.commands.evaluate import add_evaluate_arguments, run_evaluate
 from idm_vton.commands.main import run_command
 from idm_vton.errors import EvaluationError
 from idm_vton.evaluation.evaluate import evaluate_folders, format_table
-from idm_vton.evaluation.metrics.clip_score import CLIPImageScorer, _image_processor_class
+from idm_vton.evaluation.metrics.clip_score import CLIPImageScorer
 from idm_vton.evaluation.metrics.lpips import LPIPS_CHANNELS, AlexNetFeatures
 
 from .helpers.metrics import (
@@ -27,6 +27,7 @@ from .helpers.metrics import (
     reference_clean_resize,
     reference_inception_features,
     reference_lpips,
+    tiny_clip_folder,
 )
 
 RESOLUTION = (48, 40)  # (height, width)
@@ -63,25 +64,6 @@ def random_inception_file(folder, seed=0):
     return state
 
 
-def tiny_clip(folder):
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(0)
-    config = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-        projection_dim=16,
-    )
-    CLIPVisionModelWithProjection(config).save_pretrained(folder)
-    _image_processor_class()(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ).save_pretrained(folder)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
@@ -89,7 +71,7 @@ def dataset(tmp_path_factory):
     weights.mkdir()
     trunk, heads = random_alexnet_files(weights)
     inception = random_inception_file(weights)
-    tiny_clip(weights / "clip")
+    tiny_clip_folder(weights / "clip")
 
     rng = np.random.default_rng(0)
     pred_dir, gt_dir, garment_dir = root / "pred", root / "gt", root / "garment"

@@ -48,6 +48,7 @@ from .helpers.metrics import (
     reference_clean_resize,
     reference_inception_features,
     reference_lpips,
+    tiny_clip_folder,
     vgg_convs,
 )
 
@@ -415,29 +416,6 @@ def test_weight_digest_checks(tmp_path):
 
 
 # ----------------------------------------------------------------------------- CLIP-I
-
-
-def tiny_clip_folder(path: Path) -> Path:
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    from idm_vton.evaluation.metrics.clip_score import _image_processor_class
-
-    torch.manual_seed(0)
-    config = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-        projection_dim=16,
-    )
-    CLIPVisionModelWithProjection(config).save_pretrained(path)
-    processor = _image_processor_class()(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    )
-    processor.save_pretrained(path)
-    return path
 
 
 def test_clip_image_similarity(tmp_path):

@@ -7,10 +7,13 @@ library's implementation against it rather than against itself:
 - LPIPS v0.1 (:func:`reference_lpips`) with random AlexNet / VGG trunks and heads;
 - the FID Inception of pytorch-fid's ``pt_inception`` file (:func:`reference_inception_features`),
   its key layout (:func:`pt_inception_shapes`) and random weights in it;
-- clean-fid's resize (:func:`reference_clean_resize`), FID and KID from their definitions.
+- clean-fid's resize (:func:`reference_clean_resize`), FID and KID from their definitions;
+- a tiny random CLIP vision tower saved as a folder (:func:`tiny_clip_folder`), for CLIP-I.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -397,3 +400,31 @@ def low_rank_fid(x: np.ndarray, y: np.ndarray) -> float:
     tr_x = (xc**2).sum() / (len(x) - 1)
     tr_y = (yc**2).sum() / (len(y) - 1)
     return float(((x.mean(0) - y.mean(0)) ** 2).sum() + tr_x + tr_y - 2 * tr_sqrt)
+
+
+# ----------------------------------------------------------------------------------- CLIP-I
+
+
+def tiny_clip_folder(path: Path) -> Path:
+    """A random CLIP vision tower (hidden size 32, 32 x 32 input, seeded with
+    ``torch.manual_seed(0)``) and its image processor, saved in ``path``; returns ``path``."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from idm_vton.evaluation.metrics.clip_score import _image_processor_class
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=16,
+    )
+    CLIPVisionModelWithProjection(config).save_pretrained(path)
+    processor = _image_processor_class()(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    processor.save_pretrained(path)
+    return path
