@@ -284,27 +284,19 @@ def test_clip_i_is_skipped_without_garments_and_pairs_file_is_used(dataset, tmp_
     # Unpaired setting: each output is scored against the garment the pairs file names.
     pairs = tmp_path / "test_pairs.txt"
     pairs.write_text("".join(f"{s}.jpg {STEMS[(i + 1) % 4]}.jpg\n" for i, s in enumerate(STEMS)))
-    unpaired = evaluate_folders(
-        dataset["pred"],
-        dataset["gt"],
+    clip_by_pairs = dict(
         garments_dir=dataset["garment"],
         pairs_file=pairs,
         metrics=("clip_i",),
         weights_dir=dataset["weights"],
-        resolution=RESOLUTION,
         progress=False,
+    )
+    unpaired = evaluate_folders(
+        dataset["pred"], dataset["gt"], resolution=RESOLUTION, **clip_by_pairs
     )
     pairs.write_text(f"{STEMS[0]}.jpg {STEMS[1]}.jpg\n")
     with pytest.raises(EvaluationError, match=f"pairs file.*{STEMS[1]}"):
-        evaluate_folders(
-            dataset["pred"],
-            dataset["gt"],
-            garments_dir=dataset["garment"],
-            pairs_file=pairs,
-            metrics=("clip_i",),
-            weights_dir=dataset["weights"],
-            progress=False,
-        )
+        evaluate_folders(dataset["pred"], dataset["gt"], **clip_by_pairs)
     scorer = CLIPImageScorer.from_pretrained(dataset["weights"] / "clip")
     pred = loaded(dataset["pred"], STEMS[0])
     garment = np.asarray(Image.open(dataset["garment"] / f"{STEMS[1]}.jpg").convert("RGB"))
