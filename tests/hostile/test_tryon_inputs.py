@@ -178,56 +178,64 @@ def test_out_over_an_input_is_refused_and_the_input_kept(cli, tmp_path):
 # ------------------------------------------------------------------ valid but odd: the right image
 
 
-def test_white_strokes_on_a_transparent_mask_regenerate_only_the_strokes(cli, tmp_path):
-    marked = strokes()
+def white_strokes_on_transparent(marked, folder):
     layer = np.zeros((*marked.shape, 4), np.uint8)  # transparent black, as paint layers are
     layer[marked] = (255, 255, 255, 255)
-    Image.fromarray(layer, mode="RGBA").save(tmp_path / "strokes.png")
-    result, out = tryon(cli, tmp_path, mask=tmp_path / "strokes.png")
-    assert result.code == 0, result.stderr
-    assert_changed_exactly_inside(out, marked)
+    Image.fromarray(layer, mode="RGBA").save(folder / "strokes.png")
+    return folder / "strokes.png"
 
 
-def test_la_mask_painted_in_black_is_not_inverted(cli, tmp_path):
-    marked = strokes()
+def black_paint_on_la(marked, folder):  # painted in black: not inverted
     layer = np.zeros((*marked.shape, 2), np.uint8)
     layer[..., 0] = 255  # white where nothing is painted, but fully transparent there
     layer[marked] = (0, 255)  # black opaque paint
-    Image.fromarray(layer, mode="LA").save(tmp_path / "la.png")
-    result, out = tryon(cli, tmp_path, mask=tmp_path / "la.png")
-    assert result.code == 0, result.stderr
-    assert_changed_exactly_inside(out, marked)
+    Image.fromarray(layer, mode="LA").save(folder / "la.png")
+    return folder / "la.png"
 
 
-def test_half_transparent_paint_counts_from_half_opacity(cli, tmp_path):
-    marked = strokes()
+def paint_from_half_opacity(marked, folder):
     layer = np.zeros((*marked.shape, 4), np.uint8)
     layer[marked] = (200, 0, 0, 128)  # red at 50 % opacity: painted
     faint = np.zeros_like(marked)
     faint[20:60, 20:60] = True
     layer[faint] = (255, 255, 255, 127)  # just under half: not painted
-    Image.fromarray(layer, mode="RGBA").save(tmp_path / "half.png")
-    result, out = tryon(cli, tmp_path, mask=tmp_path / "half.png")
-    assert result.code == 0, result.stderr
-    assert_changed_exactly_inside(out, marked)
+    Image.fromarray(layer, mode="RGBA").save(folder / "half.png")
+    return folder / "half.png"
 
 
-def test_opaque_rgba_mask_is_read_by_luminance(cli, tmp_path):
-    marked = strokes()
+def opaque_rgba_by_luminance(marked, folder):
     layer = np.zeros((*marked.shape, 4), np.uint8)
     layer[..., 3] = 255
     layer[marked, :3] = 255
-    Image.fromarray(layer, mode="RGBA").save(tmp_path / "opaque.png")
-    result, out = tryon(cli, tmp_path, mask=tmp_path / "opaque.png")
-    assert result.code == 0, result.stderr
-    assert_changed_exactly_inside(out, marked)
+    Image.fromarray(layer, mode="RGBA").save(folder / "opaque.png")
+    return folder / "opaque.png"
 
 
-@pytest.mark.parametrize("peak", [1.0, 255.0])
-def test_float_tiff_mask_in_either_range(cli, tmp_path, peak):
+def float_tiff_in_0_1(marked, folder):
+    return float_tiff(folder / "mask.tiff", np.where(marked, 1.0, 0.0))
+
+
+def float_tiff_in_0_255(marked, folder):
+    return float_tiff(folder / "mask.tiff", np.where(marked, 255.0, 0.0))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        white_strokes_on_transparent,
+        black_paint_on_la,
+        paint_from_half_opacity,
+        opaque_rgba_by_luminance,
+        float_tiff_in_0_1,
+        float_tiff_in_0_255,
+    ],
+    ids=lambda make: make.__name__,
+)
+def test_a_mask_regenerates_exactly_what_it_marks(cli, tmp_path, make):
+    """Paint layers count their painted part (from half opacity, whatever the paint's colour),
+    opaque masks their luminance, float TIFFs either range."""
     marked = strokes()
-    path = float_tiff(tmp_path / "mask.tiff", np.where(marked, peak, 0.0))
-    result, out = tryon(cli, tmp_path, mask=path)
+    result, out = tryon(cli, tmp_path, mask=make(marked, tmp_path))
     assert result.code == 0, result.stderr
     assert_changed_exactly_inside(out, marked)
 
