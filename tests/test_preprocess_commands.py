@@ -130,37 +130,22 @@ def test_preprocess_command_writes_the_vitonhd_layout_and_resumes(
     assert "0 photos written, 2 already done" in capsys.readouterr().out
 
 
+def _tryon(person, out, *extra, garment=EXAMPLES / "garment.jpg"):
+    return main(
+        [
+            "tryon", "--model", "tiny", "--person", str(person), "--garment", str(garment),
+            "--out", str(out), "--steps", "1", "--height", "64", "--width", "48",
+            "--device", "cpu", *extra,
+        ]
+    )  # fmt: skip
+
+
 def test_tryon_with_auto_mask_and_pose(models_dir, photo_paths, tmp_path):
     out = tmp_path / "out.png"
-    code = main(
-        [
-            "tryon",
-            "--model",
-            "tiny",
-            "--person",
-            str(photo_paths[1]),
-            "--garment",
-            str(photo_paths[0]),
-            "--mask",
-            "auto",
-            "--pose",
-            "auto",
-            "--description",
-            "t-shirts",
-            "--out",
-            str(out),
-            "--steps",
-            "1",
-            "--height",
-            "64",
-            "--width",
-            "48",
-            "--device",
-            "cpu",
-            "--preprocess-models",
-            str(models_dir),
-        ]
-    )
+    code = _tryon(
+        photo_paths[1], out, "--mask", "auto", "--pose", "auto", "--description", "t-shirts",
+        "--preprocess-models", str(models_dir), garment=photo_paths[0],
+    )  # fmt: skip
     assert code == 0
     photo = np.asarray(Image.open(photo_paths[1]).convert("RGB"))
     mask = Preprocessor(models_dir).mask(Image.fromarray(photo))
@@ -169,43 +154,17 @@ def test_tryon_with_auto_mask_and_pose(models_dir, photo_paths, tmp_path):
 
 
 def test_tryon_auto_without_models_is_one_line(photo_paths, tmp_path, capsys):
-    code = main(
-        [
-            "tryon",
-            "--model",
-            "tiny",
-            "--person",
-            str(photo_paths[1]),
-            "--garment",
-            str(photo_paths[0]),
-            "--mask",
-            "auto",
-            "--pose",
-            str(photo_paths[0]),
-            "--description",
-            "t-shirts",
-            "--out",
-            str(tmp_path / "o.png"),
-            "--preprocess-models",
-            str(tmp_path / "none"),
-        ]
-    )
+    code = _tryon(
+        photo_paths[1], tmp_path / "o.png", "--mask", "auto", "--pose", str(photo_paths[0]),
+        "--description", "t-shirts", "--preprocess-models", str(tmp_path / "none"),
+        garment=photo_paths[0],
+    )  # fmt: skip
     assert code == 2
     assert "preprocessing models folder not found" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
 
 
 # --- two photos in: auto mask and pose by default ------------------------------------------
-
-
-def _tryon(person, out, *extra):
-    return main(
-        [
-            "tryon", "--model", "tiny", "--person", str(person),
-            "--garment", str(EXAMPLES / "garment.jpg"), "--out", str(out), "--steps", "1",
-            "--height", "64", "--width", "48", "--device", "cpu", *extra,
-        ]
-    )  # fmt: skip
 
 
 def test_two_photos_are_enough(models_dir, photo_paths, tmp_path, monkeypatch):
