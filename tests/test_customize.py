@@ -23,36 +23,18 @@ from idm_vton.loaders.customization import (
 from idm_vton.testing.tiny import tiny_pipeline
 from idm_vton.training.customize import CustomizeConfig, customization_targets, customize
 
-H, W = 64, 48
+from .helpers.pipeline_inputs import H, W, box_mask, random_photo, tryon_images
+
 UP_ATTN = re.compile(
     r"^up_blocks\.\d+\.attentions\.\d+\.transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)\.(weight|bias)$"
 )
 
 
-def image(seed):
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (H, W, 3), dtype=np.uint8))
-
-
-def mask():
-    m = np.zeros((H, W), np.uint8)
-    m[16:48, 12:36] = 255
-    return Image.fromarray(m)
-
-
 def render(pipe):
-    return pipe(
-        person_image=image(0),
-        garment_image=image(1),
-        mask_image=mask(),
-        pose_image=image(2),
-        garment_description="short sleeve t-shirts",
-        num_inference_steps=2,
-        height=H,
-        width=W,
-        generator=torch.Generator().manual_seed(0),
-        paste_back=False,
-        output_type="pt",
-    ).images
+    """The raw H x W render (no paste-back) as a tensor."""
+    return tryon_images(
+        pipe, garment_description="short sleeve t-shirts", paste_back=False, output_type="pt"
+    )
 
 
 def _customize(pipe, method: str) -> dict:
@@ -61,8 +43,8 @@ def _customize(pipe, method: str) -> dict:
         steps=4, lr=1e-2, method=method, lora_rank=2, lora_alpha=4.0, base_name="tiny"
     )
     return customize(
-        pipe, image(0), image(1), mask(), image(2), "short sleeve t-shirts", config,
-        height=H, width=W, progress=False,
+        pipe, random_photo(0), random_photo(1), box_mask(), random_photo(2),
+        "short sleeve t-shirts", config, height=H, width=W, progress=False,
     )  # fmt: skip
 
 
@@ -335,7 +317,12 @@ def test_lora_tuning_depends_only_on_its_seed(tuned_lora):
 def test_cli_writes_a_delta(tmp_path):
     from idm_vton.commands.main import main as cli_main
 
-    for name, img in (("p", image(0)), ("g", image(1)), ("d", image(2)), ("m", mask())):
+    for name, img in (
+        ("p", random_photo(0)),
+        ("g", random_photo(1)),
+        ("d", random_photo(2)),
+        ("m", box_mask()),
+    ):
         img.save(tmp_path / f"{name}.png")
     out = tmp_path / "delta.safetensors"
     rc = cli_main(

@@ -15,24 +15,12 @@ from idm_vton.errors import CheckpointError, ImageInputError, NonFiniteOutputErr
 from idm_vton.pipelines.tryon import TryOnPipeline
 from idm_vton.testing.tiny import tiny_pipeline
 
-H, W = 64, 48
+from .helpers.pipeline_inputs import H, W, box_mask, random_photo, tryon_images
 
 
 @pytest.fixture(scope="module")
 def pipe():
     return tiny_pipeline(seed=0)
-
-
-def person(seed=0, size=(W, H)):
-    return Image.fromarray(
-        np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    )
-
-
-def box_mask(size=(W, H)):
-    m = np.zeros((size[1], size[0]), np.uint8)
-    m[size[1] // 4 : 3 * size[1] // 4, size[0] // 4 : 3 * size[0] // 4] = 255
-    return Image.fromarray(m)
 
 
 def generators(*seeds):
@@ -54,42 +42,25 @@ def levels_apart(a: Image.Image, b: Image.Image) -> int:
     return int(np.abs(np.asarray(a).astype(np.int16) - np.asarray(b).astype(np.int16)).max())
 
 
-def run(pipe, seed=0, **kwargs):
-    args = dict(
-        person_image=person(0),
-        garment_image=person(1),
-        mask_image=box_mask(),
-        pose_image=person(2),
-        garment_description="short sleeve round neck t-shirts",
-        num_inference_steps=2,
-        height=H,
-        width=W,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="np",
-    )
-    args.update(kwargs)
-    return pipe(**args).images
-
-
 def test_result_depends_only_on_the_generator(pipe):
     torch.manual_seed(123)
-    a = run(pipe, seed=5)
+    a = tryon_images(pipe, seed=5)
     torch.manual_seed(999)  # the global RNG must not matter
-    b = run(pipe, seed=5)
-    c = run(pipe, seed=6)
+    b = tryon_images(pipe, seed=5)
+    c = tryon_images(pipe, seed=6)
     assert np.array_equal(a, b)
     assert np.abs(a - c).max() > 1e-3
 
 
 def test_inputs_change_the_output(pipe):
-    base = run(pipe, paste_back=False)
+    base = tryon_images(pipe, paste_back=False)
     for change in (
-        dict(garment_image=person(7)),
-        dict(pose_image=person(8)),
+        dict(garment_image=random_photo(7)),
+        dict(pose_image=random_photo(8)),
         dict(garment_description="long sleeve v-neck dresses"),
         dict(guidance_scale=1.0),
     ):
-        other = run(pipe, paste_back=False, **change)
+        other = tryon_images(pipe, paste_back=False, **change)
         assert np.abs(other - base).max() > 1e-4, change
 
 
@@ -97,17 +68,19 @@ def test_batch_of_people_matches_single_calls(pipe):
     # One generator per person and one garment entry per person: each row draws exactly the
     # noise a single call would (a shared garment draws its VAE sample from the first generator).
     gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
-    batch = run(
+    batch = tryon_images(
         pipe,
-        person_image=[person(0), person(3)],
+        person_image=[random_photo(0), random_photo(3)],
         mask_image=[box_mask(), box_mask()],
-        pose_image=[person(2), person(4)],
-        garment_image=[person(1), person(1)],
+        pose_image=[random_photo(2), random_photo(4)],
+        garment_image=[random_photo(1), random_photo(1)],
         generator=gens,
         paste_back=False,
     )
-    single0 = run(pipe, seed=1, paste_back=False)
-    single1 = run(pipe, seed=2, person_image=person(3), pose_image=person(4), paste_back=False)
+    single0 = tryon_images(pipe, seed=1, paste_back=False)
+    single1 = tryon_images(
+        pipe, seed=2, person_image=random_photo(3), pose_image=random_photo(4), paste_back=False
+    )
     assert batch.shape == (2, H, W, 3)
     np.testing.assert_allclose(batch[0], single0[0], atol=1e-4)
     np.testing.assert_allclose(batch[1], single1[0], atol=1e-4)
@@ -116,12 +89,15 @@ def test_batch_of_people_matches_single_calls(pipe):
 def test_one_garment_per_person_and_images_per_prompt(pipe):
     """Each person is rendered with its own garment and description: every row of the batched
     call is the solo call of that person with that garment, not with the other one."""
-    people, poses = [person(0), person(3)], [person(2), person(4)]
-    garments, descriptions = [person(1), person(5)], ["short sleeve t-shirts", "long sleeve shirts"]
+    people, poses = [random_photo(0), random_photo(3)], [random_photo(2), random_photo(4)]
+    garments, descriptions = (
+        [random_photo(1), random_photo(5)],
+        ["short sleeve t-shirts", "long sleeve shirts"],
+    )
     samples = {0: (11, 12), 1: (21, 22)}  # one generator per sample of each person
 
     def call(who, garment, **kwargs):
-        return run(
+        return tryon_images(
             pipe,
             mask_image=[box_mask()] * len(who),
             person_image=[people[p] for p in who],
@@ -150,10 +126,10 @@ def test_one_garment_per_person_and_images_per_prompt(pipe):
 def test_garment_generator_makes_a_batch_equal_its_solo_calls(pipe):
     """A shared garment has one latent; with ``garment_generator`` its posterior noise no longer
     comes from the first person's generator, so each batched row is that person's solo call."""
-    people, poses = [person(0), person(3)], [person(2), person(4)]
+    people, poses = [random_photo(0), random_photo(3)], [random_photo(2), random_photo(4)]
 
     def call(who, seeds, **kwargs):
-        return run(
+        return tryon_images(
             pipe,
             person_image=[people[p] for p in who],
             pose_image=[poses[p] for p in who],
@@ -176,7 +152,7 @@ def test_garment_generator_makes_a_batch_equal_its_solo_calls(pipe):
     for garment_seed in (7, 8, None):
         g = torch.Generator().manual_seed(5)
         garment_generator = None if garment_seed is None else generators(garment_seed)[0]
-        images.append(run(pipe, generator=g, garment_generator=garment_generator))
+        images.append(tryon_images(pipe, generator=g, garment_generator=garment_generator))
         states.append(g.get_state())
     assert torch.equal(states[0], states[1]) and not torch.equal(states[0], states[2])
     assert np.abs(images[0] - images[1]).max() > 1e-3  # the garment noise is used
@@ -184,15 +160,21 @@ def test_garment_generator_makes_a_batch_equal_its_solo_calls(pipe):
 
 def test_paste_back_keeps_pixels_outside_the_mask_on_odd_sizes(pipe):
     size = (61, 97)  # odd, not 3:4
-    photo, mask = person(0, size), box_mask(size)
-    out = run(
-        pipe, person_image=photo, mask_image=mask, pose_image=person(2, (30, 40)), output_type="pil"
+    photo, mask = random_photo(0, size), box_mask(size)
+    out = tryon_images(
+        pipe,
+        person_image=photo,
+        mask_image=mask,
+        pose_image=random_photo(2, (30, 40)),
+        output_type="pil",
     )[0]
     assert out.size == size
     keep = np.asarray(mask) < 128
     assert np.array_equal(np.asarray(out)[keep], np.asarray(photo)[keep])
     assert (np.asarray(out)[~keep] != np.asarray(photo)[~keep]).any()
-    raw = run(pipe, person_image=photo, mask_image=mask, paste_back=False, output_type="pil")[0]
+    raw = tryon_images(
+        pipe, person_image=photo, mask_image=mask, paste_back=False, output_type="pil"
+    )[0]
     assert raw.size == (W, H)
 
 
@@ -212,7 +194,7 @@ def test_precomputed_embeddings_run_without_text_encoders(pipe):
         ["monochrome, lowres, bad anatomy, worst quality, low quality"], device
     )
     garment, _ = pipe.encode_prompt(["a photo of shirts"], device)
-    with_embeds = run(
+    with_embeds = tryon_images(
         no_text,
         garment_description=None,
         prompt_embeds=prompt,
@@ -221,10 +203,10 @@ def test_precomputed_embeddings_run_without_text_encoders(pipe):
         negative_pooled_prompt_embeds=negative_pooled,
         garment_prompt_embeds=garment,
     )
-    with_text = run(pipe, garment_description="shirts")
+    with_text = tryon_images(pipe, garment_description="shirts")
     np.testing.assert_allclose(with_embeds, with_text, atol=1e-5)
     with pytest.raises(ValueError, match="no text encoders"):
-        run(no_text)
+        tryon_images(no_text)
 
 
 def test_save_and_reload_give_the_same_image(pipe, tmp_path):
@@ -241,7 +223,7 @@ def test_save_and_reload_give_the_same_image(pipe, tmp_path):
         if tensor.data_ptr() % 64
     ]
     assert unaligned == []
-    assert np.array_equal(run(reloaded), run(pipe))
+    assert np.array_equal(tryon_images(reloaded), tryon_images(pipe))
 
 
 def test_strength_below_one(pipe, monkeypatch):
@@ -261,7 +243,7 @@ def test_strength_below_one(pipe, monkeypatch):
 
     monkeypatch.setattr(pipe.scheduler, "step", spy_step)
     seen = []
-    low = run(
+    low = tryon_images(
         pipe,
         seed=seed,
         strength=strength,
@@ -272,7 +254,7 @@ def test_strength_below_one(pipe, monkeypatch):
     assert seen == expected and len(seen) == 2
     # The person photo is 3:4 at the work size, so the pipeline encodes it as it is. Draws from
     # the generator: the initial noise, then the photo's VAE posterior sample.
-    photo = torch.from_numpy(np.asarray(person(0), np.float32) / 255).permute(2, 0, 1)[None]
+    photo = torch.from_numpy(np.asarray(random_photo(0), np.float32) / 255).permute(2, 0, 1)[None]
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(1, 4, H // 8, W // 8, generator=g)
     with torch.no_grad():
@@ -285,7 +267,7 @@ def test_strength_below_one(pipe, monkeypatch):
     # Closer to the photo than a full-strength render with the same seed. (Measured on the
     # latents: the tiny random VAE does not reconstruct images, the latents are what the
     # sampler works on.)
-    full = run(pipe, seed=seed, num_inference_steps=steps, output_type="latent")
+    full = tryon_images(pipe, seed=seed, num_inference_steps=steps, output_type="latent")
     photo_mean = posterior.mean * pipe.vae.config.scaling_factor
     near, far = ((x - photo_mean).abs().mean().item() for x in (low, full))
     assert near < 0.25 * far, (near, far)
@@ -300,19 +282,21 @@ def test_strength_below_one(pipe, monkeypatch):
         (dict(output_type="jpeg"), "output_type"),
         (dict(garment_description=None), "garment_description is required"),
         (dict(mask_image=Image.new("L", (W, H), 0)), "empty"),
-        (dict(person_image=[person(0), person(1)]), "2 person images but 1 masks"),
+        (dict(person_image=[random_photo(0), random_photo(1)]), "2 person images but 1 masks"),
     ],
 )
 def test_bad_arguments(pipe, kwargs, match):
     with pytest.raises((ValueError, ImageInputError), match=match):
-        run(pipe, **kwargs)
+        tryon_images(pipe, **kwargs)
 
 
 def test_mask_and_pose_of_other_sizes_are_resized(pipe):
     small_mask = box_mask((W // 2, H // 2))
-    out = run(pipe, mask_image=small_mask, pose_image=person(2, (17, 29)), output_type="pil")[0]
+    out = tryon_images(
+        pipe, mask_image=small_mask, pose_image=random_photo(2, (17, 29)), output_type="pil"
+    )[0]
     keep = np.asarray(box_mask()) < 128
-    assert np.array_equal(np.asarray(out)[keep], np.asarray(person(0))[keep])
+    assert np.array_equal(np.asarray(out)[keep], np.asarray(random_photo(0))[keep])
 
 
 def test_non_finite_values_are_detected(tmp_path):
@@ -321,7 +305,7 @@ def test_non_finite_values_are_detected(tmp_path):
         broken.unet.conv_out.weight.fill_(float("inf"))
     # fp32 weights that are inf themselves: another dtype would not help, the checkpoint is bad.
     with pytest.raises(NonFiniteOutputError, match=r"weights hold NaN/inf values \(TryonNet\)"):
-        run(broken)
+        tryon_images(broken)
 
 
 def test_fp16_vae_that_asks_for_upcasting_computes_in_fp32():
@@ -336,9 +320,9 @@ def test_fp16_vae_that_asks_for_upcasting_computes_in_fp32():
     def record(p, i, t, kwargs):
         steps.append(p.vae.dtype)
 
-    out = run(half, callback_on_step_end=record)
+    out = tryon_images(half, callback_on_step_end=record)
     assert half.vae.dtype == torch.float16 and steps == [torch.float16] * 2
-    np.testing.assert_array_equal(out, run(rounded))
+    np.testing.assert_array_equal(out, tryon_images(rounded))
 
 
 def test_missing_and_placeholder_checkpoints(pipe, tmp_path):
@@ -387,8 +371,8 @@ def test_step_callback_sees_every_step_and_can_cancel(pipe):
         seen.append((i, int(t), kwargs["latents"].shape))
         return None
 
-    plain = run(pipe, num_inference_steps=3)
-    observed = run(pipe, num_inference_steps=3, callback_on_step_end=record)
+    plain = tryon_images(pipe, num_inference_steps=3)
+    observed = tryon_images(pipe, num_inference_steps=3, callback_on_step_end=record)
     assert np.array_equal(plain, observed)  # a callback that returns nothing changes nothing
     assert [i for i, _, _ in seen] == [0, 1, 2]
     assert [t for _, t, _ in seen] == [int(t) for t in pipe.scheduler.timesteps]
@@ -402,10 +386,12 @@ def test_step_callback_sees_every_step_and_can_cancel(pipe):
             raise Cancelled
 
     with pytest.raises(Cancelled):
-        run(pipe, num_inference_steps=3, callback_on_step_end=cancel)
-    assert np.array_equal(run(pipe, num_inference_steps=3), plain)  # the next call is clean
+        tryon_images(pipe, num_inference_steps=3, callback_on_step_end=cancel)
+    assert np.array_equal(
+        tryon_images(pipe, num_inference_steps=3), plain
+    )  # the next call is clean
     # Returned latents replace the pipeline's.
-    zeroed = run(
+    zeroed = tryon_images(
         pipe,
         num_inference_steps=3,
         callback_on_step_end=lambda p, i, t, kw: {"latents": kw["latents"] * 0},
@@ -431,8 +417,10 @@ def test_from_pretrained_uses_given_components_and_skips_their_folders(pipe, tmp
     assert loaded.scheduler is scheduler
     for name, component in overrides.items():
         assert getattr(loaded, name) is component, name
-    assert np.array_equal(run(loaded), run(donor))  # the donor's model, not the saved one
-    assert not np.array_equal(run(loaded), run(pipe))
+    assert np.array_equal(
+        tryon_images(loaded), tryon_images(donor)
+    )  # the donor's model, not the saved one
+    assert not np.array_equal(tryon_images(loaded), tryon_images(pipe))
     # One override among loaded components: GarmentNet from the donor, the rest from disk.
     folder = tmp_path / "ckpt2"
     pipe.save_pretrained(folder)
@@ -440,7 +428,7 @@ def test_from_pretrained_uses_given_components_and_skips_their_folders(pipe, tmp
     mixed = TryOnPipeline.from_pretrained(folder, garment_unet=donor.garment_unet)
     assert mixed.garment_unet is donor.garment_unet
     assert torch.equal(mixed.unet.conv_in.weight, pipe.unet.conv_in.weight)
-    assert run(mixed).shape == (1, H, W, 3)
+    assert tryon_images(mixed).shape == (1, H, W, 3)
 
 
 def _write_variant(folder, base_name: str, marked: str) -> str:
@@ -497,7 +485,9 @@ def test_from_pretrained_hub_keywords_reach_snapshot_download(pipe, tmp_path, mo
     assert repo_id == "someone/idm-vton"
     assert {k: kwargs[k] for k in hub} == hub and kwargs["local_files_only"] is False
     assert "*/diffusion_pytorch_model.fp16.bin" in kwargs["allow_patterns"]
-    assert np.array_equal(run(loaded), run(pipe))  # built from the folder the hub returned
+    assert np.array_equal(
+        tryon_images(loaded), tryon_images(pipe)
+    )  # built from the folder the hub returned
     TryOnPipeline.from_pretrained("someone/idm-vton", use_safetensors=True, local_files_only=True)
     assert calls[1][1]["local_files_only"] is True
     assert not [p for p in calls[1][1]["allow_patterns"] if p.endswith(".bin")]

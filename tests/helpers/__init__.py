@@ -9,5 +9,7 @@ Test modules never import each other; what two of them need lives here.
 - :mod:`.metrics`: the metric networks written out with plain ``torch.nn.functional`` calls,
   to check the library's implementations against;
 - :mod:`.pickles`: a pickle payload that writes a file when unpickled (proof code ran);
+- :mod:`.pipeline_inputs`: random photos and a box mask at 64 x 48, and the tiny pipeline's
+  call on them;
 - :mod:`.preprocess_models`: small parsing, OpenPose and DensePose files in the real formats.
 """
