@@ -39,6 +39,17 @@ def sdxl_unet_config(in_channels: int, tryon: bool) -> dict:
     return config
 
 
+#: The IP-Adapter Plus Resampler of SDXL (1280 wide, 4 layers, 20 heads, 16 tokens of 2048).
+IP_ADAPTER_PLUS_SDXL = dict(
+    dim=1280,
+    depth=4,
+    dim_head=64,
+    heads=20,
+    num_queries=16,
+    embedding_dim=1280,
+    output_dim=2048,
+    ff_mult=4,
+)
 #: CLIP ViT-H/14 vision tower (the IP-Adapter Plus image encoder).
 VIT_H_14 = dict(
     hidden_size=1280,
@@ -97,36 +108,13 @@ def sdxl_pipeline(
     dtype: torch.dtype = torch.float32, seed: int = 0, device: str | torch.device = "cpu"
 ):
     """A :class:`~idm_vton.pipelines.tryon.TryOnPipeline` at SDXL shapes with random weights."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPImageProcessor
 
-    from ..models.tryon_net import ImageProjection, attach_ip_adapter
     from ..pipelines.tryon import TryOnPipeline
-    from .tiny import reference_scheduler
+    from .tiny import random_tryon_models, reference_scheduler
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**sdxl_unet_config(13, tryon=True))
-        attach_ip_adapter(unet, num_tokens=16, scale=1.0)
-        garment_unet = UNet2DConditionModel(**sdxl_unet_config(4, tryon=False))
-        projection = ImageProjection(
-            dim=1280,
-            depth=4,
-            dim_head=64,
-            heads=20,
-            num_queries=16,
-            embedding_dim=1280,
-            output_dim=2048,
-            ff_mult=4,
-        )
-        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**VIT_H_14))
-        vae = AutoencoderKL(**SDXL_VAE)
-    models = dict(
-        unet=unet,
-        garment_unet=garment_unet,
-        image_projection=projection,
-        image_encoder=image_encoder,
-        vae=vae,
-    )
+        models = random_tryon_models(sdxl_unet_config, IP_ADAPTER_PLUS_SDXL, VIT_H_14, SDXL_VAE)
     for i, model in enumerate(models.values()):
         model.to(dtype).to_empty(device=device)
         fill_random(model, seed + i)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,7 +27,13 @@ from transformers import (
 
 from ..models.tryon_net import ImageProjection, attach_ip_adapter
 
-__all__ = ["TINY_MODEL_NOTE", "reference_scheduler", "tiny_components", "tiny_pipeline"]
+__all__ = [
+    "TINY_MODEL_NOTE",
+    "random_tryon_models",
+    "reference_scheduler",
+    "tiny_components",
+    "tiny_pipeline",
+]
 
 TINY_MODEL_NOTE = "tiny random model: its output is noise (for testing the plumbing only)"
 
@@ -59,6 +66,16 @@ def _unet_config(in_channels: int, tryon: bool) -> dict:
     return config
 
 
+_TINY_PROJECTION = dict(
+    dim=32,
+    depth=2,
+    dim_head=8,
+    heads=4,
+    num_queries=16,
+    embedding_dim=32,
+    output_dim=32,
+    ff_mult=4,
+)
 _TINY_VISION = dict(
     hidden_size=32,
     intermediate_size=64,
@@ -127,31 +144,35 @@ def _byte_level_tokenizer() -> CLIPTokenizer:
         )
 
 
+def random_tryon_models(
+    unet_config: Callable[..., dict], projection: dict, vision: dict, vae: dict
+) -> dict[str, torch.nn.Module]:
+    """The pipeline's five networks with random weights, built in this order on the current
+    default device: TryonNet (``unet_config(13, tryon=True)``: 13 input channels, IP-Adapter
+    attention over 16 image tokens), GarmentNet (``unet_config(4, tryon=False)``), the Resampler
+    (``ImageProjection(**projection)``), the CLIP vision tower and the VAE.
+
+    The tiny model (:func:`tiny_components`) and the SDXL-shaped one
+    (:func:`~idm_vton.testing.sdxl_shapes.sdxl_pipeline`) differ only in the configurations."""
+    unet = UNet2DConditionModel(**unet_config(13, tryon=True))
+    attach_ip_adapter(unet, num_tokens=16, scale=1.0)
+    garment_unet = UNet2DConditionModel(**unet_config(4, tryon=False))
+    return {
+        "unet": unet,
+        "garment_unet": garment_unet,
+        "image_projection": ImageProjection(**projection),
+        "image_encoder": CLIPVisionModelWithProjection(CLIPVisionConfig(**vision)),
+        "vae": AutoencoderKL(**vae),
+    }
+
+
 def tiny_components(seed: int = 0, text_encoders: bool = True) -> dict:
     """The tiny pipeline's components, initialised from ``seed`` (global RNG left untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**_unet_config(13, tryon=True))
-        attach_ip_adapter(unet, num_tokens=16, scale=1.0)
-        garment_unet = UNet2DConditionModel(**_unet_config(4, tryon=False))
-        projection = ImageProjection(
-            dim=32,
-            depth=2,
-            dim_head=8,
-            heads=4,
-            num_queries=16,
-            embedding_dim=32,
-            output_dim=32,
-            ff_mult=4,
-        )
-        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**_TINY_VISION))
-        vae = AutoencoderKL(**_TINY_VAE)
+        models = random_tryon_models(_unet_config, _TINY_PROJECTION, _TINY_VISION, _TINY_VAE)
         components = {
-            "unet": unet.eval(),
-            "garment_unet": garment_unet.eval(),
-            "image_projection": projection.eval(),
-            "image_encoder": image_encoder.eval(),
-            "vae": vae.eval(),
+            **{name: model.eval() for name, model in models.items()},
             "scheduler": reference_scheduler(),
             "feature_extractor": CLIPImageProcessor(
                 size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
