@@ -24,16 +24,8 @@ from PIL import Image
 
 import idm_vton.pipelines.image_processor as images
 from idm_vton.errors import IdmVtonError
-from idm_vton.pipelines.image_processor import (
-    MAX_ASPECT,
-    Region,
-    binary_mask,
-    crop_resize,
-    load_image,
-    load_mask,
-    mask_region,
-    paste_back,
-)
+from idm_vton.images import MAX_ASPECT, binary_mask, load_image, load_mask
+from idm_vton.pipelines.image_processor import Region, crop_resize, mask_region, paste_back
 
 # Hypothesis keeps a cache of constants; keep it out of the repository.
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "idm-vton-hypothesis")

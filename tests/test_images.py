@@ -8,17 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from idm_vton.pipelines.image_processor import (
-    MAX_PIXELS,
-    ImageInputError,
-    Region,
-    binary_mask,
-    crop_region,
-    load_image,
-    mask_region,
-    paste_back,
-    save_image_atomic,
-)
+from idm_vton.errors import ImageInputError
+from idm_vton.images import MAX_PIXELS, binary_mask, load_image, save_image_atomic
+from idm_vton.pipelines.image_processor import Region, crop_region, mask_region, paste_back
 
 
 def rgb(h=40, w=30, seed=0) -> Image.Image:
@@ -76,7 +68,7 @@ def test_exif_orientation_is_honoured(tmp_path):
 
 
 def test_pixel_limit(tmp_path, monkeypatch):
-    import idm_vton.pipelines.image_processor as images
+    import idm_vton.images as images
 
     rgb(100, 100).save(tmp_path / "big.png")
     monkeypatch.setattr(images, "MAX_PIXELS", 5000)

@@ -27,7 +27,7 @@ _EXPORTS = {
     "CheckpointError": "errors",
     "ImageInputError": "errors",
     "Preprocessor": "preprocess.preprocessor",
-    "load_image": "pipelines.image_processor",
+    "load_image": "images",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from idm_vton.errors import NonFiniteOutputError, UsageError
-from idm_vton.pipelines.image_processor import load_image
+from idm_vton.images import load_image
 from idm_vton.testing.tiny import tiny_pipeline
 
 from ..conftest import EXAMPLES

@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from ..enums import DType, MixedPrecision
     from ..errors import CustomizationError
     from ..files import check_writable_output
+    from ..images import check_work_size
     from ..loaders.customization import save_customization
-    from ..pipelines.image_processor import check_work_size
     from ..training.customize import CustomizeConfig, customize, load_base
 
     device = resolve_device(args.device)

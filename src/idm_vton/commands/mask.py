@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import UsageError
     from ..files import check_writable_output
-    from ..pipelines.image_processor import load_image, save_image_atomic
+    from ..images import load_image, save_image_atomic
     from ..preprocess.preprocessor import Preprocessor, mask_preview
 
     out = Path(args.out)

@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..devices import check_dtype_on_device, resolve_device, resolve_dtype
+    from ..images import save_image_atomic
     from ..loaders.pipeline import load_model
-    from ..pipelines.image_processor import save_image_atomic
     from ..pipelines.memory import apply_memory_options
     from ..testing.tiny import TINY_MODEL_NOTE
 
@@ -119,7 +119,7 @@ def _check_arguments(args: argparse.Namespace) -> Path:
     name, input files, and the output writable and never one of the inputs."""
     from ..errors import UsageError
     from ..files import check_writable_output
-    from ..pipelines.image_processor import check_work_size
+    from ..images import check_work_size
     from ..pipelines.tryon import check_strength
 
     if args.steps < 1:
@@ -144,7 +144,7 @@ def _load_inputs(args: argparse.Namespace):
     checked before any model is loaded: a bad file fails at once, named by its flag."""
     from PIL import Image
 
-    from ..pipelines.image_processor import binary_mask, load_image
+    from ..images import binary_mask, load_image
 
     photo = load_image(args.person, "--person")
     garment = load_image(args.garment, "--garment")

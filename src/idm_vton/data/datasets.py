@@ -44,7 +44,7 @@ from PIL import Image
 
 from ..enums import Pairing, Split
 from ..errors import DatasetError, UsageError
-from ..pipelines.image_processor import load_image, load_mask
+from ..images import load_image, load_mask
 from .augment import (
     AugmentConfig,
     AugmentParams,
@@ -89,15 +89,13 @@ _LOAD_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """An RGB image through the package's image boundary (:func:`~idm_vton.pipelines.
-    image_processor.load_image`): decoded in full (truncated files fail here), bounded before
+    """An RGB image through the package's image boundary (:func:`~idm_vton.images.load_image`): decoded in full (truncated files fail here), bounded before
     decoding, EXIF orientation honoured, 16-bit and float files by their range (NaN refused)."""
     return load_image(path, "image")
 
 
 def load_gray(path: str | Path) -> Image.Image:
-    """A mask as an 8-bit single-channel image (:func:`~idm_vton.pipelines.image_processor.
-    load_mask`: the painted part of a transparent layer, else the luminance)."""
+    """A mask as an 8-bit single-channel image (:func:`~idm_vton.images.load_mask`: the painted part of a transparent layer, else the luminance)."""
     return load_mask(path, "mask")
 
 

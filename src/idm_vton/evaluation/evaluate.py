@@ -30,8 +30,8 @@ from PIL import Image
 
 from ..enums import Choice
 from ..errors import EvaluationError, ImageInputError, UsageError
+from ..images import MAX_WORK_SIDE, load_image
 from ..options import option
-from ..pipelines.image_processor import MAX_WORK_SIDE, load_image
 from ..progress import progress_bar
 from .metrics.fid import (
     fid_from_features,
@@ -182,8 +182,7 @@ def _missing_message(names: Sequence[str], where: str) -> str:
 def _load_rgb(path: Path, size: tuple[int, int] | None = None) -> tuple[np.ndarray, bool]:
     """(H, W, 3) uint8 image, resized with PIL bicubic to ``size`` (H, W) when it differs.
 
-    Read through the package's one image boundary (:func:`~idm_vton.pipelines.image_processor.
-    load_image`): verified, bounded before decoding (a decompression bomb is refused from its
+    Read through the package's one image boundary (:func:`~idm_vton.images.load_image`): verified, bounded before decoding (a decompression bomb is refused from its
     header), 16-bit and float files by their range, transparency on white; an unusable file
     raises :class:`~idm_vton.errors.EvaluationError` naming it.
     """

@@ -12,7 +12,7 @@ rendered with the dataset's own mask, DensePose image and caption, and written t
   bit-identical whatever the number of processes, see :func:`shard`.);
 * **resumable**: an output that exists and is a valid PNG of the work size is not redone, a run
   with nothing left to do does not even load the model, and images are written atomically
-  (:func:`idm_vton.pipelines.image_processor.save_image_atomic`), so an interrupted run leaves only whole images;
+  (:func:`idm_vton.images.save_image_atomic`), so an interrupted run leaves only whole images;
 * **distributed**: under ``accelerate launch -m idm_vton infer-dataset ...`` the pending samples
   (in dataset order) are cut into batches that are dealt round robin to the processes by
   :func:`shard`; every process lists the same pending samples before anyone writes, so there are
@@ -55,9 +55,9 @@ from ..files import (
     remove_stale_temporaries,
     write_json_atomic,
 )
+from ..images import check_work_size
 from ..loaders.json_files import read_json_object
 from ..options import option
-from ..pipelines.image_processor import check_work_size
 
 __all__ = [
     "DatasetInferenceConfig",
@@ -437,7 +437,7 @@ def _render(config, pipe, mine, protocol, out, state) -> int:
     import torch
 
     from ..data.datasets import collate
-    from ..pipelines.image_processor import save_image_atomic
+    from ..images import save_image_atomic
     from ..progress import progress_bar
 
     pipe.set_progress_bar_config(disable=True)

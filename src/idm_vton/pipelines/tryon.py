@@ -41,6 +41,7 @@ from transformers import (
 
 from ..data.captions import garment_prompt, tryon_prompt
 from ..errors import NonFiniteOutputError, UsageError
+from ..images import check_work_size
 from ..models.garment_attention import (
     GarmentAttentionProcessor,
     GarmentCaptureProcessor,
@@ -55,12 +56,7 @@ from .garment_schedule import (
     TryonConditioning,
     TwoPhaseGarment,
 )
-from .image_processor import (
-    OUTPUT_TYPES,
-    PreparedInputs,
-    TryOnImageProcessor,
-    check_work_size,
-)
+from .image_processor import OUTPUT_TYPES, PreparedInputs, TryOnImageProcessor
 from .memory import check_vae_tile_size
 
 __all__ = [

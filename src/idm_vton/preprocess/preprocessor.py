@@ -20,7 +20,7 @@ from PIL import Image
 from ..enums import GarmentCategory
 from ..errors import ImageInputError, NoPersonFoundError, PreprocessModelError, UsageError
 from ..files import atomic_path, make_folders, remove_empty_folders, write_json_atomic
-from ..pipelines.image_processor import load_image, save_image_atomic
+from ..images import load_image, save_image_atomic
 
 __all__ = [
     "MODELS_DIR_ENV",

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..enums import GarmentCategory
 from ..errors import ImageInputError
-from ..pipelines.image_processor import MAX_PIXELS
+from ..images import MAX_PIXELS
 from ..testing.tiny import TINY_MODEL_NOTE
 from .config import ParameterError, TryOnParams
 from .engine import WorkItem

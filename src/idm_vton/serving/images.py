@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ImageInputError
-from ..pipelines.image_processor import MAX_PIXELS, load_image, load_mask, open_image
+from ..images import MAX_PIXELS, load_image, load_mask, open_image
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -39,9 +39,9 @@ def decode_image(
     data: bytes, what: str, mode: str = "RGB", max_pixels: int = MAX_PIXELS, as_mask: bool = False
 ) -> Image.Image:
     """Decode and verify an uploaded image; returns a detached image in ``mode``, or with
-    ``as_mask`` the mask it paints (:func:`~idm_vton.pipelines.image_processor.load_mask`).
+    ``as_mask`` the mask it paints (:func:`~idm_vton.images.load_mask`).
 
-    The package's one image boundary (:func:`~idm_vton.pipelines.image_processor.open_image`)
+    The package's one image boundary (:func:`~idm_vton.images.open_image`)
     reads it, restricted to :data:`ALLOWED_FORMATS`: :class:`ImageTooLargeError` over
     ``max_pixels`` (checked from the header, before decoding), :class:`ImageInputError` for
     anything that is not a readable image, past the aspect limit or holding NaN/inf.

@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..enums import GarmentCategory
 from ..errors import ImageInputError
-from ..pipelines.image_processor import load_image
+from ..images import load_image
 from ..testing.tiny import TINY_MODEL_NOTE
 from .config import ParameterError, ServeConfig, TryOnParams
 from .engine import WorkItem

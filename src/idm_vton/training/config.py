@@ -143,7 +143,7 @@ class TrainConfig:
             raise TrainConfigError("give either --model or --init-from-sdxl (with its four paths)")
         if self.data is None:
             raise TrainConfigError("--data is required")
-        from ..pipelines.image_processor import MAX_WORK_SIDE  # the work-size rule of inference
+        from ..images import MAX_WORK_SIDE  # the work-size rule of inference
 
         if len(self.resolution) != 2 or any(
             v < 16 or v % 8 or v > MAX_WORK_SIDE for v in self.resolution

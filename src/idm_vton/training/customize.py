@@ -39,6 +39,7 @@ import torch
 
 from ..enums import CustomizationMethod, DType, MixedPrecision
 from ..errors import CustomizationError
+from ..images import check_work_size
 from ..loaders.customization import (
     FORMAT,
     LORA_PREFIX,
@@ -51,7 +52,6 @@ from ..loaders.customization import (
     target_tensors,
 )
 from ..options import option
-from ..pipelines.image_processor import check_work_size
 
 __all__ = ["CustomizeConfig", "customization_targets", "customize", "load_base"]
 
