@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from idm_vton.evaluation.infer_dataset import DatasetInferenceConfig, DatasetKind, infer_dataset
-from idm_vton.testing.tiny import tiny_pipeline
+from idm_vton.pipelines.loading import tiny_pipeline
 
 
 def write_vitonhd(root: Path, n: int, size: tuple[int, int]) -> None:

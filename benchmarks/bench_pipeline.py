@@ -53,7 +53,7 @@ MODES = ("default", "two_phase", "fp8", "vae_tiling", "offload")
 # ---------------------------------------------------------------------------- models
 def build(preset: str, dtype: torch.dtype, device: str) -> TryOnPipeline:
     if preset == "tiny":
-        from idm_vton.testing.tiny import tiny_pipeline
+        from idm_vton.pipelines.loading import tiny_pipeline
 
         pipe = tiny_pipeline(seed=0, text_encoders=False)
         pipe.to(dtype=dtype)

@@ -7,7 +7,7 @@ The loss is :func:`idm_vton.training.objective.diffusion_loss`, the one training
 
 Presets:
 
-* ``tiny``: the test model (:func:`idm_vton.testing.tiny.tiny_pipeline`), real tiny text encoders;
+* ``tiny``: the test model (:func:`idm_vton.pipelines.loading.tiny_pipeline`), real tiny text encoders;
 * ``sdxl``: the real shapes with random weights, no download: SDXL-inpainting UNet widened to 13
   channels with IP-Adapter attention, SDXL base UNet (GarmentNet), IP-Adapter Plus Resampler
   (1280 wide, 4 layers, 20 heads), CLIP ViT-H/14 vision tower, SDXL VAE. Prompt embeddings are
@@ -34,8 +34,8 @@ import time
 
 import torch
 
+from idm_vton.pipelines.loading import tiny_pipeline
 from idm_vton.testing.sdxl_shapes import sdxl_pipeline
-from idm_vton.testing.tiny import tiny_pipeline
 from idm_vton.training.objective import (
     Conditioner,
     ObjectiveConfig,

@@ -126,7 +126,7 @@ def test_bad_input_is_one_line_exit_2_no_output(inputs, tmp_path, capsys, overri
 
 
 def test_placeholder_checkpoint_is_explained(inputs, tmp_path, capsys):
-    from idm_vton.testing.tiny import tiny_pipeline
+    from idm_vton.pipelines.loading import tiny_pipeline
 
     tiny_pipeline().save_pretrained(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "unet" / "diffusion_pytorch_model.safetensors").write_text(
@@ -163,7 +163,7 @@ def test_console_script_and_module_entry_points(inputs, tmp_path):
 
 
 def test_convert_command(tmp_path, capsys):
-    from idm_vton.testing.tiny import tiny_pipeline
+    from idm_vton.pipelines.loading import tiny_pipeline
 
     from .helpers.checkpoints import write_published_checkpoint
 
@@ -189,7 +189,7 @@ def test_two_phase_and_vae_slicing_are_exact(inputs, tmp_path):
 
 
 def test_fp8_weights_equal_a_model_with_fp8_rounded_unet_weights(inputs, tmp_path):
-    from idm_vton.testing.tiny import tiny_pipeline
+    from idm_vton.pipelines.loading import tiny_pipeline
 
     # The same tiny model with every convolution and linear weight and bias of both UNets rounded
     # to fp8 (e4m3) up front, computing in fp32 (norm layers carry no such weights).

@@ -20,7 +20,7 @@ from idm_vton.loaders.customization import (
     apply_customization_to_unet,
     save_customization,
 )
-from idm_vton.testing.tiny import tiny_pipeline
+from idm_vton.pipelines.loading import tiny_pipeline
 from idm_vton.training.customize import CustomizeConfig, customization_targets, customize
 
 from .helpers.pipeline_inputs import H, W, box_mask, random_photo, tryon_images
@@ -385,12 +385,12 @@ def _original_resampler_state(projection) -> dict[str, torch.Tensor]:
 def test_init_from_sdxl_widens_conv_in_and_loads_the_ip_adapter(tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from idm_vton.testing.tiny import _unet_config
+    from idm_vton.models.tiny import tiny_unet_config
     from idm_vton.training.sdxl_init import build_from_sdxl
 
     donor = tiny_pipeline(seed=4)
     torch.manual_seed(0)
-    inpaint = UNet2DConditionModel(**_unet_config(9, tryon=True))
+    inpaint = UNet2DConditionModel(**tiny_unet_config(9, tryon=True))
     inpaint.save_pretrained(tmp_path / "inpaint" / "unet")
     for name in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"):
         getattr(donor, name).save_pretrained(tmp_path / "inpaint" / name)

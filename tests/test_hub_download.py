@@ -379,7 +379,7 @@ def test_mask_command_offline_without_weights_is_one_line(
 # ---------------------------------------------------------------------------- idm-vton download
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    from idm_vton.testing.tiny import tiny_pipeline
+    from idm_vton.pipelines.loading import tiny_pipeline
 
     folder = tmp_path_factory.mktemp("tiny") / "ckpt"
     tiny_pipeline().save_pretrained(folder)
@@ -388,7 +388,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 def test_download_command_converts_the_model(hub, tiny_checkpoint, tmp_path, capsys):
     from idm_vton import TryOnPipeline
-    from idm_vton.testing.tiny import tiny_pipeline
+    from idm_vton.pipelines.loading import tiny_pipeline
 
     out = tmp_path / "converted"
     args = ["download", "--model", str(tiny_checkpoint), "--skip-preprocess", "--convert", str(out)]

@@ -163,11 +163,11 @@ class Calls:
 
 @contextlib.contextmanager
 def counting(interrupt_at: int | None = None):
-    import idm_vton.testing.tiny
+    import idm_vton.pipelines.loading
 
     calls = Calls(interrupt_at)
     original_call = TryOnPipeline.__call__
-    original_tiny = idm_vton.testing.tiny.tiny_pipeline
+    original_tiny = idm_vton.pipelines.loading.tiny_pipeline
 
     def call(self, *args, **kwargs):
         calls.calls += 1
@@ -182,7 +182,7 @@ def counting(interrupt_at: int | None = None):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(TryOnPipeline, "__call__", call)
-        mp.setattr(idm_vton.testing.tiny, "tiny_pipeline", tiny)
+        mp.setattr(idm_vton.pipelines.loading, "tiny_pipeline", tiny)
         yield calls
 
 

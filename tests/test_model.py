@@ -25,9 +25,9 @@ from idm_vton.loaders.convert import convert_checkpoint
 from idm_vton.loaders.pipeline import load_garment_unet, load_tryon_unet
 from idm_vton.models.garment_attention import GarmentAttentionProcessor, GarmentFeatureStore
 from idm_vton.models.tryon_net import garment_features, widen_conv_in
+from idm_vton.pipelines.loading import tiny_pipeline
 from idm_vton.pipelines.tryon import TryOnPipeline
 from idm_vton.testing.reference import NaiveGarmentAttentionProcessor
-from idm_vton.testing.tiny import tiny_pipeline
 
 from .helpers.checkpoints import (
     PUBLISHED_EMA_KEYS,

@@ -23,9 +23,9 @@ from idm_vton.commands._flags import add_memory_arguments, apply_memory_options
 from idm_vton.models.tryon_net import garment_features, tryon_forward
 from idm_vton.pipelines.garment_cache import GarmentCache
 from idm_vton.pipelines.garment_schedule import TryonConditioning
+from idm_vton.pipelines.loading import tiny_pipeline
 from idm_vton.pipelines.tryon import TryOnPipeline
 from idm_vton.testing.reference import OfficialIPAttnProcessor, reference_formulation
-from idm_vton.testing.tiny import tiny_pipeline
 
 from .conftest import GOLDEN
 from .helpers.golden import golden_pipe_call, replay_recorded_noise

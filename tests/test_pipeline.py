@@ -12,8 +12,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from idm_vton.errors import CheckpointError, ImageInputError, NonFiniteOutputError
+from idm_vton.pipelines.loading import tiny_pipeline
 from idm_vton.pipelines.tryon import TryOnPipeline
-from idm_vton.testing.tiny import tiny_pipeline
 
 from .helpers.pipeline_inputs import H, W, box_mask, random_photo, tryon_images
 

@@ -18,9 +18,9 @@ from diffusers import (
 from PIL import Image
 
 from idm_vton.commands.main import main
+from idm_vton.pipelines.loading import tiny_pipeline
 from idm_vton.pipelines.tryon import TryOnPipeline
 from idm_vton.schedulers import SchedulerName, build_scheduler
-from idm_vton.testing.tiny import tiny_pipeline
 
 from .conftest import EXAMPLES, GOLDEN
 

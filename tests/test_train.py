@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from idm_vton.commands.train import config_from_args, parse_args
 from idm_vton.errors import TrainConfigError
+from idm_vton.pipelines.loading import tiny_pipeline
 from idm_vton.pipelines.tryon import TryOnPipeline
-from idm_vton.testing.tiny import tiny_pipeline
 from idm_vton.training.data import EpochShardSampler, batch_stream
 from idm_vton.training.objective import (
     Conditioner,

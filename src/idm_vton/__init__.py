@@ -21,7 +21,7 @@ _EXPORTS = {
     "GarmentAttentionProcessor": "models.garment_attention",
     "GarmentCaptureProcessor": "models.garment_attention",
     "GarmentFeatureStore": "models.garment_attention",
-    "tiny_pipeline": "testing.tiny",
+    "tiny_pipeline": "pipelines.loading",
     "convert_checkpoint": "loaders.convert",
     "IdmVtonError": "errors",
     "CheckpointError": "errors",

@@ -28,7 +28,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .enums import SchedulerName
 
-__all__ = ["SchedulerName", "build_scheduler"]
+__all__ = ["SchedulerName", "build_scheduler", "reference_scheduler"]
 
 
 # (class, settings on top of the checkpoint's config) per sampler.
@@ -59,3 +59,18 @@ def build_scheduler(name: SchedulerName | str, config: dict[str, Any]) -> Schedu
     settings = {k: v for k, v in config.items() if k in accepted}
     settings.update(overrides)
     return cls(**settings)
+
+
+def reference_scheduler() -> DDPMScheduler:
+    """The DDPM sampler of the published checkpoint, built without it: SDXL's scaled-linear
+    betas (0.00085 to 0.012 over 1000 steps), leading timestep spacing, offset 1 (the tiny model
+    and the SDXL-shaped test models sample with it)."""
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        clip_sample=False,
+        timestep_spacing="leading",
+    )

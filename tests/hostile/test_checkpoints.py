@@ -36,7 +36,7 @@ INDEX = f"{ST}.index.json"
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory) -> Path:
-    from idm_vton.testing.tiny import tiny_pipeline
+    from idm_vton.pipelines.loading import tiny_pipeline
 
     folder = tmp_path_factory.mktemp("tiny") / "model"
     tiny_pipeline().save_pretrained(folder)

@@ -132,7 +132,7 @@ def modes(root: Path) -> dict[str, set[int]]:
 
 @pytest.mark.parametrize("mask", [0o022, 0o077], ids=["022", "077"])
 def test_tryon_and_convert_outputs_follow_the_umask(cli, umask, tmp_path, mask):
-    from idm_vton.testing.tiny import tiny_pipeline
+    from idm_vton.pipelines.loading import tiny_pipeline
 
     tiny_pipeline().save_pretrained(tmp_path / "model")
     umask(mask)

@@ -19,7 +19,7 @@ from .conftest import REPO, assert_user_error, files_under
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory) -> Path:
     """The tiny model in the converted layout, written once (a valid ``convert`` source)."""
-    from idm_vton.testing.tiny import tiny_pipeline
+    from idm_vton.pipelines.loading import tiny_pipeline
 
     folder = tmp_path_factory.mktemp("tiny") / "model"
     tiny_pipeline().save_pretrained(folder)

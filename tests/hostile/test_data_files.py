@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from idm_vton.data.captions import load_vitonhd_tags
 from idm_vton.loaders.customization import save_customization
-from idm_vton.testing.tiny import tiny_pipeline
+from idm_vton.pipelines.loading import tiny_pipeline
 from idm_vton.training.customize import CustomizeConfig, customize
 
 from ..conftest import EXAMPLES

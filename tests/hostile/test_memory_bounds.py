@@ -105,7 +105,7 @@ def test_evaluate_resolution_30000_by_30000_is_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    from idm_vton.testing.tiny import tiny_pipeline
+    from idm_vton.pipelines.loading import tiny_pipeline
 
     root = tmp_path_factory.mktemp("checkpoint") / "tiny"
     tiny_pipeline().save_pretrained(root)

@@ -38,7 +38,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     """What the commands read: the tiny model as a folder, a small dataset, random-weight
     preprocessing models, two folders of images to evaluate. Kept apart from each test's
     ``tmp_path``, which holds only what the command writes."""
-    from idm_vton.testing.tiny import tiny_pipeline
+    from idm_vton.pipelines.loading import tiny_pipeline
 
     from ..helpers.preprocess_models import make_preprocess_models
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from idm_vton.errors import NonFiniteOutputError, UsageError
 from idm_vton.images import load_image
-from idm_vton.testing.tiny import tiny_pipeline
+from idm_vton.pipelines.loading import tiny_pipeline
 
 from ..conftest import EXAMPLES
 from ..helpers.images import huge_png_header

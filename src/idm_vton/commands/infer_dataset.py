@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run the configured inference; exit code 1 when images are missing at the end."""
     from ..evaluation.infer_dataset import DatasetInferenceConfig, infer_dataset
-    from ..testing.tiny import TINY_MODEL_NOTE
+    from ..models.tiny import TINY_MODEL_NOTE
 
     config = config_from_args(DatasetInferenceConfig, args)
     if config.model == "tiny":

@@ -73,9 +73,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..devices import check_dtype_on_device, resolve_device, resolve_dtype
     from ..images import save_image_atomic
-    from ..loaders.pipeline import load_model
+    from ..models.tiny import TINY_MODEL_NOTE
+    from ..pipelines.loading import load_model
     from ..pipelines.memory import apply_memory_options
-    from ..testing.tiny import TINY_MODEL_NOTE
 
     out = _check_arguments(args)
     memory = memory_options(args)

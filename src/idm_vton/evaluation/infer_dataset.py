@@ -360,7 +360,7 @@ def _infer_locked(config, pipe, state, device, dtype, out, protocol, index_of) -
         rendered = 0
         if mine:
             if pipe is None:
-                from ..loaders.pipeline import load_model
+                from ..pipelines.loading import load_model
 
                 pipe = load_model(config.model, dtype.torch_dtype, device)
             rendered = _render(config, pipe, mine, protocol, out, state)

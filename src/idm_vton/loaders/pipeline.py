@@ -590,22 +590,3 @@ def _load_feature_extractor(root: Path):
         if (folder / "preprocessor_config.json").is_file():
             return load_component(CLIPImageProcessor.from_pretrained, folder, "feature extractor")
     return CLIPImageProcessor()
-
-
-def load_model(
-    model: str,
-    dtype: torch.dtype,
-    device,
-    scheduler: SchedulerName | str = SchedulerName.DDPM,
-):
-    """The try-on pipeline ``model`` (hub id, folder, or ``"tiny"``: the tiny random model) in
-    ``dtype`` on ``device``, sampling with ``scheduler``."""
-    if model == "tiny":
-        from ..testing.tiny import tiny_pipeline
-
-        pipe = tiny_pipeline()
-        pipe.to(dtype=dtype)
-        pipe.scheduler = build_scheduler(scheduler, dict(pipe.scheduler.config))
-    else:
-        pipe = load_pipeline(model, torch_dtype=dtype, scheduler=scheduler)
-    return pipe.to(device)

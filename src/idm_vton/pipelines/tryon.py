@@ -185,7 +185,8 @@ class TryOnPipeline(DiffusionPipeline):
     ``image_encoder`` (CLIP ViT-H/14 vision), ``vae``, the two SDXL text encoders and tokenizers
     (optional when prompt embeddings are passed), ``feature_extractor`` (CLIP preprocessing) and
     ``scheduler``. Load with :meth:`from_pretrained` (published ``yisol/IDM-VTON`` layout or this
-    project's own) or build the tiny test model with :func:`idm_vton.testing.tiny.tiny_pipeline`.
+    project's own) or build the tiny random model with
+    :func:`idm_vton.pipelines.loading.tiny_pipeline`.
 
     Not components: ``image_processor`` (a
     :class:`~idm_vton.pipelines.image_processor.TryOnImageProcessor`), ``garment_schedule`` (a

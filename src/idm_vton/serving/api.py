@@ -26,7 +26,7 @@ from .. import __version__
 from ..enums import GarmentCategory
 from ..errors import ImageInputError
 from ..images import MAX_PIXELS
-from ..testing.tiny import TINY_MODEL_NOTE
+from ..models.tiny import TINY_MODEL_NOTE
 from .config import ParameterError, TryOnParams
 from .engine import WorkItem
 from .images import ImageTooLargeError, decode_image, png_bytes

@@ -320,7 +320,7 @@ def load_engine(config: ServeConfig) -> TryOnEngine:
     an engine with the server's batch size, preprocessing and garment cache; warmed up."""
     from ..devices import check_dtype_on_device
     from ..enums import DType
-    from ..loaders.pipeline import load_model
+    from ..pipelines.loading import load_model
     from ..pipelines.memory import apply_memory_options
 
     dtype = DType(config.dtype).torch_dtype

@@ -34,7 +34,7 @@ def serve_local(config: ServeConfig, ui: bool = True) -> int:
     """Serve ``config`` in this process with uvicorn until interrupted."""
     import uvicorn
 
-    from ..testing.tiny import TINY_MODEL_NOTE
+    from ..models.tiny import TINY_MODEL_NOTE
     from .app import create_app
     from .service import TryOnService, load_local_model
 

@@ -24,7 +24,7 @@ from PIL import Image
 from ..enums import GarmentCategory
 from ..errors import ImageInputError
 from ..images import load_image
-from ..testing.tiny import TINY_MODEL_NOTE
+from ..models.tiny import TINY_MODEL_NOTE
 from .config import ParameterError, ServeConfig, TryOnParams
 from .engine import WorkItem
 from .images import png_bytes

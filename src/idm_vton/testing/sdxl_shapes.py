@@ -110,8 +110,9 @@ def sdxl_pipeline(
     """A :class:`~idm_vton.pipelines.tryon.TryOnPipeline` at SDXL shapes with random weights."""
     from transformers import CLIPImageProcessor
 
+    from ..models.tiny import random_tryon_models
     from ..pipelines.tryon import TryOnPipeline
-    from .tiny import random_tryon_models, reference_scheduler
+    from ..schedulers import reference_scheduler
 
     with torch.device("meta"):
         models = random_tryon_models(sdxl_unet_config, IP_ADAPTER_PLUS_SDXL, VIT_H_14, SDXL_VAE)

@@ -121,7 +121,7 @@ def load_base(model: str, precision: MixedPrecision | str, device):
     hub id, a folder or ``"tiny"``."""
     precision = MixedPrecision.parse(precision, "mixed precision", CustomizationError)
     if model == "tiny":
-        from ..testing.tiny import tiny_pipeline
+        from ..pipelines.loading import tiny_pipeline
 
         pipe = tiny_pipeline()
     else:

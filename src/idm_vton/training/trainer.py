@@ -64,7 +64,7 @@ def load_base_pipeline(config: TrainConfig):
         s = config.sdxl
         return build_from_sdxl(s.sdxl_inpainting, s.sdxl_base, s.ip_adapter, s.image_encoder)
     if config.model == "tiny":
-        from ..testing.tiny import tiny_pipeline
+        from ..pipelines.loading import tiny_pipeline
 
         return tiny_pipeline(seed=config.seed)
     from ..pipelines.tryon import TryOnPipeline

@@ -1,9 +1,13 @@
-"""A tiny, randomly initialised IDM-VTON for tests, docs and benchmarks (no download needed).
+"""The tiny random IDM-VTON: the model every command runs with ``--model tiny`` (no download).
 
 Every component has the real architecture (SDXL-style UNets with cross-attention, IP-Adapter Plus
 Resampler, CLIP text and vision towers, an 8x VAE) at a few thousand channels in total, and the
 tokenizers are byte-level CLIP tokenizers written on the fly, so the whole path runs offline on a
 CPU in seconds. Its images are noise: it checks plumbing, not quality.
+
+A product feature (the embedded default of every command, the server's demo mode), so it lives
+in the library; :func:`idm_vton.pipelines.loading.tiny_pipeline` builds the pipeline from these
+components. Test-only reference code and the SDXL shape presets live in :mod:`idm_vton.testing`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import (
     CLIPImageProcessor,
     CLIPTextConfig,
@@ -25,15 +29,10 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from ..models.tryon_net import ImageProjection, attach_ip_adapter
+from ..schedulers import reference_scheduler
+from .tryon_net import ImageProjection, attach_ip_adapter
 
-__all__ = [
-    "TINY_MODEL_NOTE",
-    "random_tryon_models",
-    "reference_scheduler",
-    "tiny_components",
-    "tiny_pipeline",
-]
+__all__ = ["TINY_MODEL_NOTE", "random_tryon_models", "tiny_components", "tiny_unet_config"]
 
 TINY_MODEL_NOTE = "tiny random model: its output is noise (for testing the plumbing only)"
 
@@ -42,7 +41,8 @@ _POOLED_DIM = 16
 _TIME_DIM = 8
 
 
-def _unet_config(in_channels: int, tryon: bool) -> dict:
+def tiny_unet_config(in_channels: int, tryon: bool) -> dict:
+    """The tiny UNet configuration; ``tryon`` adds the text-time (pooled + time ids) conditioning."""
     config = dict(
         sample_size=32,  # default resolution 256 x 192
         in_channels=in_channels,
@@ -111,19 +111,6 @@ _TINY_TEXT = dict(
 )
 
 
-def reference_scheduler() -> DDPMScheduler:
-    """The DDPM scheduler of the published checkpoint (SDXL's scaled-linear betas, leading spacing)."""
-    return DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        clip_sample=False,
-        timestep_spacing="leading",
-    )
-
-
 def _byte_level_tokenizer() -> CLIPTokenizer:
     """A CLIP tokenizer over single bytes (no merges): any text, no download."""
     printable = [
@@ -153,7 +140,8 @@ def random_tryon_models(
     (``ImageProjection(**projection)``), the CLIP vision tower and the VAE.
 
     The tiny model (:func:`tiny_components`) and the SDXL-shaped one
-    (:func:`~idm_vton.testing.sdxl_shapes.sdxl_pipeline`) differ only in the configurations."""
+    (:func:`idm_vton.testing.sdxl_shapes.sdxl_pipeline`, for benchmarks) differ only in the
+    configurations."""
     unet = UNet2DConditionModel(**unet_config(13, tryon=True))
     attach_ip_adapter(unet, num_tokens=16, scale=1.0)
     garment_unet = UNet2DConditionModel(**unet_config(4, tryon=False))
@@ -170,7 +158,7 @@ def tiny_components(seed: int = 0, text_encoders: bool = True) -> dict:
     """The tiny pipeline's components, initialised from ``seed`` (global RNG left untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        models = random_tryon_models(_unet_config, _TINY_PROJECTION, _TINY_VISION, _TINY_VAE)
+        models = random_tryon_models(tiny_unet_config, _TINY_PROJECTION, _TINY_VISION, _TINY_VAE)
         components = {
             **{name: model.eval() for name, model in models.items()},
             "scheduler": reference_scheduler(),
@@ -186,10 +174,3 @@ def tiny_components(seed: int = 0, text_encoders: bool = True) -> dict:
                 tokenizer_2=_byte_level_tokenizer(),
             )
     return components
-
-
-def tiny_pipeline(seed: int = 0, text_encoders: bool = True):
-    """A :class:`~idm_vton.pipelines.tryon.TryOnPipeline` of tiny random components (default 256 x 192)."""
-    from ..pipelines.tryon import TryOnPipeline
-
-    return TryOnPipeline(**tiny_components(seed, text_encoders=text_encoders))
