@@ -21,10 +21,10 @@ from idm_vton.loaders.checkpoint import (
     convert_tryon_state_dict,
     read_state_dict,
 )
-from idm_vton.loaders.convert import convert_checkpoint
 from idm_vton.loaders.pipeline import load_garment_unet, load_tryon_unet
 from idm_vton.models.garment_attention import GarmentAttentionProcessor, GarmentFeatureStore
 from idm_vton.models.tryon_net import garment_features, widen_conv_in
+from idm_vton.pipelines.convert import convert_checkpoint
 from idm_vton.pipelines.loading import tiny_pipeline
 from idm_vton.pipelines.tryon import TryOnPipeline
 from idm_vton.testing.reference import NaiveGarmentAttentionProcessor

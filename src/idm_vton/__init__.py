@@ -22,7 +22,7 @@ _EXPORTS = {
     "GarmentCaptureProcessor": "models.garment_attention",
     "GarmentFeatureStore": "models.garment_attention",
     "tiny_pipeline": "pipelines.loading",
-    "convert_checkpoint": "loaders.convert",
+    "convert_checkpoint": "pipelines.convert",
     "IdmVtonError": "errors",
     "CheckpointError": "errors",
     "ImageInputError": "errors",

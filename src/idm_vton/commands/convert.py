@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..devices import resolve_dtype
-    from ..loaders.convert import convert_checkpoint
+    from ..pipelines.convert import convert_checkpoint
 
     path = convert_checkpoint(
         args.src, args.dst, dtype=resolve_dtype(args.dtype), overwrite=args.overwrite

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"model: {model}")
     if convert_dir is not None:
         from ..devices import resolve_dtype
-        from ..loaders.convert import convert_checkpoint
+        from ..pipelines.convert import convert_checkpoint
 
         dtype = resolve_dtype(args.dtype or "fp16")
         converted = convert_checkpoint(model, convert_dir, dtype=dtype, overwrite=False)

@@ -1,4 +1,8 @@
-"""Build IDM-VTON components from a checkpoint folder or a Hugging Face hub id.
+"""Load IDM-VTON's components from a checkpoint folder or a Hugging Face hub id.
+
+:func:`load_components` returns the components as a dict; the pipeline class builds itself from
+them (``TryOnPipeline.from_pretrained`` calls it and then ``cls(**components)``), so loading
+never imports the pipeline back, as in diffusers.
 
 Reads the published layout (``unet/`` with ``ip_image_proj``, ``unet_encoder/``, pickled or
 safetensors weights, fp32 or fp16), the golden-fixture layout (``tryon_unet/``, ``garment_unet/``)
@@ -448,7 +452,7 @@ COMPONENTS = (
 _TEXT_COMPONENTS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
 
 
-def load_pipeline(
+def load_components(
     name_or_path: str | Path,
     torch_dtype: torch.dtype | None = None,
     local_files_only: bool = False,
@@ -462,8 +466,9 @@ def load_pipeline(
     force_download: bool = False,
     use_safetensors: bool | None = None,
     **components,
-):
-    """Build a :class:`~idm_vton.pipelines.tryon.TryOnPipeline` from a checkpoint folder or hub id.
+) -> dict:
+    """The components of a :class:`~idm_vton.pipelines.tryon.TryOnPipeline` (keyword name ->
+    module, scheduler, tokenizer or processor) from a checkpoint folder or hub id.
 
     ``scheduler``: the sampler, built from the folder's ``scheduler/scheduler_config.json``
     whatever class that names (DDPM by default, as the reference), or a scheduler object.
@@ -471,8 +476,6 @@ def load_pipeline(
     folders are not read; any other keyword raises ``TypeError``. The hub keywords go to
     :func:`resolve_checkpoint`; ``variant`` and ``use_safetensors`` choose each folder's files.
     """
-    from ..pipelines.tryon import TryOnPipeline
-
     unknown = sorted(set(components) - set(COMPONENTS))
     if unknown:
         raise TypeError(
@@ -518,7 +521,7 @@ def load_pipeline(
     if load_text_encoders:
         missing = [name for name in _TEXT_COMPONENTS if name not in parts]
         parts.update(_load_text_components(root, dtype, missing, **files))
-    return TryOnPipeline(**parts)
+    return parts
 
 
 def _load_vae(root: Path, dtype: torch.dtype, **files):

@@ -42,6 +42,7 @@ from transformers import (
 from ..data.captions import garment_prompt, tryon_prompt
 from ..errors import NonFiniteOutputError, UsageError
 from ..images import check_work_size
+from ..loaders.pipeline import load_components, save_ip_adapter_config
 from ..models.garment_attention import (
     GarmentAttentionProcessor,
     GarmentCaptureProcessor,
@@ -281,10 +282,8 @@ class TryOnPipeline(DiffusionPipeline):
         default; built from the checkpoint's scheduler config whatever class it names). Any
         other keyword raises ``TypeError``.
         """
-        from ..loaders.pipeline import load_pipeline
-
         del low_cpu_mem_usage  # accepted for diffusers compatibility; nothing to choose
-        return load_pipeline(
+        components = load_components(
             pretrained_model_name_or_path,
             torch_dtype=torch_dtype,
             revision=revision,
@@ -297,11 +296,10 @@ class TryOnPipeline(DiffusionPipeline):
             load_text_encoders=load_text_encoders,
             **components,
         )
+        return cls(**components)
 
     def save_pretrained(self, save_directory, safe_serialization: bool = True, **kwargs) -> None:
         """Save in this project's layout (safetensors; reload with :meth:`from_pretrained`)."""
-        from ..loaders.pipeline import save_ip_adapter_config
-
         if not safe_serialization:
             raise UsageError("idm-vton writes safetensors only")
         super().save_pretrained(save_directory, safe_serialization=True, **kwargs)

@@ -3,7 +3,8 @@
 The result has one folder per pipeline component (``unet/``, ``garment_unet/``,
 ``image_projection/``, ``vae/``, text encoders, tokenizers, ``image_encoder/``, ``scheduler/``,
 ``feature_extractor/``), safetensors weights with this project's key names, and reloads with
-``TryOnPipeline.from_pretrained`` without pickle or key conversion.
+``TryOnPipeline.from_pretrained`` without pickle or key conversion. The key conversion itself
+is :mod:`idm_vton.loaders.checkpoint`; this module loads the pipeline and saves it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 
 from ..errors import CheckpointError
 from ..files import atomic_directory, check_writable_output
+from ..loaders.pipeline import EMA_CONFIG_KEYS
+from .tryon import TryOnPipeline
 
 __all__ = ["convert_checkpoint"]
 
@@ -27,8 +30,6 @@ def _drop_ema_keys(folder: Path) -> None:
     itself (it keeps unknown config keys and writes them back out). Transformers configs, which
     never carry them, are left alone.
     """
-    from .pipeline import EMA_CONFIG_KEYS
-
     for path in sorted(folder.rglob("config.json")):
         config = json.loads(path.read_text())
         if (
@@ -51,8 +52,6 @@ def convert_checkpoint(
     hold or sit inside ``src``, and ``overwrite`` replaces only an earlier conversion, in one
     swap that touches nothing else.
     """
-    from ..pipelines.tryon import TryOnPipeline
-
     dst = Path(dst).expanduser()
     _check_destination(src, dst, overwrite)
     pipe = TryOnPipeline.from_pretrained(src, torch_dtype=dtype)
