@@ -25,9 +25,10 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from idm_vton.loaders.hub import MODEL_FILES  # noqa: E402
 from idm_vton.preprocess.densepose.model import DensePoseRCNNConfig  # noqa: E402
 from idm_vton.preprocess.densepose.predictor import DensePosePredictor  # noqa: E402
-from idm_vton.preprocess.preprocessor import MODEL_FILES, Preprocessor  # noqa: E402
+from idm_vton.preprocess.preprocessor import Preprocessor  # noqa: E402
 from tests.helpers.preprocess_models import (  # noqa: E402
     REAL_SIZES,
     make_random_parsers,

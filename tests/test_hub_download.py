@@ -33,6 +33,7 @@ from safetensors import safe_open
 from idm_vton.commands.main import main
 from idm_vton.errors import PreprocessModelError
 from idm_vton.loaders.hub import (
+    MODEL_FILES,
     PREPROCESS_REPO_ID,
     fetch_preprocess_models,
     hub_filename,
@@ -40,7 +41,7 @@ from idm_vton.loaders.hub import (
 )
 from idm_vton.loaders.weights import check_weight_file
 from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE
-from idm_vton.preprocess.preprocessor import MODEL_FILES, Preprocessor
+from idm_vton.preprocess.preprocessor import Preprocessor
 
 from .helpers.preprocess_models import make_body_state_dict, make_random_schp, tiny_densepose_state
 

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from idm_vton.commands.main import main
+from idm_vton.loaders.hub import MODEL_FILES
 from idm_vton.loaders.weights import PreprocessModelError
-from idm_vton.preprocess.preprocessor import MODEL_FILES, Preprocessor, dataset_paths, mask_preview
+from idm_vton.preprocess.preprocessor import Preprocessor, dataset_paths, mask_preview
 
 from .conftest import EXAMPLES, example_person, example_person_3x4
 from .helpers.preprocess_models import make_constant_schp, make_preprocess_models

@@ -20,8 +20,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from idm_vton.loaders.hub import MODEL_FILES
 from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE
-from idm_vton.preprocess.preprocessor import MODEL_FILES
 
 # ------------------------------------------------------------------------------ human parsing
 
@@ -258,7 +258,7 @@ def make_random_parsers(root: Path) -> Path:
 
 def make_preprocess_models(root: Path) -> Path:
     """Random-weight parsing, OpenPose and DensePose files in the real formats and the demo's
-    ``ckpt/`` layout (:data:`idm_vton.preprocess.preprocessor.MODEL_FILES`); returns ``root``."""
+    ``ckpt/`` layout (:data:`idm_vton.loaders.hub.MODEL_FILES`); returns ``root``."""
     for key in MODEL_FILES.values():
         (root / key).parent.mkdir(parents=True, exist_ok=True)
     make_random_parsers(root)

@@ -1,7 +1,7 @@
 """The preprocessing weights, fetched from the Hugging Face hub on first use.
 
 The official demo (the Hugging Face **Space** ``yisol/IDM-VTON``) keeps the weights of its three
-preprocessing models under ``ckpt/`` (:data:`idm_vton.preprocess.preprocessor.MODEL_FILES`).
+preprocessing models under ``ckpt/`` (:data:`MODEL_FILES`).
 :func:`fetch_preprocess_models` gets the ones asked for with ``huggingface_hub.hf_hub_download``
 into the normal hub cache, so huggingface_hub's progress bar, locking, atomic moves and
 ``HF_HOME`` / ``HF_HUB_CACHE`` / ``HF_HUB_OFFLINE`` / ``HF_ENDPOINT`` all apply, and checks each
@@ -20,10 +20,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import PreprocessModelError
-from ..preprocess.preprocessor import MODEL_FILES
 from .weights import check_weight_file
 
 __all__ = [
+    "MODEL_FILES",
     "PREPROCESS_REPO_ID",
     "PREPROCESS_REPO_TYPE",
     "hub_filename",
@@ -31,6 +31,13 @@ __all__ = [
     "models_folder",
 ]
 
+#: Weight files, relative to the models folder (the official demo's ``ckpt/`` layout).
+MODEL_FILES = {
+    "parsing_atr": "humanparsing/parsing_atr.onnx",
+    "parsing_lip": "humanparsing/parsing_lip.onnx",
+    "openpose": "openpose/ckpts/body_pose_model.pth",
+    "densepose": "densepose/model_final_162be9.pkl",
+}
 #: The hub repository holding the demo's ``ckpt/`` folder: the official demo Space.
 PREPROCESS_REPO_ID = "yisol/IDM-VTON"
 PREPROCESS_REPO_TYPE = "space"

@@ -21,10 +21,10 @@ from ..enums import GarmentCategory
 from ..errors import ImageInputError, NoPersonFoundError, PreprocessModelError, UsageError
 from ..files import atomic_path, make_folders, remove_empty_folders, write_json_atomic
 from ..images import load_image, save_image_atomic
+from ..loaders.hub import MODEL_FILES, fetch_preprocess_models
 
 __all__ = [
     "MODELS_DIR_ENV",
-    "MODEL_FILES",
     "PreprocessResult",
     "PreprocessSummary",
     "Preprocessor",
@@ -35,13 +35,6 @@ __all__ = [
     "preprocess_photos",
 ]
 
-#: Weight files, relative to the models folder (the official demo's ``ckpt/`` layout).
-MODEL_FILES = {
-    "parsing_atr": "humanparsing/parsing_atr.onnx",
-    "parsing_lip": "humanparsing/parsing_lip.onnx",
-    "openpose": "openpose/ckpts/body_pose_model.pth",
-    "densepose": "densepose/model_final_162be9.pkl",
-}
 #: Height at which the demo runs parsing, pose and DensePose (on its 384 x 512 photo).
 WORK_HEIGHT = 512
 #: Environment variable naming a weights folder; read when a :class:`Preprocessor` is made.
@@ -71,7 +64,7 @@ class Preprocessor:
     """The demo's preprocessing models, loaded lazily from ``models_dir`` or the hub.
 
     Args:
-        models_dir: folder in the demo's ``ckpt/`` layout (:data:`MODEL_FILES`). ``None``:
+        models_dir: folder in the demo's ``ckpt/`` layout (:data:`~idm_vton.loaders.hub.MODEL_FILES`). ``None``:
             ``$IDM_VTON_PREPROCESS_MODELS`` if set, else each weight file is downloaded from the
             hub Space yisol/IDM-VTON (or found in the hub cache) when a model first needs it
             (:func:`idm_vton.loaders.hub.fetch_preprocess_models`), so a mask alone never fetches DensePose.
@@ -112,8 +105,6 @@ class Preprocessor:
             if self.models_dir is not None:
                 self._files.update({name: self.models_dir / MODEL_FILES[name] for name in todo})
             else:
-                from ..loaders.hub import fetch_preprocess_models
-
                 self._files.update(fetch_preprocess_models(todo))
         return {name: self._files[name] for name in names}
 
