@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 import idm_vton.pipelines.garment_schedule as pipeline_module
-from idm_vton.commands._flags import add_memory_arguments, apply_memory_options
+from idm_vton.commands._dataclass_flags import add_memory_arguments, apply_memory_options
 from idm_vton.models.tryon_net import garment_features, tryon_forward
 from idm_vton.pipelines.garment_cache import GarmentCache
 from idm_vton.pipelines.garment_schedule import TryonConditioning

@@ -10,7 +10,9 @@ A config field (see :func:`idm_vton.options.option`) becomes one flag:
   argparse, a ``parse`` function replaces the type's parser, and ``shared`` takes the help and
   parsing of a flag defined once for several commands (:mod:`._flags`).
 
-:func:`config_from_args` builds the dataclass back from the parsed namespace.
+:func:`config_from_args` builds the dataclass back from the parsed namespace. The memory-mode
+flags (:class:`~idm_vton.pipelines.memory.MemoryOptions`) are such a set, shared by ``tryon`` and
+``serve``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ from typing import Any
 
 from . import _flags
 
-__all__ = ["add_dataclass_arguments", "config_from_args", "flag_fields"]
+__all__ = [
+    "add_dataclass_arguments",
+    "add_memory_arguments",
+    "apply_memory_options",
+    "config_from_args",
+    "flag_fields",
+    "memory_options",
+]
 
 
 def flag_fields(cls) -> list[dataclasses.Field]:
@@ -100,9 +109,9 @@ def _argument(f: dataclasses.Field, hint: Any, default: Any) -> tuple[list[str],
         return [flag], kwargs
     parse = meta.get("parse") or shared.get("parse")
     if parse is not None:
-        kwargs["type"] = _argparse_type(parse)
+        kwargs["type"] = _flags.argparse_type(parse)
     elif isinstance(kind, type) and issubclass(kind, Enum):
-        kwargs["type"] = _argparse_type(getattr(kind, "parse", kind))
+        kwargs["type"] = _flags.argparse_type(getattr(kind, "parse", kind))
         kwargs["choices"] = list(kind)
         kwargs["metavar"] = "{" + ",".join(m.value for m in kind) + "}"
     elif typing.get_origin(kind) is tuple:
@@ -139,14 +148,24 @@ def _unwrap(hint: Any) -> Any:
     return hint
 
 
-def _argparse_type(parse):
-    """``parse`` as an argparse type: its ``ValueError`` message becomes the usage error."""
+def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
+    """The memory-mode flags (:class:`~idm_vton.pipelines.memory.MemoryOptions`), in a group;
+    ``--offload`` only if the parser does not have it yet."""
+    from ..pipelines.memory import MemoryOptions
 
-    def convert(text: str):
-        try:
-            return parse(text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
+    exclude = ("offload",) if "--offload" in parser._option_string_actions else ()
+    add_dataclass_arguments(parser, MemoryOptions, exclude=exclude)
 
-    convert.__name__ = getattr(parse, "__name__", "value")
-    return convert
+
+def memory_options(args: argparse.Namespace):
+    """The :class:`~idm_vton.pipelines.memory.MemoryOptions` the parsed flags ask for."""
+    from ..pipelines.memory import MemoryOptions
+
+    return config_from_args(MemoryOptions, args)
+
+
+def apply_memory_options(pipe, args: argparse.Namespace, device=None):
+    """Apply the parsed memory flags to ``pipe`` (see :func:`~idm_vton.pipelines.memory.apply_memory_options`)."""
+    from ..pipelines.memory import apply_memory_options as apply
+
+    return apply(pipe, memory_options(args), device)

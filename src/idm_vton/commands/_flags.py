@@ -1,7 +1,9 @@
 """Flags several commands share, each defined once: same name, parsing and meaning everywhere.
 
 A command adds them with :func:`add_shared` (or a config field names one with
-``option(shared=...)``); the memory and preprocessing flags come in sets.
+``option(shared=...)``, which :mod:`._dataclass_flags` reads here); the preprocessing flags come
+as a set. This module is the bottom of the command layer's flag code: it imports nothing of
+:mod:`._dataclass_flags`, which builds on it.
 """
 
 from __future__ import annotations
@@ -10,16 +12,8 @@ import argparse
 from typing import Any
 
 from ..enums import DType, GarmentCategory, SchedulerName
-from . import _dataclass_flags
 
-__all__ = [
-    "SHARED",
-    "add_memory_arguments",
-    "add_preprocess_model_arguments",
-    "add_shared",
-    "apply_memory_options",
-    "memory_options",
-]
+__all__ = ["SHARED", "add_preprocess_model_arguments", "add_shared", "argparse_type"]
 
 #: name -> how the flag ``--<name with dashes>`` is parsed and described. ``parse`` raises
 #: ``ValueError`` on a bad value; ``default`` is the usual one (a command may pass its own).
@@ -82,7 +76,7 @@ def add_shared(parser, *names: str, defaults: dict | None = None, helps: dict | 
         spec = dict(SHARED[name])
         parse = spec.pop("parse", None)
         if parse is not None:
-            spec["type"] = _dataclass_flags._argparse_type(parse)
+            spec["type"] = argparse_type(parse)
         if defaults and name in defaults:
             spec["default"] = defaults[name]
         if helps and name in helps:
@@ -96,24 +90,14 @@ def add_preprocess_model_arguments(parser) -> None:
     add_shared(parser, "preprocess_models", "category", "mask_type", "preprocess_device")
 
 
-def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
-    """The memory-mode flags (:class:`~idm_vton.pipelines.memory.MemoryOptions`), in a group;
-    ``--offload`` only if the parser does not have it yet."""
-    from ..pipelines.memory import MemoryOptions
+def argparse_type(parse):
+    """``parse`` as an argparse type: its ``ValueError`` message becomes the usage error."""
 
-    exclude = ("offload",) if "--offload" in parser._option_string_actions else ()
-    _dataclass_flags.add_dataclass_arguments(parser, MemoryOptions, exclude=exclude)
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
 
-
-def memory_options(args: argparse.Namespace):
-    """The :class:`~idm_vton.pipelines.memory.MemoryOptions` the parsed flags ask for."""
-    from ..pipelines.memory import MemoryOptions
-
-    return _dataclass_flags.config_from_args(MemoryOptions, args)
-
-
-def apply_memory_options(pipe, args: argparse.Namespace, device=None):
-    """Apply the parsed memory flags to ``pipe`` (see :func:`~idm_vton.pipelines.memory.apply_memory_options`)."""
-    from ..pipelines.memory import apply_memory_options as apply
-
-    return apply(pipe, memory_options(args), device)
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert

@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ._dataclass_flags import add_dataclass_arguments
+from ._dataclass_flags import add_dataclass_arguments, add_memory_arguments, memory_options
 from ._dataclass_flags import config_from_args as _config_from_args
-from ._flags import add_memory_arguments, memory_options
 
 __all__ = ["HELP", "add_arguments", "config_from_args", "run"]
 

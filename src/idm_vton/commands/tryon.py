@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._flags import add_memory_arguments, add_preprocess_model_arguments, add_shared, memory_options
+from ._dataclass_flags import add_memory_arguments, memory_options
+from ._flags import add_preprocess_model_arguments, add_shared
 
 HELP = "render a person wearing a garment"
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
