@@ -491,8 +491,7 @@ def test_building_the_parser_imports_no_server_library():
 
 
 def test_ready_line_url_is_one_a_browser_here_opens():
-    from idm_vton.serving.config import ServeConfig
-    from idm_vton.serving.server import base_url
+    from idm_vton.serving.config import ServeConfig, base_url
 
     assert base_url(ServeConfig(host="0.0.0.0", port=80)) == "http://127.0.0.1:80/"
     assert base_url(ServeConfig(host="::", port=81)) == "http://127.0.0.1:81/"

@@ -26,6 +26,7 @@ __all__ = [
     "ServeConfig",
     "TryOnParams",
     "api_key_or_environment",
+    "base_url",
     "resolve_device_and_dtype",
 ]
 
@@ -138,6 +139,16 @@ class RayOptions:
     def __post_init__(self) -> None:
         if self.replicas < 1:
             raise UsageError(f"--replicas must be >= 1, got {self.replicas}")
+
+
+def base_url(config: ServeConfig) -> str:
+    """The URL a browser on this machine opens for ``config``'s host and port."""
+    host = config.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{config.port}/"
 
 
 def resolve_device_and_dtype(device: str | None, dtype: DType | str | None) -> tuple[str, str]:

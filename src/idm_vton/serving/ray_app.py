@@ -39,6 +39,7 @@ from .config import (
     ServeConfig,
     TryOnParams,
     api_key_or_environment,
+    base_url,
     resolve_device_and_dtype,
 )
 from .engine import Outcome, WorkItem, load_engine
@@ -264,8 +265,6 @@ def serve_on_ray(config: ServeConfig, options: RayOptions, ui: bool = True) -> i
     import os
 
     import ray
-
-    from .server import base_url
 
     if not ray.is_initialized():
         if options.address or os.environ.get("RAY_ADDRESS"):

@@ -11,9 +11,9 @@ import sys
 import threading
 import warnings
 
-from .config import RayOptions, ServeConfig
+from .config import RayOptions, ServeConfig, base_url
 
-__all__ = ["base_url", "serve", "serve_local"]
+__all__ = ["serve", "serve_local"]
 
 
 def serve(config: ServeConfig, *, ui: bool = True, ray: RayOptions | None = None) -> int:
@@ -54,16 +54,6 @@ def serve_local(config: ServeConfig, ui: bool = True) -> int:
     finally:
         service.close()
     return 0
-
-
-def base_url(config: ServeConfig) -> str:
-    """The URL a browser on this machine opens for ``config``'s host and port."""
-    host = config.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    elif ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{config.port}/"
 
 
 def _announce(service, where: str) -> None:
