@@ -73,6 +73,12 @@ def test_tryon_end_to_end_keeps_the_photo(inputs, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["result.png"]  # no temporary files left
 
 
+def test_tryon_draws_no_progress_bar_where_stderr_is_not_a_terminal(inputs, tmp_path, capsys):
+    """stderr is kept for errors where it is a log or a pipe: the denoising bar is off there."""
+    assert main(tryon_args(inputs, tmp_path / "result.png")) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_tryon_raw_render_and_resized_mask(inputs, tmp_path):
     out = tmp_path / "raw.jpg"
     args = tryon_args(inputs, out, **{"--mask": str(inputs["root"] / "half_mask.png")}) + [

@@ -496,3 +496,18 @@ def test_from_pretrained_hub_keywords_reach_snapshot_download(pipe, tmp_path, mo
 def test_from_pretrained_unknown_keyword_is_a_type_error(tmp_path):
     with pytest.raises(TypeError, match="device_mapp"):
         TryOnPipeline.from_pretrained(tmp_path, device_mapp="auto")
+
+
+def test_the_denoising_bar_is_the_pipelines_own_setting(capsys):
+    """diffusers' per-pipeline setting alone decides the bar: the command line's switch
+    (:func:`idm_vton.progress.progress_bars`) does not reach into a pipeline."""
+    from idm_vton.progress import progress_bars
+
+    shown = tiny_pipeline(seed=0)
+    shown.set_progress_bar_config(disable=False)
+    with progress_bars(False):
+        tryon_images(shown, num_inference_steps=3)
+    assert "3/3" in capsys.readouterr().err
+    shown.set_progress_bar_config(disable=True)
+    tryon_images(shown, num_inference_steps=3)
+    assert capsys.readouterr().err == ""

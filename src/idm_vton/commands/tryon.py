@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models.tiny import TINY_MODEL_NOTE
     from ..pipelines.loading import load_model
     from ..pipelines.memory import apply_memory_options
+    from ..progress import progress_bars_shown
 
     out = _check_arguments(args)
     memory = memory_options(args)
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model == "tiny":
         print(f"note: {TINY_MODEL_NOTE}")  # stdout: stderr is for errors
     pipe = load_model(args.model, dtype, device, args.scheduler)
+    pipe.set_progress_bar_config(disable=not progress_bars_shown())  # the command line's rule
     if args.customization:
         from ..loaders.customization import apply_customization
 

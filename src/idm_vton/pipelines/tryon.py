@@ -305,20 +305,6 @@ class TryOnPipeline(DiffusionPipeline):
         super().save_pretrained(save_directory, safe_serialization=True, **kwargs)
         save_ip_adapter_config(self.unet, f"{save_directory}/unet")
 
-    def progress_bar(self, iterable=None, total=None):
-        """diffusers' denoising bar, also off while the command line turns bars off
-        (:mod:`idm_vton.progress`)."""
-        from ..progress import progress_bars_shown
-
-        config = getattr(self, "_progress_bar_config", {})
-        if progress_bars_shown() or not isinstance(config, dict):
-            return super().progress_bar(iterable, total)
-        self._progress_bar_config = {**config, "disable": True}
-        try:
-            return super().progress_bar(iterable, total)
-        finally:
-            self._progress_bar_config = config
-
     # ------------------------------------------------------------------ memory and speed options
     def enable_two_phase_garment(
         self, features_on_host: bool = False, swap_unets: bool = True

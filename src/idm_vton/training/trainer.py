@@ -33,7 +33,7 @@ from ..files import (
     replace_directory,
     write_json_atomic,
 )
-from ..progress import progress_bar
+from ..progress import progress_bar, progress_bars_shown
 from . import checkpointing as ckpt
 from .config import OptimizerKind, TrainConfig
 from .data import batch_stream, batches_per_epoch
@@ -487,6 +487,7 @@ class Trainer:
         height, width = self.config.resolution
         unet = self.pipe.unet
         unet.eval()
+        self.pipe.set_progress_bar_config(disable=not progress_bars_shown())  # as the train bar
         try:
             with torch.no_grad(), accel.autocast():
                 images = self.pipe(
