@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .. import defaults
 from ..enums import DType, GarmentCategory, SchedulerName
 
 __all__ = ["SHARED", "add_preprocess_model_arguments", "add_shared", "argparse_type"]
@@ -31,15 +32,27 @@ SHARED: dict[str, dict[str, Any]] = {
         metavar="{" + ",".join(DType.values()) + "}",
         help="weights and compute precision (default: bf16 on CUDA, fp32 otherwise)",
     ),
-    "seed": dict(default=42, parse=int, help="random seed (default %(default)s)"),
-    "steps": dict(default=30, parse=int, help="denoising steps (default %(default)s)"),
+    "seed": dict(default=defaults.SEED, parse=int, help="random seed (default %(default)s)"),
+    "steps": dict(
+        default=defaults.NUM_INFERENCE_STEPS,
+        parse=int,
+        help="denoising steps (default %(default)s)",
+    ),
     "guidance": dict(
-        default=2.0, parse=float, help="classifier-free guidance (default %(default)s)"
+        default=defaults.GUIDANCE_SCALE,
+        parse=float,
+        help="classifier-free guidance (default %(default)s)",
     ),
     "height": dict(
-        default=1024, parse=int, help="work height, multiple of 8 (default %(default)s)"
+        default=defaults.WORK_HEIGHT,
+        parse=int,
+        help="work height, multiple of 8 (default %(default)s)",
     ),
-    "width": dict(default=768, parse=int, help="work width, multiple of 8 (default %(default)s)"),
+    "width": dict(
+        default=defaults.WORK_WIDTH,
+        parse=int,
+        help="work width, multiple of 8 (default %(default)s)",
+    ),
     "scheduler": dict(
         default=SchedulerName.DDPM.value,
         choices=SchedulerName.values(),

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import defaults
 from ..enums import DatasetKind, DType, GarmentCategory, Pairing, Split, parse_dataset_category
 from ..errors import DatasetError, UsageError
 from ..files import (
@@ -120,13 +121,13 @@ class DatasetInferenceConfig:
         Pairing.PAIRED,
         "the person's own garment (paired) or another one (unpaired); default %(default)s",
     )
-    steps: int = option(30, shared="steps")
-    guidance: float = option(2.0, shared="guidance")
+    steps: int = option(defaults.NUM_INFERENCE_STEPS, shared="steps")
+    guidance: float = option(defaults.GUIDANCE_SCALE, shared="guidance")
     seed: int = option(
-        42, "base seed; each sample derives its own (default %(default)s)", shared="seed"
+        defaults.SEED, "base seed; each sample derives its own (default %(default)s)", shared="seed"
     )
-    height: int = option(1024, shared="height")
-    width: int = option(768, shared="width")
+    height: int = option(defaults.WORK_HEIGHT, shared="height")
+    width: int = option(defaults.WORK_WIDTH, shared="width")
     batch_size: int = option(1, "samples per pipeline call (default %(default)s)")
     device: str | None = option(
         None,
@@ -262,7 +263,6 @@ def _validate(config: DatasetInferenceConfig) -> None:
 
 def _protocol(config: DatasetInferenceConfig, dtype: DType) -> dict[str, Any]:
     from .. import __version__
-    from ..pipelines.tryon import DEFAULT_NEGATIVE_PROMPT
 
     if config.category is not None:
         category = config.category.value
@@ -283,7 +283,7 @@ def _protocol(config: DatasetInferenceConfig, dtype: DType) -> dict[str, Any]:
         "dtype": dtype.value,
         "negative_prompt": config.negative_prompt
         if config.negative_prompt is not None
-        else DEFAULT_NEGATIVE_PROMPT,
+        else defaults.NEGATIVE_PROMPT,
         "paste_back": False,
         "seed_scheme": SEED_SCHEME,
     }

@@ -40,6 +40,7 @@ from transformers import (
 )
 
 from ..data.captions import garment_prompt, tryon_prompt
+from ..defaults import GUIDANCE_SCALE, NEGATIVE_PROMPT, NUM_INFERENCE_STEPS
 from ..errors import NonFiniteOutputError, UsageError
 from ..images import check_work_size
 from ..loaders.pipeline import load_components, save_ip_adapter_config
@@ -61,7 +62,6 @@ from .image_processor import OUTPUT_TYPES, PreparedInputs, TryOnImageProcessor
 from .memory import check_vae_tile_size
 
 __all__ = [
-    "DEFAULT_NEGATIVE_PROMPT",
     "NonFiniteOutputError",
     "PromptEmbeddings",
     "TryOnPipeline",
@@ -69,8 +69,6 @@ __all__ = [
     "check_strength",
     "vae_compute_dtype",
 ]
-
-DEFAULT_NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality"
 
 # How messages name the components (NaN/inf weights are reported by these names).
 _COMPONENT_NAMES = {
@@ -475,7 +473,7 @@ class TryOnPipeline(DiffusionPipeline):
         num_images_per_prompt: int,
         output_type: str,
         garment_description: str | Sequence[str | None] | None = None,
-        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+        negative_prompt: str = NEGATIVE_PROMPT,
         prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
@@ -543,7 +541,7 @@ class TryOnPipeline(DiffusionPipeline):
         do_classifier_free_guidance: bool,
         device,
         garment_description: str | Sequence[str | None] | None = None,
-        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+        negative_prompt: str = NEGATIVE_PROMPT,
         prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
@@ -809,9 +807,9 @@ class TryOnPipeline(DiffusionPipeline):
         mask_image,
         pose_image,
         garment_description: str | Sequence[str] | None = None,
-        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-        num_inference_steps: int = 30,
-        guidance_scale: float = 2.0,
+        negative_prompt: str = NEGATIVE_PROMPT,
+        num_inference_steps: int = NUM_INFERENCE_STEPS,
+        guidance_scale: float = GUIDANCE_SCALE,
         strength: float = 1.0,
         height: int | None = None,
         width: int | None = None,
@@ -843,7 +841,8 @@ class TryOnPipeline(DiffusionPipeline):
                 V" for TryonNet, "a photo of V" for GarmentNet) and the unconditional caption;
                 ``prompt_embeds`` ... ``garment_prompt_embeds`` give them precomputed (no text
                 encoders needed) and ``garment_clip_pixels`` the CLIP-normalised garment pixels.
-            num_inference_steps, guidance_scale, strength: sampling (reference: 30, 2.0, 1.0);
+            num_inference_steps, guidance_scale, strength: sampling (the reference's 30, 2.0 and
+                1.0 by default: :mod:`idm_vton.defaults`);
                 ``height`` x ``width``: the work size, multiples of 8 (default 1024 x 768 for
                 SDXL); ``num_images_per_prompt``: samples per person.
             generator: the only source of randomness; ``latents``: initial noise (B, 4, H/8, W/8).

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..defaults import GUIDANCE_SCALE, NUM_INFERENCE_STEPS
 from ..enums import GarmentCategory
 from ..errors import ImageInputError
 from ..images import MAX_PIXELS
@@ -91,9 +92,11 @@ class TryOnFields:
     category: Annotated[
         str | None, Form(description=f"one of {', '.join(GarmentCategory.values())}")
     ] = None
-    steps: Annotated[int | None, Form(description="denoising steps (default 30)")] = None
+    steps: Annotated[
+        int | None, Form(description=f"denoising steps (default {NUM_INFERENCE_STEPS})")
+    ] = None
     guidance: Annotated[
-        float | None, Form(description="classifier-free guidance (default 2.0)")
+        float | None, Form(description=f"classifier-free guidance (default {GUIDANCE_SCALE})")
     ] = None
     seed: Annotated[
         int | None, Form(description="seed; -1 or absent = random (returned in X-Seed)")

@@ -13,6 +13,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 
+from ..defaults import GUIDANCE_SCALE, NUM_INFERENCE_STEPS
 from ..enums import DType, GarmentCategory
 from ..errors import IdmVtonError, UsageError
 from ..options import option
@@ -98,8 +99,8 @@ class ServeConfig:
     )
     max_steps: int = 100
     job_ttl_s: float = 600.0
-    default_steps: int = 30
-    default_guidance: float = 2.0
+    default_steps: int = NUM_INFERENCE_STEPS
+    default_guidance: float = GUIDANCE_SCALE
     default_category: str = GarmentCategory.UPPER_BODY.value
     memory_options: MemoryOptions = field(default_factory=MemoryOptions)
 
