@@ -40,7 +40,7 @@ import time
 
 import torch
 
-from idm_vton.pipelines.garment_schedule import TryonConditioning
+from idm_vton.pipelines.garment_branch import TryonConditioning
 from idm_vton.pipelines.tryon import TryOnPipeline
 from idm_vton.testing.reference import reference_formulation
 from idm_vton.testing.sdxl_shapes import sdxl_pipeline
@@ -128,13 +128,13 @@ def _sync(device) -> None:
 
 
 def run_step(pipe: TryOnPipeline, s: dict) -> torch.Tensor:
-    """One denoising step through the pipeline's garment schedule (``pipe.garment_schedule``:
+    """One denoising step through the pipeline's garment branch (``pipe.garment_branch``:
     the default one, or the official one inside ``reference_formulation``)."""
-    schedule = pipe.garment_schedule
-    features = schedule.step_features(
+    branch = pipe.garment_branch
+    features = branch.step_features(
         pipe, s["garment_latents"], s["t"], s["garment_text"], s["garment_index"]
     )
-    noise = schedule.predict_noise(
+    noise = branch.predict_noise(
         pipe, s["model_input"], s["t"], s["conditioning"], features, s["null_rows"]
     ).float()
     uncond, cond = noise.chunk(2)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import idm_vton.pipelines.garment_schedule as pipeline_module
+import idm_vton.pipelines.garment_branch as pipeline_module
 from idm_vton.models.tryon_net import garment_features, tryon_forward
 from idm_vton.pipelines.tryon import TryOnPipeline
 

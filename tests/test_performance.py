@@ -18,11 +18,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import idm_vton.pipelines.garment_schedule as pipeline_module
+import idm_vton.pipelines.garment_branch as pipeline_module
 from idm_vton.commands._dataclass_flags import add_memory_arguments, apply_memory_options
 from idm_vton.models.tryon_net import garment_features, tryon_forward
+from idm_vton.pipelines.garment_branch import TryonConditioning
 from idm_vton.pipelines.garment_cache import GarmentCache
-from idm_vton.pipelines.garment_schedule import TryonConditioning
 from idm_vton.pipelines.loading import tiny_pipeline
 from idm_vton.pipelines.tryon import TryOnPipeline
 from idm_vton.testing.reference import OfficialIPAttnProcessor, reference_formulation
@@ -190,8 +190,8 @@ def test_reference_formulation_golden_tryon_cfg(golden, golden_pipe):
     cond_features = {k: v[half:] for k, v in garment.items()}
     with reference_formulation(golden_pipe):
         # the official call: materialised zeros, all queries, IP map
-        schedule = golden_pipe.garment_schedule
-        out = schedule.predict_noise(golden_pipe, *args[:2], conditioning, cond_features, half)
+        branch = golden_pipe.garment_branch
+        out = branch.predict_noise(golden_pipe, *args[:2], conditioning, cond_features, half)
         assert_close(out, ref_out, MODULE_RTOL, "reference formulation")
         maps = [
             p.attn_map
@@ -199,8 +199,8 @@ def test_reference_formulation_golden_tryon_cfg(golden, golden_pipe):
             if isinstance(p, OfficialIPAttnProcessor)
         ]
         assert maps and maps[0].shape[-1] == 16
-    schedule = golden_pipe.garment_schedule
-    out = schedule.predict_noise(golden_pipe, *args[:2], conditioning, cond_features, half)
+    branch = golden_pipe.garment_branch
+    out = branch.predict_noise(golden_pipe, *args[:2], conditioning, cond_features, half)
     assert_close(out, ref_out, MODULE_RTOL, "ours")
 
 

@@ -9,7 +9,7 @@
 3. :meth:`~TryOnPipeline.get_timesteps` and :meth:`~TryOnPipeline.prepare_latents`;
 4. :meth:`~TryOnPipeline.prepare_condition_latents` (mask, masked person, DensePose) and
    :meth:`~TryOnPipeline.prepare_garment` (the garment latent, handed to the pipeline's
-   :class:`~idm_vton.pipelines.garment_schedule.GarmentSchedule`);
+   :class:`~idm_vton.pipelines.garment_branch.GarmentBranch`);
 5. :meth:`~TryOnPipeline.denoise`: per step the garment features, TryonNet on ``[uncond ; cond]``,
    classifier-free guidance and the scheduler step;
 6. decode, and paste the generated region back into the original photo.
@@ -50,14 +50,14 @@ from ..models.garment_attention import (
     GarmentFeatureStore,
 )
 from ..models.tryon_net import ImageProjection, install_garment_attention
-from .garment_cache import GarmentCache
-from .garment_schedule import (
+from .garment_branch import (
+    GarmentBranch,
     GarmentInputs,
-    GarmentSchedule,
     GarmentSteps,
     TryonConditioning,
     TwoPhaseGarment,
 )
+from .garment_cache import GarmentCache
 from .image_processor import OUTPUT_TYPES, PreparedInputs, TryOnImageProcessor
 from .memory import check_vae_tile_size
 
@@ -188,8 +188,8 @@ class TryOnPipeline(DiffusionPipeline):
     :func:`idm_vton.pipelines.loading.tiny_pipeline`.
 
     Not components: ``image_processor`` (a
-    :class:`~idm_vton.pipelines.image_processor.TryOnImageProcessor`), ``garment_schedule`` (a
-    :class:`~idm_vton.pipelines.garment_schedule.GarmentSchedule`: when GarmentNet runs and how
+    :class:`~idm_vton.pipelines.image_processor.TryOnImageProcessor`), ``garment_branch`` (a
+    :class:`~idm_vton.pipelines.garment_branch.GarmentBranch`: when GarmentNet runs and how
     its features enter TryonNet; replace it to change that computation), ``two_phase`` and
     ``garment_cache`` (the two-phase mode and the default garment cache, off by default).
     """
@@ -242,7 +242,7 @@ class TryOnPipeline(DiffusionPipeline):
         if tryon_store is not self.garment_store or capture_store is not self.garment_store:
             install_garment_attention(unet, garment_unet, self.garment_store)
         self.image_processor = TryOnImageProcessor()
-        self.garment_schedule = GarmentSchedule()
+        self.garment_branch = GarmentBranch()
         self.two_phase: TwoPhaseGarment | None = None
         self.garment_cache: GarmentCache | None = None
 
@@ -683,7 +683,7 @@ class TryOnPipeline(DiffusionPipeline):
         strength: float,
     ) -> GarmentSteps:
         """Draw the garment latents' posterior noise from ``generator`` and start the
-        :attr:`garment_schedule` (which encodes the garment and runs GarmentNet as it decides).
+        :attr:`garment_branch` (which encodes the garment and runs GarmentNet as it decides).
         ``cache`` defaults to :attr:`garment_cache`."""
         device = self._execution_device
         garment_text = prompts.garment.to(device=device, dtype=self.unet.dtype)
@@ -699,7 +699,7 @@ class TryOnPipeline(DiffusionPipeline):
             strength=strength,
             cache=cache if cache is not None else self.garment_cache,
         )
-        return self.garment_schedule.start(self, garment)
+        return self.garment_branch.start(self, garment)
 
     def denoise(
         self,
@@ -712,7 +712,7 @@ class TryOnPipeline(DiffusionPipeline):
         callback_on_step_end: StepCallback | None = None,
     ) -> torch.Tensor:
         """The denoising loop: per step the garment features, one TryonNet pass on
-        ``[uncond ; cond]`` (through :attr:`garment_schedule`), classifier-free guidance and
+        ``[uncond ; cond]`` (through :attr:`garment_branch`), classifier-free guidance and
         the scheduler step. Raises :class:`NonFiniteOutputError` on NaN/inf latents."""
         do_cfg = guidance_scale > 1.0
         null_rows = latents.shape[0] if do_cfg else 0
@@ -727,7 +727,7 @@ class TryOnPipeline(DiffusionPipeline):
                     model_input = torch.cat([latents] * 2) if do_cfg else latents
                     model_input = self.scheduler.scale_model_input(model_input, t)
                     model_input = torch.cat([model_input.to(dtype), conditioning.condition], dim=1)
-                    noise_pred = self.garment_schedule.predict_noise(
+                    noise_pred = self.garment_branch.predict_noise(
                         self, model_input, t, conditioning, features, null_rows
                     ).float()
                     if do_cfg:

@@ -11,7 +11,7 @@ its two public seams:
 * attention processors (``unet.set_attn_processor``): :class:`NaiveGarmentAttentionProcessor` on
   every TryonNet ``attn1`` and :class:`OfficialIPAttnProcessor` on every ``attn2``
   (:func:`official_attention_processors`);
-* the garment schedule (``pipe.garment_schedule``): :class:`OfficialGarmentSchedule`.
+* the garment branch (``pipe.garment_branch``): :class:`OfficialGarmentBranch`.
 
 :func:`reference_formulation` installs both for the duration of a ``with`` block. Same weights,
 same inputs, same result within floating-point tolerance (``tests/test_performance.py``);
@@ -30,10 +30,10 @@ from diffusers.models.attention_processor import Attention, IPAdapterAttnProcess
 
 from ..models.garment_attention import GarmentAttentionProcessor, GarmentTokens
 from ..models.tryon_net import garment_features, tryon_forward
-from ..pipelines.garment_schedule import (
+from ..pipelines.garment_branch import (
     Features,
+    GarmentBranch,
     GarmentInputs,
-    GarmentSchedule,
     GarmentSteps,
     PerStepGarment,
     TryonConditioning,
@@ -41,7 +41,7 @@ from ..pipelines.garment_schedule import (
 
 __all__ = [
     "NaiveGarmentAttentionProcessor",
-    "OfficialGarmentSchedule",
+    "OfficialGarmentBranch",
     "OfficialIPAttnProcessor",
     "official_attention_processors",
     "reference_formulation",
@@ -133,8 +133,8 @@ class NaiveGarmentAttentionProcessor(GarmentAttentionProcessor):
         return out.transpose(1, 2).flatten(2)
 
 
-class OfficialGarmentSchedule(GarmentSchedule):
-    """The official schedule: GarmentNet at every step on one garment copy per TryonNet row, run
+class OfficialGarmentBranch(GarmentBranch):
+    """The official garment branch: GarmentNet at every step on one garment copy per TryonNet row, run
     to its ``conv_out``; its features handed to TryonNet as ``cat([zeros_like(f), f])`` for the
     unconditional half (materialised zero tokens). Never runs a phase 1 (two-phase mode and
     garment caches are not part of the reference and are ignored)."""
@@ -201,19 +201,19 @@ def official_attention_processors(unet: UNet2DConditionModel) -> dict:
 def reference_formulation(pipe) -> Iterator[None]:
     """Within the block, ``pipe(...)`` computes as the official implementation does (see the
     module doc): the official attention processors on TryonNet and
-    :class:`OfficialGarmentSchedule` as ``pipe.garment_schedule``; the two-phase mode and the
+    :class:`OfficialGarmentBranch` as ``pipe.garment_branch``; the two-phase mode and the
     pipeline's garment cache are off. Everything is restored on exit."""
     unet = pipe.unet
     saved = dict(unet.attn_processors)
-    saved_modes = pipe.garment_schedule, pipe.two_phase, pipe.garment_cache
+    saved_modes = pipe.garment_branch, pipe.two_phase, pipe.garment_cache
     unet.set_attn_processor(official_attention_processors(unet))
-    pipe.garment_schedule, pipe.two_phase, pipe.garment_cache = (
-        OfficialGarmentSchedule(),
+    pipe.garment_branch, pipe.two_phase, pipe.garment_cache = (
+        OfficialGarmentBranch(),
         None,
         None,
     )
     try:
         yield
     finally:
-        pipe.garment_schedule, pipe.two_phase, pipe.garment_cache = saved_modes
+        pipe.garment_branch, pipe.two_phase, pipe.garment_cache = saved_modes
         unet.set_attn_processor(saved)

@@ -9,32 +9,32 @@ on the denoising state, so its per-step features can be computed whenever suits 
   model CPU offload): for every step before the TryonNet loop, taken from the cache where it holds
   the garment; on an accelerator only one UNet needs to be resident at a time.
 
-Both give the same features. :class:`GarmentSchedule` is that choice and the pipeline's one route
-to GarmentNet and to the garment-aware TryonNet pass: the pipeline calls :meth:`GarmentSchedule.start`
+Both give the same features. :class:`GarmentBranch` is that choice and the pipeline's one route
+to GarmentNet and to the garment-aware TryonNet pass: the pipeline calls :meth:`GarmentBranch.start`
 once per call, then, at every step, :meth:`GarmentSteps.features` and
-:meth:`GarmentSchedule.predict_noise`. A subclass installed as ``pipe.garment_schedule`` changes
+:meth:`GarmentBranch.predict_noise`. A subclass installed as ``pipe.garment_branch`` changes
 the computation without touching the pipeline: the official formulation (GarmentNet at the
 TryonNet batch, run to its end; zero garment tokens materialised for the unconditional rows) is
-:class:`idm_vton.testing.reference.OfficialGarmentSchedule`.
+:class:`idm_vton.testing.reference.OfficialGarmentBranch`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
+from diffusers import UNet2DConditionModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..models.tryon_net import garment_features, tryon_forward
 from .garment_cache import GarmentCache, GarmentKey
 
-if TYPE_CHECKING:
-    from .tryon import TryOnPipeline
-
 __all__ = [
     "Features",
     "GarmentInputs",
-    "GarmentSchedule",
+    "GarmentBranch",
+    "GarmentPipeline",
     "GarmentSteps",
     "PerStepGarment",
     "PrecomputedGarment",
@@ -57,6 +57,23 @@ class TwoPhaseGarment:
     swap_unets: bool = True
 
 
+class GarmentPipeline(Protocol):
+    """What a garment branch uses of its pipeline (a
+    :class:`~idm_vton.pipelines.tryon.TryOnPipeline` is one): both UNets, the sampler's config,
+    the two-phase setting, the execution device and the garment's VAE encoding. Typed here, so
+    this module does not import the pipeline that holds it."""
+
+    unet: UNet2DConditionModel
+    garment_unet: UNet2DConditionModel
+    scheduler: SchedulerMixin
+    two_phase: TwoPhaseGarment | None
+
+    @property
+    def _execution_device(self) -> torch.device: ...
+
+    def encode_garment_latents(self, pixels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass
 class TryonConditioning:
     """What TryonNet is conditioned on besides its noisy latents, one row per TryonNet row
@@ -66,7 +83,7 @@ class TryonConditioning:
     ``time_ids``: (R, 6), SDXL's added conditioning; ``image_tokens``: IP-Adapter tokens
     (R, N, C); ``condition``: the condition channels ``[mask | masked person | DensePose]``
     (R, 9, h, w) that the pipeline's loop appends to the noisy latents (not read by
-    :meth:`GarmentSchedule.predict_noise`, whose ``sample`` already holds them).
+    :meth:`GarmentBranch.predict_noise`, whose ``sample`` already holds them).
     """
 
     text: torch.Tensor
@@ -104,7 +121,7 @@ class GarmentInputs:
 
 
 class GarmentSteps:
-    """One call's source of garment features, made by :meth:`GarmentSchedule.start`."""
+    """One call's source of garment features, made by :meth:`GarmentBranch.start`."""
 
     def features(self, step_index: int, timestep: torch.Tensor) -> Features:
         """The features of step ``step_index``: batch 1 (shared by every row) or one per
@@ -113,21 +130,21 @@ class GarmentSteps:
 
 
 class PerStepGarment(GarmentSteps):
-    """Runs GarmentNet when a step asks, through ``schedule.step_features``."""
+    """Runs GarmentNet when a step asks, through ``branch.step_features``."""
 
     def __init__(
         self,
-        schedule: GarmentSchedule,
-        pipe: TryOnPipeline,
+        branch: GarmentBranch,
+        pipe: GarmentPipeline,
         latents: torch.Tensor,
         text: torch.Tensor,
         row_index: torch.Tensor,
     ) -> None:
-        self.schedule, self.pipe = schedule, pipe
+        self.branch, self.pipe = branch, pipe
         self.latents, self.text, self.row_index = latents, text, row_index
 
     def features(self, step_index: int, timestep: torch.Tensor) -> Features:
-        return self.schedule.step_features(
+        return self.branch.step_features(
             self.pipe, self.latents, timestep, self.text, self.row_index
         )
 
@@ -154,20 +171,20 @@ def _offloaded(module: torch.nn.Module) -> bool:
     return hasattr(module, "_hf_hook")
 
 
-class GarmentSchedule:
-    """The default schedule: GarmentNet per step at batch G, or in phase 1 when the pipeline has
+class GarmentBranch:
+    """The default garment branch: GarmentNet per step at batch G, or in phase 1 when the pipeline has
     a two-phase setting (:meth:`~idm_vton.pipelines.tryon.TryOnPipeline.enable_two_phase_garment`),
     the call has a garment cache, or GarmentNet is under model CPU offload (per step, both UNets
     would be moved in and out of the device). TryonNet's unconditional rows get the reference's
     zero garment tokens in closed form (``null_rows``, see
     :class:`~idm_vton.models.garment_attention.GarmentAttentionProcessor`).
 
-    Subclass and set ``pipe.garment_schedule`` to change the computation; override
+    Subclass and set ``pipe.garment_branch`` to change the computation; override
     :meth:`start` (when GarmentNet runs), :meth:`step_features` (one step's GarmentNet pass) and
     :meth:`predict_noise` (how the features enter TryonNet).
     """
 
-    def start(self, pipe: TryOnPipeline, garment: GarmentInputs) -> GarmentSteps:
+    def start(self, pipe: GarmentPipeline, garment: GarmentInputs) -> GarmentSteps:
         """Called once per call, after the condition latents; returns the per-step source."""
         if garment.cache is not None or pipe.two_phase is not None or _offloaded(pipe.garment_unet):
             steps = precompute_garment_features(pipe, garment)
@@ -177,7 +194,7 @@ class GarmentSchedule:
 
     def step_features(
         self,
-        pipe: TryOnPipeline,
+        pipe: GarmentPipeline,
         latents: torch.Tensor,
         timestep: torch.Tensor,
         text: torch.Tensor,
@@ -192,7 +209,7 @@ class GarmentSchedule:
 
     def predict_noise(
         self,
-        pipe: TryOnPipeline,
+        pipe: GarmentPipeline,
         sample: torch.Tensor,
         timestep: torch.Tensor,
         conditioning: TryonConditioning,
@@ -214,7 +231,7 @@ class GarmentSchedule:
         )
 
 
-def precompute_garment_features(pipe: TryOnPipeline, garment: GarmentInputs) -> list[Features]:
+def precompute_garment_features(pipe: GarmentPipeline, garment: GarmentInputs) -> list[Features]:
     """Phase 1: every step's features at batch G, from the cache where it holds a garment.
 
     A garment's cache key includes the hash of its posterior noise draw, so a hit returns
@@ -258,7 +275,7 @@ def precompute_garment_features(pipe: TryOnPipeline, garment: GarmentInputs) -> 
 
 
 def run_garment_net(
-    pipe: TryOnPipeline, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor
+    pipe: GarmentPipeline, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor
 ) -> list[Features]:
     """GarmentNet for all timesteps (phase 1); with two-phase swapping only it is on the device,
     and with ``features_on_host`` its features go to (pinned) host memory."""
