@@ -189,11 +189,11 @@ def test_precomputed_embeddings_run_without_text_encoders(pipe):
         }
     )
     device = torch.device("cpu")
-    prompt, pooled = pipe.encode_prompt(["model is wearing shirts"], device)
-    negative, negative_pooled = pipe.encode_prompt(
+    prompt, pooled = pipe.encode_text(["model is wearing shirts"], device)
+    negative, negative_pooled = pipe.encode_text(
         ["monochrome, lowres, bad anatomy, worst quality, low quality"], device
     )
-    garment, _ = pipe.encode_prompt(["a photo of shirts"], device)
+    garment, _ = pipe.encode_text(["a photo of shirts"], device)
     with_embeds = tryon_images(
         no_text,
         garment_description=None,

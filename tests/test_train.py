@@ -132,7 +132,7 @@ def test_condition_dropout_uses_the_pipelines_unconditional_inputs(vitonhd):
     config = ObjectiveConfig(condition_dropout=1.0)
     diffusion_loss(model, conditioner, scheduler, batch, step_generator(0, 0), config)
     call = model.calls[0]
-    empty, _ = pipe.encode_prompt([""], torch.device("cpu"))
+    empty, _ = pipe.encode_text([""], torch.device("cpu"))
     assert call["null_garment_rows"] == 2
     assert call["image_dropped"].all()
     assert torch.allclose(call["text"], empty.expand(2, -1, -1))

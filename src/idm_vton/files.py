@@ -122,7 +122,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         remove_empty_folders(created)
         raise
     try:
-        _hold(fd)
+        _lock_while_open(fd)
         with naming_write_errors(path, tmp):
             yield tmp
             apply_umask(tmp)
@@ -153,7 +153,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd = None
     try:
         fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        _hold(fd)
+        _lock_while_open(fd)
         with naming_write_errors(path, tmp):
             yield tmp
             apply_umask(tmp)
@@ -341,7 +341,7 @@ def lock_folder(folder: str | os.PathLike[str], flag: str = "--out") -> Iterator
         except BaseException:
             os.close(fd)
             raise
-        if _is(fd, lock):
+        if _still_the_file_at(fd, lock):
             break
         os.close(fd)  # the previous holder removed that file meanwhile: lock the new one
     try:
@@ -352,7 +352,7 @@ def lock_folder(folder: str | os.PathLike[str], flag: str = "--out") -> Iterator
         os.close(fd)
 
 
-def _is(fd: int, path: Path) -> bool:
+def _still_the_file_at(fd: int, path: Path) -> bool:
     """True if the open file ``fd`` is still the file at ``path``."""
     try:
         on_disk = os.stat(path)
@@ -368,7 +368,7 @@ def _temporary_name(path: Path, kind: str) -> Path:
     return path.with_name(name)
 
 
-def _hold(fd: int) -> None:
+def _lock_while_open(fd: int) -> None:
     """Lock the temporary behind ``fd`` for as long as it is open: it is in use. (Where the file
     system has no locks, the writer's pid, alive, still keeps it from being cleaned up.)"""
     if fcntl is not None:

@@ -85,12 +85,14 @@ def mask_region(mask: np.ndarray, height: int, width: int, margin: float = 0.1) 
     box_w = box_h * target
     rh, rw = int(round(box_h)), int(round(box_w))
     cy, cx = (top + bottom) / 2, (left + right) / 2
-    y0 = _place(cy - rh / 2, rh, photo_h)
-    x0 = _place(cx - rw / 2, rw, photo_w)
+    y0 = _axis_start(cy - rh / 2, rh, photo_h)
+    x0 = _axis_start(cx - rw / 2, rw, photo_w)
     return Region(x0, y0, x0 + rw, y0 + rh)
 
 
-def _place(start: float, length: int, limit: int) -> int:
+def _axis_start(start: float, length: int, limit: int) -> int:
+    """Where a box side of ``length`` starts on an axis of ``limit`` pixels, wanted at ``start``:
+    moved inside the photo, or centred on it when the side is longer than the photo."""
     if length >= limit:
         return int(round((limit - length) / 2))
     return int(min(max(round(start), 0), limit - length))

@@ -4,11 +4,11 @@
 
 1. :meth:`~TryOnPipeline.check_inputs`, then the images to work-size tensors and paste-back
    regions (:class:`~idm_vton.pipelines.image_processor.TryOnImageProcessor`);
-2. :meth:`~TryOnPipeline.encode_prompts` (the captions, SPEC section 3) and
+2. :meth:`~TryOnPipeline.encode_prompts` (the captions of paper Sec. 3.2) and
    :meth:`~TryOnPipeline.encode_image_prompt` (garment CLIP penultimate states -> Resampler);
 3. :meth:`~TryOnPipeline.get_timesteps` and :meth:`~TryOnPipeline.prepare_latents`;
 4. :meth:`~TryOnPipeline.prepare_condition_latents` (mask, masked person, DensePose) and
-   :meth:`~TryOnPipeline.prepare_garment` (the garment latent, handed to the pipeline's
+   :meth:`~TryOnPipeline.start_garment_branch` (the garment latent, handed to the pipeline's
    :class:`~idm_vton.pipelines.garment_branch.GarmentBranch`);
 5. :meth:`~TryOnPipeline.denoise`: per step the garment features, TryonNet on ``[uncond ; cond]``,
    classifier-free guidance and the scheduler step;
@@ -63,7 +63,9 @@ from .memory import check_vae_tile_size
 
 __all__ = [
     "NonFiniteOutputError",
+    "BatchLayout",
     "PromptEmbeddings",
+    "PromptInputs",
     "TryOnPipeline",
     "TryOnPipelineOutput",
     "check_strength",
@@ -110,6 +112,25 @@ class TryOnPipelineOutput(BaseOutput):
     images: list[Image.Image] | np.ndarray | torch.Tensor
 
 
+@dataclass(frozen=True)
+class PromptInputs:
+    """The text of one call as given: the garment description(s) V and the unconditional caption,
+    or their embeddings precomputed (then no text encoder is needed). ``__call__`` takes these
+    as keywords, as diffusers' pipelines do, and hands them on as one object.
+
+    ``prompt_embeds``/``pooled_prompt_embeds``: TryonNet's caption; ``negative_*``: the
+    unconditional caption; ``garment_prompt_embeds``: GarmentNet's caption (1 or G rows).
+    """
+
+    garment_description: str | Sequence[str | None] | None = None
+    negative_prompt: str = NEGATIVE_PROMPT
+    prompt_embeds: torch.Tensor | None = None
+    pooled_prompt_embeds: torch.Tensor | None = None
+    negative_prompt_embeds: torch.Tensor | None = None
+    negative_pooled_prompt_embeds: torch.Tensor | None = None
+    garment_prompt_embeds: torch.Tensor | None = None
+
+
 @dataclass
 class PromptEmbeddings:
     """Caption embeddings of one call, one row per garment (or one shared row).
@@ -129,7 +150,7 @@ class PromptEmbeddings:
 
 
 @dataclass(frozen=True)
-class _Rows:
+class BatchLayout:
     """The call's batch layout: ``people`` x ``per_person`` rows, ``garments`` garments."""
 
     people: int
@@ -385,8 +406,9 @@ class TryOnPipeline(DiffusionPipeline):
         return self.default_height * 3 // 4
 
     # ------------------------------------------------------------------ encoders
-    def encode_prompt(self, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-        """SDXL text encoding: penultimate hidden states of both encoders, pooled from the second."""
+    def encode_text(self, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDXL text encoding of ``texts``: penultimate hidden states of both encoders, pooled
+        from the second."""
         if self.text_encoder is None or self.text_encoder_2 is None:
             raise UsageError(
                 "this pipeline has no text encoders: pass prompt_embeds, pooled_prompt_embeds, "
@@ -398,7 +420,7 @@ class TryOnPipeline(DiffusionPipeline):
             (self.tokenizer_2, self.text_encoder_2),
         ):
             ids = tokenizer(
-                prompts,
+                texts,
                 padding="max_length",
                 max_length=tokenizer.model_max_length,
                 truncation=True,
@@ -409,7 +431,8 @@ class TryOnPipeline(DiffusionPipeline):
             pooled = out[0]
         return torch.cat(embeds, dim=-1), pooled
 
-    def clip_pixels(self, garments: list[Image.Image], device) -> torch.Tensor:
+    def clip_preprocess(self, garments: list[Image.Image], device) -> torch.Tensor:
+        """Garment photos -> CLIP-normalised pixels for the image encoder (:attr:`feature_extractor`)."""
         processor = self.feature_extractor or CLIPImageProcessor()
         pixels = processor(images=garments, return_tensors="pt").pixel_values
         return pixels.to(device=device, dtype=self.image_encoder.dtype)
@@ -444,10 +467,10 @@ class TryOnPipeline(DiffusionPipeline):
 
     def encode_garment_latents(self, pixels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Garment latents for GarmentNet: the VAE posterior sample of ``pixels`` (in [-1, 1])
-        with the given ``noise`` (from :meth:`prepare_garment_noise`), in GarmentNet's dtype."""
+        with the given ``noise`` (from :meth:`draw_garment_noise`), in GarmentNet's dtype."""
         return self._vae_encode(pixels, None, eps=noise).to(self.garment_unet.dtype)
 
-    def prepare_garment_noise(self, garments: int, height: int, width: int, generator):
+    def draw_garment_noise(self, garments: int, height: int, width: int, generator):
         """The garment latents' VAE posterior noise, (G, C, H/8, W/8), drawn from ``generator``."""
         shape = (
             garments,
@@ -472,13 +495,7 @@ class TryOnPipeline(DiffusionPipeline):
         width: int,
         num_images_per_prompt: int,
         output_type: str,
-        garment_description: str | Sequence[str | None] | None = None,
-        negative_prompt: str = NEGATIVE_PROMPT,
-        prompt_embeds: torch.Tensor | None = None,
-        pooled_prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        negative_pooled_prompt_embeds: torch.Tensor | None = None,
-        garment_prompt_embeds: torch.Tensor | None = None,
+        text: PromptInputs,
     ) -> None:
         """Refuse settings that cannot work, saying what was expected and what came in."""
         if output_type not in OUTPUT_TYPES:
@@ -493,23 +510,25 @@ class TryOnPipeline(DiffusionPipeline):
         check_work_size(height, width, self.vae_scale_factor)
         if num_images_per_prompt < 1:
             raise UsageError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
-        if not isinstance(negative_prompt, str):
+        if not isinstance(text.negative_prompt, str):
             raise UsageError(
-                f"negative_prompt must be a string, got {type(negative_prompt).__name__}"
+                f"negative_prompt must be a string, got {type(text.negative_prompt).__name__}"
             )
         do_cfg = guidance_scale > 1.0
-        descriptions = _descriptions(garment_description)
+        descriptions = _descriptions(text.garment_description)
         needs_text = (
-            prompt_embeds is None
-            or garment_prompt_embeds is None
-            or (do_cfg and negative_prompt_embeds is None)
+            text.prompt_embeds is None
+            or text.garment_prompt_embeds is None
+            or (do_cfg and text.negative_prompt_embeds is None)
         )
         if needs_text and any(d is None for d in descriptions):
             raise UsageError(
                 "garment_description is required (or pass precomputed prompt embeddings)"
             )
-        if (prompt_embeds is not None and pooled_prompt_embeds is None) or (
-            do_cfg and negative_prompt_embeds is not None and negative_pooled_prompt_embeds is None
+        if (text.prompt_embeds is not None and text.pooled_prompt_embeds is None) or (
+            do_cfg
+            and text.negative_prompt_embeds is not None
+            and text.negative_pooled_prompt_embeds is None
         ):
             raise UsageError(
                 "pooled prompt embeddings must be given together with prompt embeddings"
@@ -536,31 +555,26 @@ class TryOnPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ call stages
     def encode_prompts(
-        self,
-        garments: int,
-        do_classifier_free_guidance: bool,
-        device,
-        garment_description: str | Sequence[str | None] | None = None,
-        negative_prompt: str = NEGATIVE_PROMPT,
-        prompt_embeds: torch.Tensor | None = None,
-        pooled_prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        negative_pooled_prompt_embeds: torch.Tensor | None = None,
-        garment_prompt_embeds: torch.Tensor | None = None,
+        self, text: PromptInputs, garments: int, do_classifier_free_guidance: bool, device
     ) -> PromptEmbeddings:
-        """The captions of each garment's description V, encoded (precomputed ones as given)."""
-        descriptions = _descriptions(garment_description)
+        """The captions of each garment's description V, encoded (:meth:`encode_text`;
+        precomputed embeddings as given)."""
+        descriptions = _descriptions(text.garment_description)
         if len(descriptions) not in (1, garments):
             raise UsageError(
                 f"got {len(descriptions)} garment descriptions for {garments} garments"
             )
         descriptions = descriptions * garments if len(descriptions) == 1 else descriptions
+        prompt_embeds, pooled_prompt_embeds = text.prompt_embeds, text.pooled_prompt_embeds
+        negative_prompt_embeds = text.negative_prompt_embeds
+        negative_pooled_prompt_embeds = text.negative_pooled_prompt_embeds
+        garment_prompt_embeds = text.garment_prompt_embeds
         if prompt_embeds is None:
-            prompt_embeds, pooled_prompt_embeds = self.encode_prompt(
+            prompt_embeds, pooled_prompt_embeds = self.encode_text(
                 [tryon_prompt(d) for d in descriptions], device
             )
         if garment_prompt_embeds is None:
-            garment_prompt_embeds, _ = self.encode_prompt(
+            garment_prompt_embeds, _ = self.encode_text(
                 [garment_prompt(d) for d in descriptions], device
             )
         if garment_prompt_embeds.shape[0] not in (1, garments):
@@ -569,8 +583,8 @@ class TryOnPipeline(DiffusionPipeline):
                 f"expected 1 or {garments}"
             )
         if do_classifier_free_guidance and negative_prompt_embeds is None:
-            negative_prompt_embeds, negative_pooled_prompt_embeds = self.encode_prompt(
-                [negative_prompt], device
+            negative_prompt_embeds, negative_pooled_prompt_embeds = self.encode_text(
+                [text.negative_prompt], device
             )
         return PromptEmbeddings(
             prompt=prompt_embeds,
@@ -581,16 +595,17 @@ class TryOnPipeline(DiffusionPipeline):
             descriptions=descriptions,
         )
 
-    def garment_clip_pixels(
+    def prepare_clip_pixels(
         self, prepared: PreparedInputs, garment_clip_pixels: torch.Tensor | None, device
     ) -> torch.Tensor:
-        """CLIP-normalised garment pixels: as given, or computed from the garment photos."""
+        """CLIP-normalised garment pixels: as given, or computed from the garment photos
+        (:meth:`clip_preprocess`)."""
         if garment_clip_pixels is None:
             if prepared.garment_images is None:
                 raise UsageError(
                     "tensor garment inputs need garment_clip_pixels (CLIP-normalised pixels)"
                 )
-            garment_clip_pixels = self.clip_pixels(prepared.garment_images, device)
+            garment_clip_pixels = self.clip_preprocess(prepared.garment_images, device)
         return garment_clip_pixels.to(device, self.image_encoder.dtype)
 
     def tryon_conditioning(
@@ -598,7 +613,7 @@ class TryOnPipeline(DiffusionPipeline):
         prompts: PromptEmbeddings,
         image_prompt: tuple[torch.Tensor, torch.Tensor],
         condition: torch.Tensor,
-        rows: _Rows,
+        rows: BatchLayout,
         height: int,
         width: int,
         do_classifier_free_guidance: bool,
@@ -624,7 +639,9 @@ class TryOnPipeline(DiffusionPipeline):
         size = torch.tensor([height, width, 0, 0, height, width], device=device, dtype=dtype)
         return TryonConditioning(text, pooled, size.expand(text.shape[0], -1), tokens, condition)
 
-    def _rows_on_device(self, prepared: PreparedInputs, rows: _Rows) -> tuple[torch.Tensor, ...]:
+    def _rows_on_device(
+        self, prepared: PreparedInputs, rows: BatchLayout
+    ) -> tuple[torch.Tensor, ...]:
         """Person in [-1, 1], mask and pose, one row per sample, on the execution device."""
         person, mask, pose = (
             t.to(self._execution_device).repeat_interleave(rows.per_person, 0)
@@ -635,7 +652,7 @@ class TryOnPipeline(DiffusionPipeline):
     def prepare_latents(
         self,
         prepared: PreparedInputs,
-        rows: _Rows,
+        rows: BatchLayout,
         timesteps: torch.Tensor,
         strength: float,
         generator,
@@ -661,7 +678,7 @@ class TryOnPipeline(DiffusionPipeline):
         return self.scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(shape[0]))
 
     def prepare_condition_latents(
-        self, prepared: PreparedInputs, rows: _Rows, generator
+        self, prepared: PreparedInputs, rows: BatchLayout, generator
     ) -> torch.Tensor:
         """TryonNet's condition channels ``[mask 1 | masked person 4 | DensePose 4]`` (paper
         Sec. 3.2), one row per sample, VAE posterior samples drawn from ``generator``."""
@@ -672,11 +689,11 @@ class TryOnPipeline(DiffusionPipeline):
         pose_latents = self._vae_encode(2.0 * pose - 1.0, generator)
         return torch.cat([mask_latent, masked_latents, pose_latents], dim=1).to(self.unet.dtype)
 
-    def prepare_garment(
+    def start_garment_branch(
         self,
         prepared: PreparedInputs,
         prompts: PromptEmbeddings,
-        rows: _Rows,
+        rows: BatchLayout,
         timesteps: torch.Tensor,
         generator,
         cache: GarmentCache | None,
@@ -691,7 +708,7 @@ class TryOnPipeline(DiffusionPipeline):
         garment = GarmentInputs(
             pixels=pixels,
             text=garment_text.expand(rows.garments, -1, -1),
-            noise=self.prepare_garment_noise(rows.garments, *pixels.shape[-2:], generator),
+            noise=self.draw_garment_noise(rows.garments, *pixels.shape[-2:], generator),
             row_index=rows.garment_index,
             timesteps=timesteps,
             descriptions=prompts.descriptions,
@@ -753,7 +770,7 @@ class TryOnPipeline(DiffusionPipeline):
         self,
         latents: torch.Tensor,
         prepared: PreparedInputs,
-        rows: _Rows,
+        rows: BatchLayout,
         output_type: str = "pil",
         paste_back: bool = True,
     ) -> list[Image.Image] | np.ndarray | torch.Tensor:
@@ -860,7 +877,7 @@ class TryOnPipeline(DiffusionPipeline):
         """
         height = self.default_height if height is None else height
         width = self.default_width if width is None else width
-        text = dict(
+        text = PromptInputs(
             garment_description=garment_description,
             negative_prompt=negative_prompt,
             prompt_embeds=prompt_embeds,
@@ -877,7 +894,7 @@ class TryOnPipeline(DiffusionPipeline):
             width,
             num_images_per_prompt,
             output_type,
-            **text,
+            text,
         )
         device, do_cfg = self._execution_device, guidance_scale > 1.0
         self._guidance_scale = guidance_scale  # for the messages of non_finite_cause
@@ -886,11 +903,11 @@ class TryOnPipeline(DiffusionPipeline):
         prepared = self.prepare_inputs(
             person_image, garment_image, mask_image, pose_image, height, width, crop_margin
         )
-        rows = _Rows(prepared.people, prepared.garments, num_images_per_prompt)
+        rows = BatchLayout(prepared.people, prepared.garments, num_images_per_prompt)
 
         # 2. Captions and the garment image prompt, once per call.
-        prompts = self.encode_prompts(rows.garments, do_cfg, device, **text)
-        clip_pixels = self.garment_clip_pixels(prepared, garment_clip_pixels, device)
+        prompts = self.encode_prompts(text, rows.garments, do_cfg, device)
+        clip_pixels = self.prepare_clip_pixels(prepared, garment_clip_pixels, device)
         image_prompt = self.encode_image_prompt(clip_pixels)
 
         # 3. Timesteps and initial latents.
@@ -900,7 +917,7 @@ class TryOnPipeline(DiffusionPipeline):
         # 4. Condition latents, then the garment (VAE posterior draws in the reference's order).
         condition = self.prepare_condition_latents(prepared, rows, generator)
         garment_generator = generator if garment_generator is None else garment_generator
-        garment = self.prepare_garment(
+        garment = self.start_garment_branch(
             prepared, prompts, rows, timesteps, garment_generator, garment_cache, strength
         )
         conditioning = self.tryon_conditioning(

@@ -146,7 +146,7 @@ def _example_batch(
     prep = pipe.prepare_inputs(person, garment, mask, pose, height, width, 0.1)
     if prep.garment_images is None:
         raise CustomizationError("give the customization inputs as images (paths or PIL)")
-    clip = pipe.clip_pixels(prep.garment_images[:1], pipe._execution_device).float().cpu()
+    clip = pipe.clip_preprocess(prep.garment_images[:1], pipe._execution_device).float().cpu()
     tensors = {"person": prep.person[:1], "garment": prep.garment[:1], "mask": prep.mask[:1],
                "pose": prep.pose[:1], "garment_clip": clip}  # fmt: skip
     batch = {k: v.repeat(repeat, *[1] * (v.ndim - 1)) for k, v in tensors.items()}

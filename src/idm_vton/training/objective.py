@@ -167,7 +167,7 @@ class Conditioner:
         """SDXL prompt embeddings (B, 77, C) and pooled embeddings (B, P) of ``captions``."""
         missing = list(dict.fromkeys(c for c in captions if c not in self._cache))
         if missing:
-            embeds, pooled = self.pipe.encode_prompt(missing, self.device)
+            embeds, pooled = self.pipe.encode_text(missing, self.device)
             for caption, e, p in zip(missing, embeds, pooled, strict=True):
                 self._cache[caption] = (e, p)
         rows = []
@@ -229,7 +229,7 @@ class _Encoded:
 
 
 @dataclass
-class _Rows:
+class _TryonNetRows:
     """TryonNet's inputs and target, one row per example (every field is indexed by row)."""
 
     noisy: torch.Tensor
@@ -243,8 +243,8 @@ class _Rows:
     clip_hidden: torch.Tensor
     image_dropped: torch.Tensor | None = None
 
-    def reordered(self, order: torch.Tensor) -> _Rows:
-        return _Rows(**{f.name: _take(getattr(self, f.name), order) for f in fields(self)})
+    def reordered(self, order: torch.Tensor) -> _TryonNetRows:
+        return _TryonNetRows(**{f.name: _take(getattr(self, f.name), order) for f in fields(self)})
 
 
 def _take(value: torch.Tensor | None, order: torch.Tensor) -> torch.Tensor | None:
@@ -336,7 +336,7 @@ def _draw_noisy_rows(
     generator: torch.Generator,
     config: ObjectiveConfig,
     timesteps: torch.Tensor | None,
-) -> tuple[_Rows, torch.Tensor]:
+) -> tuple[_TryonNetRows, torch.Tensor]:
     """Noise (plus offset noise), timesteps and the (3, B) condition-dropout draws (text, image
     prompt, garment), all from ``generator``; returns the noised rows and the dropout draws."""
     latents = encoded.latents
@@ -348,7 +348,7 @@ def _draw_noisy_rows(
     drawn = torch.randint(0, scheduler.config.num_train_timesteps, (bsz,), generator=generator)
     timesteps = (drawn if timesteps is None else timesteps.cpu()).to(device=device).long()
     dropped = torch.rand((3, bsz), generator=generator) < config.condition_dropout
-    rows = _Rows(
+    rows = _TryonNetRows(
         noisy=scheduler.add_noise(latents, noise, timesteps),
         mask=encoded.mask,
         masked=encoded.masked,
@@ -364,10 +364,10 @@ def _draw_noisy_rows(
 
 def _drop_conditions(
     conditioner: Conditioner,
-    rows: _Rows,
+    rows: _TryonNetRows,
     garment: dict[str, torch.Tensor],
     dropped: torch.Tensor,
-) -> tuple[_Rows, dict[str, torch.Tensor], int]:
+) -> tuple[_TryonNetRows, dict[str, torch.Tensor], int]:
     """Classifier-free guidance training: the pipeline's unconditional inputs where dropped.
 
     Text: the empty prompt; image prompt: flagged in ``image_dropped`` (the model swaps in the
