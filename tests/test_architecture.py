@@ -7,9 +7,11 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import re
 import subprocess
 import sys
 import typing
+from pathlib import Path
 
 import grimp
 
@@ -129,3 +131,23 @@ def test_the_sampling_defaults_have_one_home():
     described = {name: hints[name].__metadata__[0].description for name in ("steps", "guidance")}
     assert f"(default {steps})" in described["steps"]
     assert f"(default {guidance})" in described["guidance"]
+
+
+def test_no_text_cites_a_document_users_do_not_have():
+    """Code, docs and messages cite the paper, the official code or this project's own docs:
+    never the internal reference notes ("SPEC section N", "SPEC §N", "SPEC.md")."""
+    cited = re.compile(r"\bSPEC(\.md)?\b")
+    places = [REPO / "README.md"] + [
+        p
+        for folder in ("src", "docs", "tests", "benchmarks", "examples")
+        for p in (REPO / folder).rglob("*")
+        if p.suffix in (".py", ".md", ".txt", ".json", ".toml") and p.is_file()
+    ]
+    assert len(places) > 100
+    found = [
+        f"{p.relative_to(REPO)}:{number}"
+        for p in places
+        for number, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if cited.search(line) and p != Path(__file__)
+    ]
+    assert found == []

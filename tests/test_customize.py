@@ -1,4 +1,4 @@
-"""Customization (SPEC section 5) and from-scratch SDXL initialisation, on the tiny model."""
+"""Customization (paper Sec. 3.3) and from-scratch SDXL initialisation, on the tiny model."""
 
 from __future__ import annotations
 

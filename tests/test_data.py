@@ -1,4 +1,4 @@
-"""Tests of the data layer: captions (SPEC section 3), augmentations and datasets (section 4)."""
+"""Tests of the data layer: captions (paper Sec. 3.2), augmentations and datasets."""
 
 from __future__ import annotations
 

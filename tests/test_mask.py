@@ -1,4 +1,4 @@
-"""Tests for the automatic inpaint mask (SPEC §6): reference cases plus synthetic bodies."""
+"""Tests for the automatic inpaint mask (docs/preprocessing.md): reference cases plus synthetic bodies."""
 
 import json
 
@@ -350,7 +350,7 @@ def test_invalid_label_maps_are_rejected(parse):
         agnostic_mask(parse, np.zeros((18, 2)), "upper_body")
 
 
-# What each ATR label (+ 18 neck) does in each category, from SPEC section 6 and the official
+# What each ATR label (+ 18 neck) does in each category, from the official demo's mask function
 # get_mask_location: "garment" labels are re-generated on their own, "kept" labels are protected
 # even where the dilated garment reaches them; every other label is re-generated only there.
 # Without arm keypoints the parsed arms (14, 15) stand in for the sleeves, so they count as garment

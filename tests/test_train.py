@@ -1,4 +1,4 @@
-"""Training (SPEC section 4) on the tiny model and small synthetic datasets in both layouts."""
+"""Training (paper Sec. 3, docs/training.md) on the tiny model and small synthetic datasets in both layouts."""
 
 from __future__ import annotations
 

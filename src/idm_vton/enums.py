@@ -53,7 +53,7 @@ class Choice(str, Enum):
 
 
 class GarmentCategory(Choice):
-    """Garment category: the DressCode sub-folders and the mask regions of SPEC section 6."""
+    """Garment category: the DressCode sub-folders and the mask regions of the official demo's mask function."""
 
     UPPER_BODY = "upper_body"
     LOWER_BODY = "lower_body"

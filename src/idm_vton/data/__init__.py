@@ -1,1 +1,1 @@
-"""Datasets (VITON-HD, DressCode), captions and augmentations (SPEC sections 3 and 4)."""
+"""Datasets (VITON-HD, DressCode), captions and augmentations (paper Sec. 3)."""

@@ -1,4 +1,4 @@
-"""Training augmentations of IDM-VTON (SPEC section 4), in plain torch.
+"""Training augmentations of IDM-VTON (the official ``train_xl.py``), in plain torch.
 
 Each augmentation fires with probability 0.5:
 
@@ -12,7 +12,7 @@ All images are float tensors ``[..., C, H, W]`` in ``[0, 1]``. The colour operat
 semantics of torchvision's functional ``adjust_*`` on float images, re-implemented here so the
 package does not need torchvision. They run on ``[0, 1]`` images: the official trainer ran them on
 tensors already scaled to ``[-1, 1]``, where torchvision's clamp to ``[0, 1]`` erased everything
-darker than mid-grey (SPEC section 4, bug list).
+darker than mid-grey (docs/training.md lists that trainer's bugs).
 
 Randomness comes only from a ``torch.Generator``: :func:`sample_augment_params` draws a fixed
 number of values per call (whether or not an augmentation fires), so a seed reproduces a sample
@@ -37,7 +37,7 @@ _NUM_DRAWS = 11
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Probabilities, ranges and fill values of the try-on augmentations (SPEC section 4).
+    """Probabilities, ranges and fill values of the try-on augmentations.
 
     The jitter strengths use torchvision ``ColorJitter`` conventions: a factor is drawn uniformly
     from ``[max(0, 1 - x), 1 + x]`` for brightness, contrast and saturation, and the hue shift from

@@ -1,4 +1,4 @@
-"""Garment descriptions V and the two prompts built from them (SPEC section 3).
+"""Garment descriptions V and the two prompts built from them (paper Sec. 3.2).
 
 IDM-VTON conditions both UNets on a short garment description V:
 
@@ -115,7 +115,7 @@ def load_dresscode_captions(path: str | Path) -> dict[str, str]:
 
     Each line is ``<file name> <caption words...>``; V is the words joined by single spaces.
     Blank lines and lines without caption words are skipped (the dataset then falls back to the
-    category name, SPEC section 3).
+    category name, as the official code does).
 
     Keying: every caption is stored under the name exactly as written (``"013563_1.jpg"``) and also
     under that name without its extension (``"013563_1"``), so a lookup works with either form
@@ -147,10 +147,10 @@ def load_dresscode_captions(path: str | Path) -> dict[str, str]:
 
 
 def tryon_prompt(description: str) -> str:
-    """TryonNet prompt for garment description V (training form, SPEC section 3)."""
+    """TryonNet prompt for garment description V (the official training form, used everywhere)."""
     return "model is wearing " + description
 
 
 def garment_prompt(description: str) -> str:
-    """GarmentNet prompt for garment description V (SPEC section 3)."""
+    """GarmentNet prompt for garment description V (paper Sec. 3.2)."""
     return "a photo of " + description

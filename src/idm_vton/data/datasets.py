@@ -2,10 +2,10 @@
 
 Every item is a dict (see :class:`TryOnDataset`) with the person, inpainting mask, DensePose image
 and garment as float tensors in ``[0, 1]`` at one size ``(H, W)``, the garment preprocessed for the
-CLIP image encoder, and the two prompts of SPEC section 3. Scaling to ``[-1, 1]`` for the VAE is
+CLIP image encoder, and the two captions of paper Sec. 3.2. Scaling to ``[-1, 1]`` for the VAE is
 left to the model side.
 
-On-disk layouts (SPEC section 4, official ``train_xl.py`` / ``inference.py`` / ``inference_dc.py``):
+On-disk layouts (the official ``train_xl.py`` / ``inference.py`` / ``inference_dc.py``):
 
 VITON-HD (``root``)::
 
@@ -226,7 +226,7 @@ class TryOnDataset(torch.utils.data.Dataset):
     Person and garment are resized to ``size`` with bicubic resampling, the pose bilinearly, the mask
     bilinearly and then binarised (so downscaling keeps the mask's area).
 
-    Augmentation (``augment=True``, SPEC section 4) is seeded per item. With ``seed`` set, item
+    Augmentation (``augment=True``, :mod:`.augment`) is seeded per item. With ``seed`` set, item
     ``i`` in epoch ``e`` always gets the same draw, whatever the worker or loading order; call
     :meth:`set_epoch` every epoch (as with ``DistributedSampler``) for fresh draws. With
     ``seed=None`` the per-item seed comes from torch's global RNG, which DataLoader seeds
@@ -388,7 +388,7 @@ class VitonHDDataset(TryOnDataset):
     ``pairing="paired"`` uses the person's own garment (the garment file named like the person);
     ``"unpaired"`` uses the second column of ``{split}_pairs.txt``. Captions come from
     ``vitonhd_{split}_tagged.json`` looked up by garment file name (``tags_json`` overrides the
-    location); a garment without an entry gets ``"shirts"`` (SPEC section 3). If no tag file is
+    location); a garment without an entry gets ``"shirts"`` (as in the official code). If no tag file is
     found a warning is logged and every garment gets ``"shirts"``.
 
     See :class:`TryOnDataset` for the item format, augmentation and error handling.

@@ -1,4 +1,5 @@
-"""Evaluate try-on outputs against ground truth folders (SPEC section 7, paper section 4).
+"""Evaluate try-on outputs against ground truth folders (paper Sec. 4; the protocol is
+in docs/evaluation.md).
 
 :func:`evaluate_folders` pairs ``pred_dir`` and ``gt_dir`` by file name (stem, so ``x.png``
 pairs with ``x.jpg``; an output named ``{person}_{garment}.png``, as ``idm-vton infer-dataset``

@@ -1,4 +1,4 @@
-"""Batch try-on over a dataset's test split (SPEC section 7, paper Sec. 4): ``idm-vton infer-dataset``.
+"""Batch try-on over a dataset's test split (the protocol of paper Sec. 4, docs/evaluation.md): ``idm-vton infer-dataset``.
 
 Every sample of a VITON-HD or DressCode split (:mod:`idm_vton.data.datasets`, no augmentation) is
 rendered with the dataset's own mask, DensePose image and caption, and written to

@@ -1,4 +1,4 @@
-"""Checkpoint reading and key conversion for the published IDM-VTON layout (SPEC section 1).
+"""Checkpoint reading and key conversion for the published IDM-VTON layout (README, "Checkpoints").
 
 The published ``yisol/IDM-VTON`` folder stores the TryonNet with
 ``encoder_hid_dim_type: "ip_image_proj"`` (which stock diffusers refuses), the IP-Adapter Plus

@@ -1,4 +1,4 @@
-"""Customization files (paper Sec. 3.3, SPEC section 5): the two formats and applying one.
+"""Customization files (paper Sec. 3.3): the two formats and applying one.
 
 ``idm-vton customize`` (:mod:`idm_vton.training.customize`) tunes TryonNet's up-block attention
 on one photo and stores the result as a small safetensors file that loads on top of the base

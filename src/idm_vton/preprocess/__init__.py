@@ -1,1 +1,1 @@
-"""Preprocessing: inpaint mask, human parsing, pose and DensePose for IDM-VTON (SPEC section 6)."""
+"""Preprocessing: inpaint mask, human parsing, pose and DensePose for IDM-VTON (docs/preprocessing.md)."""

@@ -1,4 +1,5 @@
-"""Automatic inpaint ("agnostic") mask from human parsing and pose keypoints (SPEC §6).
+"""Automatic inpaint ("agnostic") mask from human parsing and pose keypoints (the official demo's
+``utils_mask.py``; docs/preprocessing.md).
 
 IDM-VTON re-generates the garment region of the person photo and keeps everything else. The
 region is derived from an ATR human-parsing label map (plus LIP's neck label) and OpenPose body
@@ -107,7 +108,7 @@ def agnostic_mask(
     category: GarmentCategory | str,
     model_type: str = "hd",
 ) -> np.ndarray:
-    """Return the region of a person photo to re-generate for a try-on (SPEC §6).
+    """Return the region of a person photo to re-generate for a try-on (docs/preprocessing.md).
 
     Reproduces the official IDM-VTON ``get_mask_location`` (``gradio_demo/utils_mask.py``).
 

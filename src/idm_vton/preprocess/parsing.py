@@ -1,4 +1,4 @@
-"""Human parsing with the SCHP ATR and LIP networks exported to ONNX (SPEC section 6).
+"""Human parsing with the SCHP ATR and LIP networks exported to ONNX (the official demo's).
 
 The official IDM-VTON demo parses the person photo twice: the ATR network (18 labels, 512 x 512
 input) gives the label map, and the LIP network (20 labels, 473 x 473 input) only contributes the

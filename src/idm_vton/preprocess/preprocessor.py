@@ -152,7 +152,7 @@ class Preprocessor:
         category: GarmentCategory | str = "upper_body",
         model_type: str = "hd",
     ) -> np.ndarray:
-        """The automatic inpaint mask (SPEC section 6) at the photo's size."""
+        """The automatic inpaint mask (:func:`~idm_vton.preprocess.mask.agnostic_mask`) at the photo's size."""
         return self.analyse(photo, category, model_type, densepose=False).mask
 
     def densepose(self, photo: Image.Image) -> Image.Image:
@@ -307,7 +307,7 @@ def preprocess_photos(
     write_json_atomic(
         root / "preprocess.json",
         {
-            "labels": "image-parse-v3 holds ATR labels 0-17 plus 18 = neck (SPEC section 6), not VITON-HD's",
+            "labels": "image-parse-v3 holds ATR labels 0-17 plus 18 = neck (the official demo's mask labels), not VITON-HD's",
             "category": str(category),
             "mask_type": model_type,
         },

@@ -54,7 +54,8 @@ class SdxlSources:
 
 @dataclass
 class TrainConfig:
-    """Every option of ``idm-vton train``; defaults follow the paper's recipe (SPEC section 4)."""
+    """Every option of ``idm-vton train``; defaults follow the paper's recipe (paper Sec. 3,
+    docs/training.md)."""
 
     output: Path = option(help="output folder (checkpoints, logs)", group=_OPTIM)
     data: Path | None = option(None, "dataset root folder", group=_DATA, required=True)
@@ -75,7 +76,9 @@ class TrainConfig:
     resolution: tuple[int, int] = option(
         (1024, 768), "training size (default %(default)s)", group=_DATA, metavar=("H", "W")
     )
-    augment: bool = option(True, "turn the SPEC section 4 augmentations off", group=_DATA)
+    augment: bool = option(
+        True, "turn the training augmentations off (flip, colour jitter, scale, shift)", group=_DATA
+    )
     skip_bad_samples: bool = option(False, "log and skip unreadable samples", group=_DATA)
     num_workers: int = option(0, "data loader workers (default 0)", group=_DATA)
     batch_size: int = option(1, "per process (default 1)", group=_OPTIM)

@@ -3,7 +3,7 @@
 For an in-the-wild photo of a person *already wearing* the garment, the paper fine-tunes only the
 attention layers of TryonNet's up-blocks (the decoder) on that single person-garment pair with the
 training objective, then generates. Here the result is a small weight delta that loads on top of
-the base checkpoint (SPEC section 5):
+the base checkpoint (paper Sec. 3.3):
 
 * **which tensors**: in every ``up_blocks.*.attentions.*.transformer_blocks.*`` the self-attention
   ``attn1`` (which also attends over the garment tokens) and the cross-attention ``attn2``:

@@ -1,4 +1,4 @@
-"""The IDM-VTON training objective (paper Sec. 3, SPEC section 4), shared by training and customization.
+"""The IDM-VTON training objective (paper Sec. 3), shared by training and customization.
 
 One training example is a person photo, its inpainting mask, its DensePose image and the garment.
 The loss is the epsilon-prediction MSE of TryonNet at a timestep drawn uniformly from the DDPM
@@ -9,7 +9,7 @@ schedule (``rescale_betas_zero_snr=True``), optionally min-SNR-gamma weighted:
   self-attention inputs to TryonNet;
 * the Resampler (trainable) turns CLIP ``hidden_states[-2]`` of the garment into image tokens;
 * SDXL time ids are ``(H, W, 0, 0, H, W)`` as at inference (the official trainer's
-  ``(H, H, 0, 0, H, H)`` is a bug, SPEC section 4);
+  ``(H, H, 0, 0, H, H)`` is a bug, docs/training.md);
 * the VAE runs in fp32 (the official trainer's fp16 VAE overflows).
 
 Every random draw of a step (VAE posterior samples, noise, timesteps, condition dropout) comes from
@@ -45,7 +45,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    """Loss options (SPEC section 4).
+    """Loss options (paper Sec. 3; docs/training.md).
 
     ``snr_gamma``: min-SNR-gamma weighting (Hang et al. 2023), ``None`` = plain MSE.
     ``noise_offset``: per-channel offset noise scale (0 = off).

@@ -1,6 +1,6 @@
-"""The IDM-VTON training loop (paper Sec. 3, SPEC section 4) on ``accelerate``.
+"""The IDM-VTON training loop (paper Sec. 3) on ``accelerate``.
 
-Differences from the official ``train_xl.py``, each a bug there (SPEC section 4): gradients are
+Differences from the official ``train_xl.py``, each a bug there (docs/training.md): gradients are
 really clipped (the trainable parameters are kept in a list, not an exhausted iterator); the step
 counter advances once per optimizer step; the loader shuffles; time ids are ``(H, W, 0, 0, H, W)``;
 the VAE runs in fp32; the colour jitter runs on ``[0, 1]`` images (in the dataset).

@@ -1,4 +1,4 @@
-"""DensePose without detectron2 (SPEC section 6): the network, its weights, its picture.
+"""DensePose without detectron2 (docs/preprocessing.md): the network, its weights, its picture.
 
 - :mod:`.weights` reads the official ``model_final_162be9.pkl`` without running pickle code;
 - :mod:`.model` is the network and its inference, step for step as detectron2 runs it

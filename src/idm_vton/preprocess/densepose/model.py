@@ -1,6 +1,6 @@
 """DensePose R-CNN (R50-FPN, s1x) network and inference in plain PyTorch, without detectron2.
 
-IDM-VTON conditions its TryonNet on a DensePose picture of the person (SPEC section 6). The
+IDM-VTON conditions its TryonNet on a DensePose picture of the person (paper Sec. 3.2). The
 official demo makes it with detectron2's DensePose project (config
 ``densepose_rcnn_R_50_FPN_s1x.yaml``, weights ``model_final_162be9.pkl``), and detectron2 does
 not install from PyPI. This module re-implements exactly the inference path that the demo runs:

@@ -1,6 +1,6 @@
 """DensePose for IDM-VTON without detectron2: the adapter the pipeline uses.
 
-IDM-VTON conditions its TryonNet on a DensePose picture of the person (SPEC section 6). The
+IDM-VTON conditions its TryonNet on a DensePose picture of the person (paper Sec. 3.2). The
 official demo makes it with detectron2's DensePose project (``densepose_rcnn_R_50_FPN_s1x``,
 weights ``model_final_162be9.pkl``), which does not install from PyPI. Here:
 
