@@ -19,6 +19,13 @@ Every command's outputs go through this module, so the rules hold everywhere:
   write to the same output; one in use is never touched.
 * :func:`lock_folder`: one run at a time writes into a folder (an OS lock, released when the
   process ends, however it ends).
+
+Why not ``filelock`` and ``os.replace`` alone: the renames are ``os.replace``; what this module
+adds is what no library gives together (the checks before the work, temporaries a killed run's
+successor can recognise and remove while a live run's are left alone, the umask on what
+safetensors and ``mkstemp`` create as 0600, errors naming the output, not the temporary), and a
+folder lock that leaves no file behind: ``filelock`` leaves its lock file in the user's output
+folder on Unix. See docs/design.md.
 """
 
 from __future__ import annotations

@@ -10,7 +10,12 @@ A config field (see :func:`idm_vton.options.option`) becomes one flag:
   argparse, a ``parse`` function replaces the type's parser, and ``shared`` takes the help and
   parsing of a flag defined once for several commands (:mod:`._flags`).
 
-:func:`config_from_args` builds the dataclass back from the parsed namespace. The memory-mode
+:func:`config_from_args` builds the dataclass back from the parsed namespace.
+
+Why not ``transformers.HfArgumentParser`` or ``tyro``: the first imports transformers before
+``--help`` can print and has no flags shared between commands; the second writes its own
+multi-line errors (the command line's rule is one line, :class:`~.main.OneLineParser`) and would
+be a new dependency. This layer is small and does exactly the command line's conventions. The memory-mode
 flags (:class:`~idm_vton.pipelines.memory.MemoryOptions`) are such a set, shared by ``tryon`` and
 ``serve``.
 """

@@ -10,7 +10,8 @@ Each augmentation fires with probability 0.5:
 
 All images are float tensors ``[..., C, H, W]`` in ``[0, 1]``. The colour operations follow the
 semantics of torchvision's functional ``adjust_*`` on float images, re-implemented here so the
-package does not need torchvision. They run on ``[0, 1]`` images: the official trainer ran them on
+package does not need torchvision, which has no build matching the torch this project is tested
+with (``torch==2.13.0``; docs/design.md). They run on ``[0, 1]`` images: the official trainer ran them on
 tensors already scaled to ``[-1, 1]``, where torchvision's clamp to ``[0, 1]`` erased everything
 darker than mid-grey (docs/training.md lists that trainer's bugs).
 

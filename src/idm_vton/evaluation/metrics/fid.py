@@ -16,6 +16,10 @@
   float32 PIL image, is resized to 299x299 with PIL bicubic, clipped to [0, 255], and is *not*
   re-quantised. The network then maps [0, 255] to [-1, 1] with ``(x - 128) / 128``, the
   normalisation inside the TF graph that clean-fid applies.
+
+The network is written here because torchvision is not a dependency: no torchvision build matches
+the torch this project is tested with (``torch==2.13.0``). It stays while that holds
+(docs/design.md).
 """
 
 from __future__ import annotations

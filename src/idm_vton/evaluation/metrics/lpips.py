@@ -11,6 +11,9 @@ package's ``vgg.pth`` / ``alex.pth`` (``linK.model.1.weight``). The distance is 
 3. unit-normalise each activation over channels (``x / (||x||_2 + 1e-10)``);
 4. squared difference, 1x1 conv with the non-negative learned weights (no bias), spatial mean;
 5. sum over the five layers.
+
+torchvision is not a dependency: no torchvision build matches the torch this project is tested
+with (``torch==2.13.0``). This re-implementation stays while that holds (docs/design.md).
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ C++ kernels), so that a detectron2 checkpoint gives the same detections here:
 - :func:`grid_anchors`: detectron2's ``DefaultAnchorGenerator`` (anchors centred on
   ``offset * stride`` grid points);
 - :func:`assign_boxes_to_levels`: FPN level assignment (FPN paper eq. 1).
+
+torchvision is not a dependency: no torchvision build matches the torch this project is tested
+with (``torch==2.13.0``). This re-implementation stays while that holds (docs/design.md).
 """
 
 from __future__ import annotations
