@@ -12,7 +12,9 @@ that allocates without bound fails with MemoryError or a kill instead of swappin
 
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -36,12 +38,24 @@ class Result:
         return [line for line in self.stderr.splitlines() if line.strip()]
 
 
-def files_under(*folders: Path) -> set[Path]:
-    """Every file and folder below ``folders`` (hidden ones included), for before/after checks."""
-    found: set[Path] = set()
+def files_under(*folders: Path) -> dict[Path, str]:
+    """Every file and folder below ``folders`` (hidden ones included) with what it holds: a
+    regular file's SHA-256, a link's target, ``"folder"``, and for any other kind of file (a
+    named pipe, a device) its kind and inode, never read. Two snapshots differ when anything
+    was added, removed, replaced or rewritten in place, for before/after checks."""
+    found: dict[Path, str] = {}
     for folder in folders:
         if folder.exists():
-            found |= set(folder.rglob("*"))
+            for path in folder.rglob("*"):
+                info = path.lstat()
+                if stat.S_ISLNK(info.st_mode):
+                    found[path] = f"link to {os.readlink(path)}"
+                elif stat.S_ISDIR(info.st_mode):
+                    found[path] = "folder"
+                elif stat.S_ISREG(info.st_mode):
+                    found[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+                else:
+                    found[path] = f"special {stat.S_IFMT(info.st_mode):o} inode {info.st_ino}"
     return found
 
 

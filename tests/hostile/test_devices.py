@@ -127,4 +127,4 @@ def test_customize_fp16_mixed_precision_on_cpu_is_refused(cli, tmp_path):
         "--device", "cpu", "--mixed-precision", "fp16", "--out", tmp_path / "delta.safetensors",
     )  # fmt: skip
     assert_user_error(result, "customize", "--mixed-precision fp16", "CPU")
-    assert files_under(tmp_path) == set()
+    assert files_under(tmp_path) == {}

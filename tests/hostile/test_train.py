@@ -32,7 +32,7 @@ def train_args(data: Path, output: Path, *extra: str) -> list[str]:
 def test_a_typo_in_the_data_path_leaves_nothing(cli, vitonhd, tmp_path):
     result = cli(*train_args(tmp_path / "VITON-HDD", tmp_path / "runs", "--max-steps", "1"))
     assert_user_error(result, "train", "VITON-HDD")
-    assert files_under(tmp_path) == set()  # no runs/, no .frozen-components, no train_config
+    assert files_under(tmp_path) == {}  # no runs/, no .frozen-components, no train_config
 
 
 @pytest.mark.parametrize("which", ["typo", "not-a-checkpoint"])
@@ -60,7 +60,7 @@ def test_fp16_autocast_on_the_cpu_is_refused_before_anything_is_written(cli, vit
     result = cli(*train_args(vitonhd, tmp_path / "runs", "--max-steps", "1",
                              "--mixed-precision", "fp16"))  # fmt: skip
     assert_user_error(result, "train", "--mixed-precision fp16", "bf16")
-    assert files_under(tmp_path) == set()
+    assert files_under(tmp_path) == {}
 
 
 def test_a_bad_row_mid_training_saves_the_progress_then_stops(cli, vitonhd, tmp_path):
