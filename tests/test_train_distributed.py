@@ -34,12 +34,12 @@ needs_deepspeed = pytest.mark.skipif(
 )
 
 #: 4 optimizer steps of batch 2 x accumulation 2 (3 samples: epochs wrap), clipping at 0.5 (it
-#: clips: the gradient norms are ~5), a cosine schedule, a checkpoint every 2 steps.
+#: clips: the pre-clip norms are 1.8 to 3), a cosine schedule, a checkpoint every 2 steps.
 RUN = ["--max-steps", "4", "--batch-size", "2", "--gradient-accumulation-steps", "2",
        "--lr", "1e-3", "--max-grad-norm", "0.5", "--lr-scheduler", "cosine",
        "--checkpointing-steps", "2"]  # fmt: skip
 #: DeepSpeed (fp32) against one process: the same arithmetic, summed and clipped in another order.
-MATCH_TOLERANCE = 1e-5
+MATCH_TOLERANCE = 1e-5  # measured: ZeRO-2 0 (identical), ZeRO-3 2.6e-6
 
 
 vitonhd = vitonhd_fixture(n=3)
