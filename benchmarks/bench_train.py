@@ -19,8 +19,16 @@ Prints one JSON line per configuration: ``step_s`` (median over ``--steps`` afte
 ``steps_per_s``, ``peak_memory_mb`` (CUDA ``max_memory_allocated`` on a GPU; the process's max RSS
 on the CPU, which includes building the model), and the context.
 
+``--estimate-memory`` prints instead, for each strategy of ``configs/accelerate/`` and each
+``--gpus`` count, the memory per GPU that the model states take in bf16 mixed precision (an
+estimate from the parameter counts of the real SDXL-shaped networks, built on the meta device, no
+weights): trainable weights, gradients and AdamW states as each strategy keeps and shards them,
+plus the frozen networks. Activations come on top (they depend on the batch and on gradient
+checkpointing: measure them with the ``sdxl`` preset on a GPU).
+
     python benchmarks/bench_train.py --preset tiny --resolution 64 48 --batch 2
     python benchmarks/bench_train.py --preset sdxl --device cuda --dtype bf16 --gradient-checkpointing
+    python benchmarks/bench_train.py --estimate-memory --gpus 1 4 8
 """
 
 from __future__ import annotations
@@ -146,6 +154,93 @@ def run(args) -> dict:
     }
 
 
+#: SDXL's two text encoders (CLIP ViT-L/14 text tower; OpenCLIP ViT-bigG/14 text tower).
+SDXL_TEXT_ENCODERS = (
+    dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+         max_position_embeddings=77, vocab_size=49408, projection_dim=768),
+    dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+         max_position_embeddings=77, vocab_size=49408, projection_dim=1280),
+)  # fmt: skip
+
+
+def sdxl_parameter_counts() -> dict[str, int]:
+    """Parameters of each network at the real SDXL shapes (built on the meta device)."""
+    from idm_vton.testing.tiny import random_tryon_models
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from idm_vton.testing.sdxl_shapes import (
+        IP_ADAPTER_PLUS_SDXL,
+        SDXL_VAE,
+        VIT_H_14,
+        sdxl_unet_config,
+    )
+
+    with torch.device("meta"):
+        models = random_tryon_models(sdxl_unet_config, IP_ADAPTER_PLUS_SDXL, VIT_H_14, SDXL_VAE)
+        models["text_encoder"] = CLIPTextModel(CLIPTextConfig(**SDXL_TEXT_ENCODERS[0]))
+        models["text_encoder_2"] = CLIPTextModelWithProjection(
+            CLIPTextConfig(**SDXL_TEXT_ENCODERS[1])
+        )
+    counts = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+    # FSDP gathers one unit at a time: the largest TryonNet block sets the transient extra.
+    blocks = [
+        m
+        for m in models["unet"].modules()
+        if type(m).__name__ in ("BasicTransformerBlock", "ResnetBlock2D")
+    ]
+    counts["largest_fsdp_unit"] = max(sum(p.numel() for p in b.parameters()) for b in blocks)
+    return counts
+
+
+def estimate_memory(gpus: int, counts: dict[str, int]) -> list[dict]:
+    """Model-state memory per GPU (GiB) for each strategy in bf16 mixed precision.
+
+    P = trainable values (TryonNet + Resampler). Bytes per trainable value:
+    DDP 16 (fp32 weights 4, fp32 gradients 4, AdamW moments 8; accelerate autocasts);
+    ZeRO-2 2 + 14/N (bf16 weights 2 on every GPU; bf16 gradients 2, fp32 master weights 4 and
+    AdamW moments 8 sharded); ZeRO-3 16/N; FSDP full shard 16/N (fp32 weights, gradients and
+    moments sharded) plus the largest unit gathered in bf16 with its gradient (2 x 2 bytes).
+    Frozen (every strategy, every GPU): GarmentNet, CLIP image encoder and text encoders in bf16,
+    the VAE in fp32.
+    """
+    trainable = counts["unet"] + counts["image_projection"]
+    frozen = 2 * sum(counts[n] for n in ("garment_unet", "image_encoder", "text_encoder",
+                                         "text_encoder_2")) + 4 * counts["vae"]  # fmt: skip
+    per_value = {
+        "ddp": 16.0,
+        "deepspeed-zero2": 2 + 14 / gpus,
+        "deepspeed-zero3": 16 / gpus,
+        "fsdp": 16 / gpus,
+    }
+    rows = []
+    for strategy, bytes_per_value in per_value.items():
+        states = trainable * bytes_per_value
+        if strategy == "fsdp":
+            states += 4 * counts["largest_fsdp_unit"]
+        rows.append(
+            {
+                "estimate": True,
+                "strategy": strategy,
+                "gpus": gpus,
+                "trainable_parameters": trainable,
+                "frozen_parameters": sum(
+                    counts[n]
+                    for n in (
+                        "garment_unet",
+                        "image_encoder",
+                        "text_encoder",
+                        "text_encoder_2",
+                        "vae",
+                    )
+                ),  # fmt: skip
+                "trainable_states_gib": round(states / 2**30, 1),
+                "frozen_gib": round(frozen / 2**30, 1),
+                "model_states_gib": round((states + frozen) / 2**30, 1),
+            }
+        )
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=["tiny", "sdxl"], default="tiny")
@@ -158,7 +253,18 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--estimate-memory", action="store_true", help="print model-state memory estimates"
+    )
+    parser.add_argument("--gpus", type=int, nargs="+", default=[1, 4, 8])
     args = parser.parse_args(argv)
+    if args.estimate_memory:
+        counts = sdxl_parameter_counts()
+        print(json.dumps({"parameters": counts}), flush=True)
+        for gpus in args.gpus:
+            for row in estimate_memory(gpus, counts):
+                print(json.dumps(row), flush=True)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.resolution is None:

@@ -362,3 +362,21 @@ def test_invalid_options_are_reported_clearly(vitonhd, tmp_path):
     from idm_vton.commands.main import main as cli_main
 
     assert cli_main(["train", "--data", str(vitonhd), "--output", str(tmp_path)]) == 2
+
+
+def test_the_module_entry_point_takes_verbose(vitonhd, tmp_path, monkeypatch, capsys):
+    from idm_vton.commands import train as train_command
+
+    def broken(args):
+        raise RuntimeError("planted internal failure")
+
+    monkeypatch.setattr(train_command, "run", broken)
+    argv = train_args(vitonhd, tmp_path / "o", "--max-steps", "1")
+    assert train_command.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "idm_vton.train: internal error: RuntimeError: planted internal failure" in err
+    assert "run with --verbose for the traceback" in err
+    with pytest.raises(RuntimeError, match="planted internal failure"):  # the traceback
+        train_command.main([*argv, "--verbose"])
+    with pytest.raises(RuntimeError, match="planted internal failure"):
+        train_command.main(["-v", *argv])

@@ -98,3 +98,34 @@ def test_a_bad_first_row_saves_nothing_and_leaves_nothing(cli, vitonhd, tmp_path
     result = cli(*train_args(data, tmp_path / "runs", "--max-steps", "2"))
     assert_user_error(result, "train", f"row {order[0]}", str(bad))
     assert files_under(tmp_path) == before
+
+
+# What `accelerate launch --config_file configs/accelerate/<file>` puts in the environment.
+FSDP_ON_CPU = {"ACCELERATE_USE_FSDP": "true"}
+DEEPSPEED_WITH_CPU_FLAG = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_USE_CPU": "true"}
+ACCUMULATION_IN_CONFIG = {"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4"}
+CLIPPING_IN_CONFIG = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_GRADIENT_CLIPPING": "1.0"}
+
+
+@pytest.mark.parametrize(
+    ("environment", "fragments"),
+    [
+        (FSDP_ON_CPU, ("FSDP configuration needs GPUs", "deepspeed_zero2.yaml")),
+        (DEEPSPEED_WITH_CPU_FLAG, ("ignores the DeepSpeed configuration", "ACCELERATE_USE_CPU")),
+        (
+            ACCUMULATION_IN_CONFIG,
+            ("gradient_accumulation_steps: 4", "--gradient-accumulation-steps is 1"),
+        ),
+        (CLIPPING_IN_CONFIG, ("gradient_clipping: 1", "--max-grad-norm is 0.5")),
+    ],
+    ids=["fsdp-on-cpu", "deepspeed-with-cpu-flag", "accumulation", "clipping"],
+)
+def test_a_launch_that_would_train_otherwise_than_asked_is_refused_first(
+    cli, vitonhd, tmp_path, monkeypatch, environment, fragments
+):
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    result = cli(*train_args(vitonhd, tmp_path / "runs", "--max-steps", "1",
+                             "--max-grad-norm", "0.5"))  # fmt: skip
+    assert_user_error(result, "train", *fragments)
+    assert files_under(tmp_path) == {}

@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(
         prog="idm_vton.train", description="Train IDM-VTON's TryonNet (paper Sec. 3)."
     )
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="show library logs and tracebacks"
+    )
     add_arguments(parser)
     return parser.parse_args(argv)
 
@@ -76,17 +79,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m idm_vton.train``: the ``idm-vton train`` command on its own."""
-    from .main import run_command
+    """``python -m idm_vton.train``: the ``idm-vton train`` command on its own, with the same
+    ``--verbose`` (library logs, and the traceback of an internal error)."""
+    from .main import quiet_libraries, run_command
 
     try:
         args = parse_args(argv)
+        if not args.verbose:
+            quiet_libraries()
     except SystemExit as exit:  # --help, or a usage error already printed on one line
         return exit.code if isinstance(exit.code, int) else int(exit.code is not None)
     except KeyboardInterrupt:
         print("idm_vton.train: interrupted", file=sys.stderr)
         return 130
-    return run_command(run, args, "idm_vton.train")
+    return run_command(run, args, "idm_vton.train", verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ __all__ = [
     "load_training_state",
     "read_trainer_state",
     "remove_old_checkpoints",
+    "trainable_keys",
     "write_frozen_components",
     "write_trainable_components",
 ]
@@ -189,11 +190,23 @@ def link_or_copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=link, dirs_exist_ok=True)
 
 
-def write_trainable_components(pipe, state: dict[str, torch.Tensor], folder: Path) -> None:
+def trainable_keys(pipe) -> dict[str, frozenset[str]]:
+    """The state-dict keys of ``unet`` and ``image_projection``, taken before a strategy wraps
+    them (an FSDP-wrapped module's own ``state_dict`` is a collective call with other names)."""
+    return {name: frozenset(getattr(pipe, name).state_dict()) for name in TRAINABLE_COMPONENTS}
+
+
+def write_trainable_components(
+    pipe,
+    state: dict[str, torch.Tensor],
+    folder: Path,
+    keys: dict[str, frozenset[str]] | None = None,
+) -> None:
     """Write ``unet/`` and ``image_projection/`` from a (gathered) TryonTrainable state dict.
 
     The configs come from the in-memory modules, the weights from ``state`` (keys ``unet.*`` and
     ``image_projection.*``), which is complete even where the modules are sharded (ZeRO-3, FSDP).
+    ``keys`` (:func:`trainable_keys`, default: the modules' own) are the names ``state`` must hold.
     """
     folder = Path(folder)
     for name in TRAINABLE_COMPONENTS:
@@ -204,7 +217,7 @@ def write_trainable_components(pipe, state: dict[str, torch.Tensor], folder: Pat
             for k, v in state.items()
             if k.startswith(prefix)
         }
-        expected = set(module.state_dict())
+        expected = set(module.state_dict()) if keys is None else set(keys[name])
         if set(weights) != expected:
             raise RuntimeError(
                 f"{name}: gathered weights do not match the module "

@@ -6,6 +6,7 @@ the ``idm-vton train`` options are generated from the fields.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -100,7 +101,11 @@ class TrainConfig:
         group=_OPTIM,
     )
     lr_warmup_steps: int = option(0, group=_OPTIM)
-    mixed_precision: MixedPrecision = option(MixedPrecision.NO, group=_OPTIM)
+    mixed_precision: MixedPrecision | None = option(
+        None,
+        "autocast precision (default: the accelerate config's mixed_precision, else no)",
+        group=_OPTIM,
+    )
     gradient_checkpointing: bool = option(False, group=_OPTIM)
     allow_tf32: bool = option(False, "TF32 matmuls on Ampere+ GPUs", group=_OPTIM)
     snr_gamma: float | None = option(None, "min-SNR-gamma weighting (e.g. 5)", group=_OPTIM)
@@ -137,6 +142,8 @@ class TrainConfig:
         self.dataset = DatasetKind.parse(self.dataset, "dataset", TrainConfigError)
         self.category = parse_dataset_category(self.category)
         self.optimizer = OptimizerKind.parse(self.optimizer, "optimizer", TrainConfigError)
+        if self.mixed_precision is None:  # as `accelerate launch` was configured
+            self.mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION") or "no"
         self.mixed_precision = MixedPrecision.parse(
             self.mixed_precision, "mixed precision", TrainConfigError
         )

@@ -109,6 +109,13 @@ class TryonTrainable(torch.nn.Module):
     features; going through this module is what lets DDP/DeepSpeed/FSDP see every trainable use.
     """
 
+    #: The units FSDP shards one by one (accelerate's ``TRANSFORMER_BASED_WRAP`` policy reads this
+    #: attribute): every TryonNet transformer block (self-attention over person + garment tokens,
+    #: text and IP-Adapter cross-attention, feed-forward) and every ResNet block. The rest
+    #: (conv_in/conv_out, time and text-time embeddings, up/down sampling, the Resampler) forms the
+    #: root unit.
+    _no_split_modules = ("BasicTransformerBlock", "ResnetBlock2D")
+
     def __init__(self, unet: UNet2DConditionModel, image_projection: ImageProjection) -> None:
         super().__init__()
         self.unet = unet
@@ -127,6 +134,16 @@ class TryonTrainable(torch.nn.Module):
         image_dropped: torch.Tensor | None = None,
         null_clip_hidden: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        dtype = self.unet.conv_in.weight.dtype
+        if dtype != torch.float32:
+            # DeepSpeed's bf16/fp16 mode holds the weights themselves in low precision and, unlike
+            # autocast, leaves the inputs as they come: give them the weights' dtype.
+            sample, text, pooled, time_ids, clip_hidden = (
+                t.to(dtype) for t in (sample, text, pooled, time_ids, clip_hidden)
+            )
+            garment = {name: t.to(dtype) for name, t in garment.items()}
+            if null_clip_hidden is not None:
+                null_clip_hidden = null_clip_hidden.to(dtype)
         tokens = self.image_projection(clip_hidden)
         if image_dropped is not None:
             null_tokens = self.image_projection(null_clip_hidden)

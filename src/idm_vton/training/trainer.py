@@ -37,6 +37,18 @@ from ..progress import progress_bar, progress_bars_shown
 from . import checkpointing as ckpt
 from .config import OptimizerKind, TrainConfig
 from .data import batch_stream, batches_per_epoch
+from .distributed import (
+    LaunchRequest,
+    check_accelerator,
+    check_launch,
+    check_resume_strategy,
+    configure_deepspeed,
+    frozen_components_outside_zero3,
+    restrict_deepspeed_loads,
+    skip_shared_memory_kernel,
+    strategy_of,
+    trainable_state_dict,
+)
 from .objective import Conditioner, ObjectiveConfig, TrainingStep, TryonTrainable
 
 logger = logging.getLogger(__name__)
@@ -170,7 +182,10 @@ class Trainer:
         report = _report_to(config)
         check_writable_output(config.output, kind="folder", flag="--output")
         resume_from = _resume_point(config.resume)
-        # Before the Accelerator: it fixes the precision for the whole process.
+        # Before the Accelerator: it fixes the precision and the process layout for good.
+        launch = LaunchRequest.from_environment()
+        check_launch(launch, _launch_device(), config)
+        skip_shared_memory_kernel(launch, _launch_device())
         check_mixed_precision_on_device(config.mixed_precision, _launch_device())
         self.accelerator = accel = Accelerator(
             gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -181,12 +196,17 @@ class Trainer:
             ),
             step_scheduler_with_optimizer=False,
         )
+        check_accelerator(launch, accel)  # every process, before anything is written
+        self.strategy = strategy_of(accel)
         if config.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
         set_seed(config.seed)
 
         # 1. Model and data, checked before anything is written.
-        self.pipe = pipe if pipe is not None else load_base_pipeline(config)
+        if pipe is None:
+            with frozen_components_outside_zero3(accel):
+                pipe = load_base_pipeline(config)
+        self.pipe = pipe
         self._prepare_data()
         self._saved = False  # a checkpoint written by this run
         self._begin_output()
@@ -280,6 +300,7 @@ class Trainer:
         for module in frozen:
             module.requires_grad_(False).eval().to(device=device, dtype=self.weight_dtype)
         self.pipe.vae.requires_grad_(False).eval().to(device=device, dtype=torch.float32)
+        self.trainable_keys = ckpt.trainable_keys(self.pipe)  # before a strategy wraps them
         trainable = TryonTrainable(self.pipe.unet, self.pipe.image_projection).to(
             device=device, dtype=torch.float32
         )
@@ -315,9 +336,13 @@ class Trainer:
             num_warmup_steps=config.lr_warmup_steps,
             num_training_steps=self.max_steps,
         )
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            configure_deepspeed(self.accelerator, config)
         self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
             trainable, optimizer, lr_scheduler
         )
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            restrict_deepspeed_loads(self.model)
         # A list (not a generator that the first clip would exhaust, as in the official trainer).
         self.params_to_clip = list(self.model.parameters())
         self._register_hooks()
@@ -361,10 +386,10 @@ class Trainer:
     def _write_checkpoint(self, tmp: Path, final: Path) -> None:
         accel, output = self.accelerator, self.config.output
         accel.save_state(str(tmp / ckpt.TRAINING_STATE))
-        state = accel.get_state_dict(self.model)
+        state = trainable_state_dict(accel, self.model)
         if accel.is_main_process:
             ckpt.link_or_copy_tree(self.frozen_cache, tmp)
-            ckpt.write_trainable_components(self.pipe, state, tmp)
+            ckpt.write_trainable_components(self.pipe, state, tmp, self.trainable_keys)
             trainer_state = {
                 "global_step": self.global_step,
                 "consumed_micro_batches": self.consumed,
@@ -373,6 +398,7 @@ class Trainer:
                 "num_processes": accel.num_processes,
                 "gradient_accumulation_steps": self.config.gradient_accumulation_steps,
                 "max_steps": self.max_steps,
+                "strategy": self.strategy.value,
             }
             (tmp / ckpt.TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
             apply_umask(tmp)
@@ -406,6 +432,7 @@ class Trainer:
                 geometry,
                 saved,
             )
+        check_resume_strategy(state.get("strategy"), self.strategy, path)
         ckpt.load_training_state(self.accelerator, path)
         self.global_step = int(state["global_step"])
         self.consumed = self.global_step * self.config.gradient_accumulation_steps
@@ -434,8 +461,9 @@ class Trainer:
     def clip_gradients(self) -> float | None:
         """Clip the global gradient norm to ``max_grad_norm``; returns the norm *before* clipping.
 
-        (None under DeepSpeed, which clips inside its engine from the config's
-        ``gradient_clipping``.) ``max_grad_norm <= 0`` measures without clipping.
+        (Under DeepSpeed the engine has already clipped, from ``gradient_clipping``, which
+        :func:`~.distributed.configure_deepspeed` sets to ``max_grad_norm``; this returns the norm
+        it measured.) ``max_grad_norm <= 0`` measures without clipping.
         """
         limit = self.config.max_grad_norm if self.config.max_grad_norm > 0 else math.inf
         norm = self.accelerator.clip_grad_norm_(self.params_to_clip, limit)
