@@ -4,8 +4,10 @@
 
 1. :meth:`~TryOnPipeline.check_inputs`, then the images to work-size tensors and paste-back
    regions (:class:`~idm_vton.pipelines.image_processor.TryOnImageProcessor`);
-2. :meth:`~TryOnPipeline.encode_prompts` (the captions, SPEC section 3) and
-   :meth:`~TryOnPipeline.encode_image_prompt` (garment CLIP penultimate states -> Resampler);
+2. :meth:`~TryOnPipeline.encode_image_prompt` (garment CLIP penultimate states -> Resampler),
+   then, with a ``garment_annotator``, :meth:`~TryOnPipeline.describe_garments` (V read from the
+   garment photo, on that same CLIP pass where the annotator can), and
+   :meth:`~TryOnPipeline.encode_prompts` (the captions, paper Sec. 3.2);
 3. :meth:`~TryOnPipeline.get_timesteps` and :meth:`~TryOnPipeline.prepare_latents`;
 4. :meth:`~TryOnPipeline.prepare_condition_latents` (mask, masked person, DensePose) and
    :meth:`~TryOnPipeline.prepare_garment` (the garment latent, handed to the pipeline's
@@ -59,6 +61,7 @@ from .image_processor import (
     OUTPUT_TYPES,
     PreparedInputs,
     TryOnImageProcessor,
+    _to_pil,
     check_work_size,
 )
 from .memory import check_vae_tile_size
@@ -110,9 +113,14 @@ StepCallback = Callable[["TryOnPipeline", int, torch.Tensor, dict], "dict | None
 
 @dataclass
 class TryOnPipelineOutput(BaseOutput):
-    """``images``: one per person and sample (PIL, numpy or tensor as asked)."""
+    """``images``: one per person and sample (PIL, numpy or tensor as asked);
+    ``garment_descriptions``: the V each garment was rendered with (None where only embeddings
+    were given); ``garment_tags``: the annotator's tags per garment, when it read V
+    (``garment_annotator``), else None."""
 
     images: list[Image.Image] | np.ndarray | torch.Tensor
+    garment_descriptions: list[str | None] | None = None
+    garment_tags: list | None = None
 
 
 @dataclass
@@ -435,11 +443,18 @@ class TryOnPipeline(DiffusionPipeline):
         pixels = processor(images=garments, return_tensors="pt").pixel_values
         return pixels.to(device=device, dtype=self.image_encoder.dtype)
 
-    def encode_image_prompt(self, clip_pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(uncond tokens (1, N, C), cond tokens (G, N, C)); uncond = CLIP of an all-zero image."""
+    def encode_image_prompt(self, clip_pixels: torch.Tensor, return_image_embeds: bool = False):
+        """(uncond tokens (1, N, C), cond tokens (G, N, C)); uncond = CLIP of an all-zero image.
+
+        ``return_image_embeds``: also return the garments' projected CLIP image embeddings
+        (G, D), which the same encoder pass computes (what the annotator probe reads), as
+        ``((uncond, cond), image_embeds)``.
+        """
         pixels = torch.cat([torch.zeros_like(clip_pixels[:1]), clip_pixels])
-        hidden = self.image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
-        tokens = self.image_projection(hidden.to(self.image_projection.dtype))
+        encoded = self.image_encoder(pixels, output_hidden_states=True)
+        tokens = self.image_projection(encoded.hidden_states[-2].to(self.image_projection.dtype))
+        if return_image_embeds:
+            return (tokens[:1], tokens[1:]), encoded.image_embeds[1:]
         return tokens[:1], tokens[1:]
 
     # ------------------------------------------------------------------ VAE
@@ -500,8 +515,11 @@ class TryOnPipeline(DiffusionPipeline):
         negative_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
         garment_prompt_embeds: torch.Tensor | None = None,
+        *,
+        annotate: bool = False,
     ) -> None:
-        """Refuse settings that cannot work, saying what was expected and what came in."""
+        """Refuse settings that cannot work, saying what was expected and what came in.
+        ``annotate``: a garment annotator fills the descriptions that are None."""
         if output_type not in OUTPUT_TYPES:
             raise UsageError(f"unknown output_type '{output_type}' (pil, np, pt or latent)")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
@@ -525,9 +543,10 @@ class TryOnPipeline(DiffusionPipeline):
             or garment_prompt_embeds is None
             or (do_cfg and negative_prompt_embeds is None)
         )
-        if needs_text and any(d is None for d in descriptions):
+        if needs_text and not annotate and any(d is None for d in descriptions):
             raise UsageError(
-                "garment_description is required (or pass precomputed prompt embeddings)"
+                "garment_description is required (or pass precomputed prompt embeddings, or a "
+                "garment_annotator to read it from the garment photo)"
             )
         if (prompt_embeds is not None and pooled_prompt_embeds is None) or (
             do_cfg and negative_prompt_embeds is not None and negative_pooled_prompt_embeds is None
@@ -613,6 +632,37 @@ class TryOnPipeline(DiffusionPipeline):
                 )
             garment_clip_pixels = self.clip_pixels(prepared.garment_images, device)
         return garment_clip_pixels.to(device, self.image_encoder.dtype)
+
+    def describe_garments(
+        self,
+        annotator,
+        garment_description: str | Sequence[str | None] | None,
+        prepared: PreparedInputs,
+        image_embeds: torch.Tensor,
+    ) -> tuple[list[str | None], list]:
+        """(V per garment, the annotator's tags per garment): the descriptions given, with each
+        None read from its garment photo by ``annotator`` (a
+        :class:`~idm_vton.annotation.GarmentAnnotator`). An annotator that reads this
+        pipeline's image encoder (the probe) uses ``image_embeds``, the garments' CLIP
+        embeddings of :meth:`encode_image_prompt`; another one reads the photos."""
+        descriptions = _descriptions(garment_description)
+        if len(descriptions) == 1:
+            descriptions = descriptions * prepared.garments
+        if len(descriptions) != prepared.garments:
+            raise UsageError(
+                f"got {len(descriptions)} garment descriptions for {prepared.garments} garments"
+            )
+        wanted = [i for i, d in enumerate(descriptions) if d is None]
+        tags: list = [None] * prepared.garments
+        if wanted:
+            if annotator.reads_embeddings_of(self.image_encoder):
+                read = annotator.describe_embeddings(image_embeds[wanted])
+            else:
+                images = prepared.garment_images or _to_pil(prepared.garment)
+                read = annotator.describe_batch([images[i] for i in wanted])
+            for i, garment_tags in zip(wanted, read, strict=True):
+                descriptions[i], tags[i] = garment_tags.description, garment_tags
+        return descriptions, tags
 
     def tryon_conditioning(
         self,
@@ -850,6 +900,7 @@ class TryOnPipeline(DiffusionPipeline):
         return_dict: bool = True,
         garment_cache: GarmentCache | None = None,
         callback_on_step_end: StepCallback | None = None,
+        garment_annotator=None,
     ) -> TryOnPipelineOutput | tuple:
         """Render each person wearing the garment (the stages: see the module docstring).
 
@@ -877,6 +928,11 @@ class TryOnPipeline(DiffusionPipeline):
             callback_on_step_end: ``callback_on_step_end(pipe, step_index, timestep, {"latents":
                 latents})`` after every step (diffusers' convention); a returned dict may replace
                 ``latents``. Progress reporting and cancellation (raise from it) hook in here.
+            garment_annotator: a :class:`~idm_vton.annotation.GarmentAnnotator` that reads V
+                from the garment photo for every garment whose description is None (the
+                paper's image annotator); the probe reuses this call's CLIP image embedding.
+                The V used is in the output's ``garment_descriptions`` (and the tags in
+                ``garment_tags``).
         """
         height = self.default_height if height is None else height
         width = self.default_width if width is None else width
@@ -898,6 +954,7 @@ class TryOnPipeline(DiffusionPipeline):
             num_images_per_prompt,
             output_type,
             **text,
+            annotate=garment_annotator is not None,
         )
         device, do_cfg = self._execution_device, guidance_scale > 1.0
         self._guidance_scale = guidance_scale  # for the messages of non_finite_cause
@@ -908,10 +965,15 @@ class TryOnPipeline(DiffusionPipeline):
         )
         rows = _Rows(prepared.people, prepared.garments, num_images_per_prompt)
 
-        # 2. Captions and the garment image prompt, once per call.
-        prompts = self.encode_prompts(rows.garments, do_cfg, device, **text)
+        # 2. The garment image prompt, V read from the garment where asked, the captions.
         clip_pixels = self.garment_clip_pixels(prepared, garment_clip_pixels, device)
-        image_prompt = self.encode_image_prompt(clip_pixels)
+        image_prompt, image_embeds = self.encode_image_prompt(clip_pixels, return_image_embeds=True)
+        garment_tags = None
+        if garment_annotator is not None:
+            text["garment_description"], garment_tags = self.describe_garments(
+                garment_annotator, garment_description, prepared, image_embeds
+            )
+        prompts = self.encode_prompts(rows.garments, do_cfg, device, **text)
 
         # 3. Timesteps and initial latents.
         timesteps = self.get_timesteps(num_inference_steps, strength, device)
@@ -940,7 +1002,9 @@ class TryOnPipeline(DiffusionPipeline):
 
         # 6. Decode and paste back.
         images = self.decode_latents(latents, prepared, rows, output_type, paste_back)
-        return TryOnPipelineOutput(images=images) if return_dict else (images,)
+        if not return_dict:
+            return (images,)
+        return TryOnPipelineOutput(images, prompts.descriptions, garment_tags)
 
 
 def _processor_store(unet: UNet2DConditionModel, kind: type) -> GarmentFeatureStore | None:
