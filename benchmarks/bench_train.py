@@ -165,9 +165,9 @@ SDXL_TEXT_ENCODERS = (
 
 def sdxl_parameter_counts() -> dict[str, int]:
     """Parameters of each network at the real SDXL shapes (built on the meta device)."""
-    from idm_vton.testing.tiny import random_tryon_models
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    from idm_vton.models.tiny import random_tryon_models
     from idm_vton.testing.sdxl_shapes import (
         IP_ADAPTER_PLUS_SDXL,
         SDXL_VAE,

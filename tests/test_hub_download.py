@@ -1,26 +1,20 @@
 """Preprocessing weights fetched from the hub on first use, and `idm-vton download`.
 
-No network: a loopback HTTP server stands in for the Hugging Face hub. It answers what
-``hf_hub_download(repo_type="space")`` asks (HEAD then GET on
-``/spaces/{repo}/resolve/{revision}/{file}``) like a plain, non-xet file server: ``X-Repo-Commit``,
-``ETag`` and ``Content-Length`` headers, 404 + ``X-Error-Code: EntryNotFound`` for unknown files.
-In-process tests point huggingface_hub's import-time constants (endpoint, cache, offline flag) at
-it; one test runs a subprocess with the real ``HF_ENDPOINT`` / ``HF_HOME`` / ``HF_HUB_OFFLINE``.
+No network: a loopback HTTP server (:mod:`tests.helpers.hub`) stands in for the Hugging Face
+hub, serving the Space's files under ``/spaces/{repo}/resolve/{revision}/``. In-process tests
+point huggingface_hub's import-time constants (endpoint, cache, offline flag) at it; one test
+runs a subprocess with the real ``HF_ENDPOINT`` / ``HF_HOME`` / ``HF_HUB_OFFLINE``.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import json
 import os
 import pickle
 import subprocess
 import sys
-import threading
-import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -43,71 +37,12 @@ from idm_vton.loaders.weights import check_weight_file
 from idm_vton.preprocess.parsing import ATR_INPUT_SIZE, LIP_INPUT_SIZE
 from idm_vton.preprocess.preprocessor import Preprocessor
 
+from .helpers.hub import FakeHub, point_hub_at
 from .helpers.preprocess_models import make_body_state_dict, make_random_schp, tiny_densepose_state
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 RESOLVE = f"/spaces/{PREPROCESS_REPO_ID}/resolve/main/"
 REPO_CACHE = "spaces--yisol--IDM-VTON"
-
-
-class _HubHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:  # keep test output quiet
-        pass
-
-    def do_HEAD(self) -> None:
-        self._answer(send_body=False)
-
-    def do_GET(self) -> None:
-        self._answer(send_body=True)
-
-    def _answer(self, send_body: bool) -> None:
-        hub: FakeHub = self.server.hub  # type: ignore[attr-defined]
-        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
-        if not path.startswith(RESOLVE):  # e.g. huggingface_hub's /api/agent-harnesses lookup
-            hub.other_requests.append((self.command, path))
-            data = None
-        else:
-            hub.requests.append((self.command, path[len(RESOLVE) :]))
-            data = hub.files.get(path[len(RESOLVE) :])
-        if data is None:
-            self.send_response(404)
-            self.send_header("X-Error-Code", "EntryNotFound")
-            self.send_header("X-Repo-Commit", COMMIT)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("X-Repo-Commit", COMMIT)
-        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Content-Type", "application/octet-stream")
-        self.end_headers()
-        if send_body:
-            self.wfile.write(data)
-
-
-class FakeHub:
-    """The served files (``{path in the Space: bytes}``) and the requests seen for them."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.requests: list[tuple[str, str]] = []  # (method, file) of /resolve/ requests
-        self.other_requests: list[tuple[str, str]] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _HubHandler)
-        self._server.daemon_threads = True
-        self._server.hub = self  # type: ignore[attr-defined]
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def gets(self) -> list[str]:
-        return [name for method, name in self.requests if method == "GET"]
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +64,9 @@ def weights(tmp_path_factory) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def server():
-    hub = FakeHub()
+    hub = FakeHub(RESOLVE, COMMIT)
     yield hub
     hub.close()
-    from huggingface_hub.utils._http import close_session
-
-    close_session()  # drop pooled keep-alive connections to the closed server
 
 
 @pytest.fixture
@@ -142,15 +74,7 @@ def hub(server, weights, tmp_path, monkeypatch) -> FakeHub:
     """The fake hub serving ``weights``, huggingface_hub pointed at it, an empty cache."""
     server.files = {hub_filename(name): data for name, data in weights.items()}
     server.requests.clear()
-    monkeypatch.setattr(constants, "ENDPOINT", server.url)
-    monkeypatch.setattr(
-        constants,
-        "HUGGINGFACE_CO_URL_TEMPLATE",
-        server.url + "/{repo_id}/resolve/{revision}/{filename}",
-    )
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "hf" / "agents.json"))
+    point_hub_at(server, monkeypatch, tmp_path)
     monkeypatch.delenv("IDM_VTON_PREPROCESS_MODELS", raising=False)
     return server
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = [
+    "AnnotatorError",
     "CheckpointError",
     "CustomizationError",
     "DatasetError",
@@ -90,3 +91,8 @@ class CustomizationError(IdmVtonError, ValueError):
 
 class EvaluationError(IdmVtonError, ValueError):
     """The folders cannot be evaluated as asked (missing pairs, unreadable images, bad options)."""
+
+
+class AnnotatorError(IdmVtonError, ValueError):
+    """A garment annotator that cannot be used: a probe file that is damaged or made for another
+    image encoder or label sets, a zero-shot model that cannot be fetched or loaded."""

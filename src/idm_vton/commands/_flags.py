@@ -80,6 +80,19 @@ SHARED: dict[str, dict[str, Any]] = {
     "preprocess_device": dict(
         default="cpu", help="device for OpenPose/DensePose (default %(default)s)"
     ),
+    "annotator": dict(
+        default=None,
+        metavar="{probe,zero-shot,PATH}",
+        help="the garment annotator: probe (the model's), zero-shot, or a probe file from "
+        "`idm-vton train-annotator`; default: the model's probe if it has one, else zero-shot "
+        "(see docs/annotator.md)",
+    ),
+    "min_score": dict(
+        default=0.25,
+        parse=float,
+        help="an attribute the annotator scores under this is left out of the description "
+        "(default %(default)s)",
+    ),
 }
 
 

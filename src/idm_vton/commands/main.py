@@ -25,10 +25,13 @@ __all__ = ["COMMANDS", "OneLineParser", "build_parser", "describe_os_error", "ma
 #: ``add_arguments(parser)`` and ``run(args) -> int``.
 COMMANDS = {
     "tryon": "tryon",
+    "describe": "describe",
     "convert": "convert",
     "evaluate": "evaluate",
+    "evaluate-annotator": "evaluate_annotator",
     "infer-dataset": "infer_dataset",
     "train": "train",
+    "train-annotator": "train_annotator",
     "customize": "customize",
     "preprocess": "preprocess",
     "mask": "mask",

@@ -30,9 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--description",
         default="",
         help='garment text, e.g. "short sleeve round neck t-shirts" (optional, default empty '
-        "as in the official demo)",
+        "as in the official demo); 'auto' reads it from the garment photo with --annotator",
     )
-    add_shared(parser, "negative_prompt", "model")
+    add_shared(parser, "annotator", "min_score", "negative_prompt", "model")
     parser.add_argument("--out", required=True, help="output image (.png/.jpg), written atomically")
     add_shared(parser, "steps", "guidance")
     parser.add_argument(
@@ -70,6 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
     import torch
 
     from ..devices import check_dtype_on_device, resolve_device, resolve_dtype
@@ -80,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import progress_bars_shown
 
     out = _check_arguments(args)
+    annotator_choice = _annotator_choice(args)
     memory = memory_options(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -97,12 +100,18 @@ def run(args: argparse.Namespace) -> int:
         apply_customization(pipe, args.customization)
     apply_memory_options(pipe, memory, device)
     options = {} if args.negative_prompt is None else {"negative_prompt": args.negative_prompt}
+    if annotator_choice is not None:
+        from ..annotation import load_annotator
+
+        options["garment_annotator"] = load_annotator(
+            annotator_choice, model=args.model, pipe=pipe, min_score=args.min_score
+        )
     result = pipe(
         person_image=photo,
         garment_image=garment,
         mask_image=mask,
         pose_image=pose,
-        garment_description=args.description,
+        garment_description=None if annotator_choice else args.description,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
         strength=args.strength,
@@ -113,8 +122,28 @@ def run(args: argparse.Namespace) -> int:
         **options,
     )
     path = save_image_atomic(result.images[0], out)
+    if annotator_choice is not None:
+        annotator = options["garment_annotator"]
+        description = json.dumps(result.garment_descriptions[0])
+        print(f"description read from the garment photo ({annotator.kind}): {description}")
     print(f"wrote {path}")
     return 0
+
+
+def _annotator_choice(args: argparse.Namespace):
+    """The annotator ``--description auto`` uses (None without ``auto``), chosen before any
+    model is loaded; ``--annotator`` and ``--min-score`` only go with ``auto``."""
+    from ..errors import UsageError
+
+    if args.description != "auto":
+        if args.annotator is not None:
+            raise UsageError("--annotator only applies with --description auto")
+        return None
+    if not 0.0 <= args.min_score <= 1.0:
+        raise UsageError(f"--min-score must be in [0, 1], got {args.min_score}")
+    from ..annotation import resolve_annotator
+
+    return resolve_annotator(args.annotator, args.model)
 
 
 def _check_arguments(args: argparse.Namespace) -> Path:

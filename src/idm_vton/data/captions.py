@@ -27,6 +27,7 @@ __all__ = [
     "garment_prompt",
     "load_dresscode_captions",
     "load_vitonhd_tags",
+    "read_vitonhd_entries",
     "tryon_prompt",
 ]
 
@@ -74,9 +75,17 @@ def load_vitonhd_tags(json_path: str | Path) -> dict[str, str]:
     not JSON, not an object, entries without a ``file_name``, ``tag_info`` that is not a list
     of tag objects with string (or null) ``tag_name`` / ``tag_category``.
     """
+    return {
+        entry["file_name"]: describe_vitonhd(entry) for entry in read_vitonhd_entries(json_path)
+    }
+
+
+def read_vitonhd_entries(json_path: str | Path) -> list[dict[str, Any]]:
+    """The entries of a ``vitonhd_{phase}_tagged.json``, each checked to have the published
+    shape (see :func:`load_vitonhd_tags`, which names the errors raised)."""
     path = Path(json_path)
     content = read_json_object(path, DatasetError, "VITON-HD tag file")
-    descriptions: dict[str, str] = {}
+    checked: list[dict[str, Any]] = []
     for key, entries in content.items():
         if not isinstance(entries, list):
             raise DatasetError(
@@ -84,8 +93,8 @@ def load_vitonhd_tags(json_path: str | Path) -> dict[str, str]:
             )
         for entry in entries:
             _check_tag_entry(entry, path)
-            descriptions[entry["file_name"]] = describe_vitonhd(entry)
-    return descriptions
+            checked.append(entry)
+    return checked
 
 
 def _check_tag_entry(entry: object, path: Path) -> None:

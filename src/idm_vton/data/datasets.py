@@ -198,6 +198,13 @@ def _require_pairs(records: list, pairs_files: list[Path]) -> None:
         )
 
 
+def vitonhd_tag_file_candidates(root: Path, split: Split) -> list[Path]:
+    """Where a VITON-HD split's tag file is looked for: ``{split}/`` (the official place), then
+    the root folder."""
+    name = f"vitonhd_{split.value}_tagged.json"
+    return [root / split.value / name, root / name]
+
+
 def _check_size(size: Sequence[int]) -> tuple[int, int]:
     if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
         raise ValueError(f"size must be (height, width) with positive ints, got {size!r}")
@@ -442,11 +449,10 @@ class VitonHDDataset(TryOnDataset):
         )
 
     def _load_tags(self, tags_json: str | Path | None) -> dict[str, str]:
-        file_name = f"vitonhd_{self.split.value}_tagged.json"
         if tags_json is not None:
             candidates = [Path(tags_json)]
         else:
-            candidates = [self.root / self.split.value / file_name, self.root / file_name]
+            candidates = vitonhd_tag_file_candidates(self.root, self.split)
         for path in candidates:
             if path.is_file():
                 try:

@@ -29,8 +29,14 @@ VITON-HD / DressCode test photos) with ``paste_back=False``: the dataset already
 mask and pose to the work size, so the output is the pipeline's raw H x W render, as in the
 official ``inference.py``.
 
+Garment descriptions V come from the dataset (its tag file or captions) or, with
+``--description auto`` (for a dataset without tags), from the garment photos through the garment
+annotator (:mod:`idm_vton.annotation`; the probe reads the CLIP embedding the try-on computes);
+each image's V is then appended to ``{out}/descriptions.jsonl`` (``{"image": ..., "description":
+...}`` per line).
+
 ``{out}/manifest.json`` records the protocol (model, steps, guidance, seed, size, dtype, dataset,
-category, split, pairing, negative prompt) and the image count. It is written when a run starts
+category, split, pairing, negative prompt, description source and annotator) and the image count. It is written when a run starts
 (``"complete": false``) and again at the end; resuming into a folder whose manifest states another
 protocol is refused, so one folder never mixes two protocols.
 """
@@ -46,7 +52,16 @@ from pathlib import Path
 from typing import Any
 
 from .. import defaults
-from ..enums import DatasetKind, DType, GarmentCategory, Pairing, Split, parse_dataset_category
+from ..annotation.tags import DEFAULT_MIN_SCORE
+from ..enums import (
+    Choice,
+    DatasetKind,
+    DType,
+    GarmentCategory,
+    Pairing,
+    Split,
+    parse_dataset_category,
+)
 from ..errors import DatasetError, UsageError
 from ..files import (
     check_writable_output,
@@ -62,6 +77,7 @@ from ..options import option
 
 __all__ = [
     "DatasetInferenceConfig",
+    "DescriptionSource",
     "DatasetKind",
     "InferenceSummary",
     "infer_dataset",
@@ -74,6 +90,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
+DESCRIPTIONS_NAME = "descriptions.jsonl"
 SEED_SCHEME = (
     "per sample: torch.Generator('cpu').manual_seed(int.from_bytes("
     "sha256(f'{seed}/{person stem}_{garment stem}').digest()[:8], 'little') & (2**63 - 1))"
@@ -94,7 +111,20 @@ PROTOCOL_KEYS = (
     "negative_prompt",
     "paste_back",
     "seed_scheme",
+    "description",
+    "annotator",
+    "min_score",
 )
+# What a manifest written before a key existed meant by it.
+_PROTOCOL_DEFAULTS = {"description": "dataset"}
+
+
+class DescriptionSource(Choice):
+    """Where each garment's description V comes from: the dataset's tags or captions, or the
+    garment photo (the annotator)."""
+
+    DATASET = "dataset"
+    AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -138,6 +168,13 @@ class DatasetInferenceConfig:
     dtype: DType | None = option(None, shared="dtype")
     num_workers: int = option(2, "data loading processes (default %(default)s)")
     negative_prompt: str | None = option(None, shared="negative_prompt")
+    description: DescriptionSource = option(
+        DescriptionSource.DATASET,
+        "garment descriptions: the dataset's tags/captions (dataset, default) or read from each "
+        "garment photo by --annotator (auto, for datasets without tags)",
+    )
+    annotator: str | None = option(None, shared="annotator")
+    min_score: float = option(DEFAULT_MIN_SCORE, shared="min_score")
     progress: bool = option(True, "hide the progress bar")
 
     def __post_init__(self) -> None:
@@ -146,6 +183,9 @@ class DatasetInferenceConfig:
         object.__setattr__(self, "category", parse_dataset_category(self.category))
         object.__setattr__(self, "split", Split.parse(self.split, "split"))
         object.__setattr__(self, "pairing", Pairing.parse(self.pairing, "pairing"))
+        object.__setattr__(
+            self, "description", DescriptionSource.parse(self.description, "description source")
+        )
         if self.dtype is not None:
             object.__setattr__(self, "dtype", DType.parse(self.dtype, "dtype"))
         if self.device is not None:  # checked before any work; kept as the name given
@@ -254,6 +294,10 @@ def _validate(config: DatasetInferenceConfig) -> None:
     if config.num_workers < 0:
         raise UsageError(f"--num-workers must be >= 0, got {config.num_workers}")
     check_work_size(config.height, config.width, flag="--")
+    if config.description is DescriptionSource.DATASET and config.annotator is not None:
+        raise UsageError("--annotator only applies with --description auto")
+    if not 0.0 <= config.min_score <= 1.0:
+        raise UsageError(f"--min-score must be in [0, 1], got {config.min_score}")
     if config.dataset is DatasetKind.VITONHD and config.category not in (
         None,
         GarmentCategory.UPPER_BODY,
@@ -261,7 +305,7 @@ def _validate(config: DatasetInferenceConfig) -> None:
         raise UsageError(f"VITON-HD has upper_body garments only, got --category {config.category}")
 
 
-def _protocol(config: DatasetInferenceConfig, dtype: DType) -> dict[str, Any]:
+def _protocol(config: DatasetInferenceConfig, dtype: DType, annotator=None) -> dict[str, Any]:
     from .. import __version__
 
     if config.category is not None:
@@ -286,6 +330,9 @@ def _protocol(config: DatasetInferenceConfig, dtype: DType) -> dict[str, Any]:
         else defaults.NEGATIVE_PROMPT,
         "paste_back": False,
         "seed_scheme": SEED_SCHEME,
+        "description": config.description.value,
+        "annotator": None if annotator is None else annotator.identity,
+        "min_score": None if annotator is None else config.min_score,
     }
 
 
@@ -296,7 +343,7 @@ def _check_resumable(manifest_path: Path, protocol: dict[str, Any]) -> None:
     differ = [
         f"{key} {previous.get(key)!r} -> {protocol[key]!r}"
         for key in PROTOCOL_KEYS
-        if previous.get(key) != protocol[key]
+        if previous.get(key, _PROTOCOL_DEFAULTS.get(key)) != protocol[key]
     ]
     if differ:
         raise UsageError(
@@ -320,7 +367,12 @@ def infer_dataset(config: DatasetInferenceConfig, pipe=None) -> InferenceSummary
     _validate(config)
     out = check_writable_output(config.out, kind="folder", flag="--out")
     state, device, dtype = _process_device_and_dtype(config, pipe)
-    protocol = _protocol(config, dtype)
+    annotator = None
+    if config.description is DescriptionSource.AUTO:
+        from ..annotation import resolve_annotator
+
+        annotator = resolve_annotator(config.annotator, config.model)
+    protocol = _protocol(config, dtype, annotator)
 
     # 1. Samples and their output files, in dataset order (repeated pairs rendered once).
     index_of = _output_rows(config)
@@ -329,13 +381,17 @@ def infer_dataset(config: DatasetInferenceConfig, pipe=None) -> InferenceSummary
     created = make_folders(out) if main else []
     try:
         with lock_folder(out, "--out") if main else nullcontext():
-            return _infer_locked(config, pipe, state, device, dtype, out, protocol, index_of)
+            return _infer_locked(
+                config, pipe, state, device, dtype, out, protocol, index_of, annotator
+            )
     except BaseException:
         remove_empty_folders(created)
         raise
 
 
-def _infer_locked(config, pipe, state, device, dtype, out, protocol, index_of) -> InferenceSummary:
+def _infer_locked(
+    config, pipe, state, device, dtype, out, protocol, index_of, annotator
+) -> InferenceSummary:
     """:func:`infer_dataset` once the main process holds the output folder."""
     main, manifest_path = state.is_main_process, out / MANIFEST_NAME
     state.wait_for_everyone()  # nobody lists the folder before it is held
@@ -363,7 +419,13 @@ def _infer_locked(config, pipe, state, device, dtype, out, protocol, index_of) -
                 from ..pipelines.loading import load_model
 
                 pipe = load_model(config.model, dtype.torch_dtype, device)
-            rendered = _render(config, pipe, mine, protocol, out, state)
+            if annotator is not None:
+                from ..annotation import load_annotator
+
+                annotator = load_annotator(
+                    annotator, model=config.model, pipe=pipe, min_score=config.min_score
+                )
+            rendered = _render(config, pipe, mine, protocol, out, state, annotator)
 
         # 4. Count and record.
         state.wait_for_everyone()
@@ -432,7 +494,7 @@ def _write_manifest(
     write_json_atomic(path, {**protocol, "total": total, "count": count, "complete": complete})
 
 
-def _render(config, pipe, mine, protocol, out, state) -> int:
+def _render(config, pipe, mine, protocol, out, state, annotator=None) -> int:
     """Render ``mine`` (output name, dataset row) in batches of ``config.batch_size``."""
     import torch
 
@@ -462,16 +524,38 @@ def _render(config, pipe, mine, protocol, out, state) -> int:
     ) as bar:
         for batch in loader:
             batch_names = names[done : done + len(batch["name"])]
-            images = _render_batch(config, pipe, batch, batch_names, protocol["negative_prompt"])
-            for name, image in zip(batch_names, images, strict=True):
+            result = _render_batch(
+                config, pipe, batch, batch_names, protocol["negative_prompt"], annotator
+            )
+            for name, image in zip(batch_names, result.images, strict=True):
                 save_image_atomic(image, out / name)
+            if annotator is not None:
+                _record_descriptions(out, batch_names, result.garment_descriptions)
             done += len(batch_names)
             bar.update(len(batch_names))
     return done
 
 
-def _render_batch(config, pipe, batch: dict, names: list[str], negative_prompt: str) -> list:
-    """One pipeline call for a collated batch; every row draws from its own seeded generator."""
+def _record_descriptions(out: Path, names: list[str], descriptions: list[str]) -> None:
+    """Append each image's V to ``descriptions.jsonl``: one ``write`` per line on a file opened
+    for appending, so the processes of a distributed run never interleave within a line."""
+    import json
+    import os
+
+    fd = os.open(out / DESCRIPTIONS_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    try:
+        for name, description in zip(names, descriptions, strict=True):
+            line = json.dumps({"image": name, "description": description}) + "\n"
+            os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _render_batch(
+    config, pipe, batch: dict, names: list[str], negative_prompt: str, annotator=None
+):
+    """One pipeline call for a collated batch; every row draws from its own seeded generator.
+    With an ``annotator``, each garment's V is read from its photo instead of the dataset's."""
     import torch
 
     for name, person, garment in zip(names, batch["name"], batch["garment_name"], strict=True):
@@ -488,7 +572,8 @@ def _render_batch(config, pipe, batch: dict, names: list[str], negative_prompt: 
         mask_image=batch["mask"],
         pose_image=batch["pose"],
         garment_clip_pixels=batch["garment_clip"],
-        garment_description=batch["description"],
+        garment_description=[None] * len(names) if annotator else batch["description"],
+        garment_annotator=annotator,
         negative_prompt=negative_prompt,
         num_inference_steps=config.steps,
         guidance_scale=config.guidance,
@@ -497,4 +582,4 @@ def _render_batch(config, pipe, batch: dict, names: list[str], negative_prompt: 
         generator=generators,
         paste_back=False,
         output_type="pil",
-    ).images
+    )

@@ -4,8 +4,10 @@
 
 1. :meth:`~TryOnPipeline.check_inputs`, then the images to work-size tensors and paste-back
    regions (:class:`~idm_vton.pipelines.image_processor.TryOnImageProcessor`);
-2. :meth:`~TryOnPipeline.encode_prompts` (the captions of paper Sec. 3.2) and
-   :meth:`~TryOnPipeline.encode_image_prompt` (garment CLIP penultimate states -> Resampler);
+2. :meth:`~TryOnPipeline.encode_image_prompt` (garment CLIP penultimate states -> Resampler),
+   then, with a ``garment_annotator``, :meth:`~TryOnPipeline.describe_garments` (V read from the
+   garment photo, on that same CLIP pass where the annotator can), and
+   :meth:`~TryOnPipeline.encode_prompts` (the captions, paper Sec. 3.2);
 3. :meth:`~TryOnPipeline.get_timesteps` and :meth:`~TryOnPipeline.prepare_latents`;
 4. :meth:`~TryOnPipeline.prepare_condition_latents` (mask, masked person, DensePose) and
    :meth:`~TryOnPipeline.start_garment_branch` (the garment latent, handed to the pipeline's
@@ -17,6 +19,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -58,7 +61,7 @@ from .garment_branch import (
     TwoPhaseGarment,
 )
 from .garment_cache import GarmentCache
-from .image_processor import OUTPUT_TYPES, PreparedInputs, TryOnImageProcessor
+from .image_processor import OUTPUT_TYPES, PreparedInputs, TryOnImageProcessor, _to_pil
 from .memory import check_vae_tile_size
 
 __all__ = [
@@ -107,9 +110,14 @@ StepCallback = Callable[["TryOnPipeline", int, torch.Tensor, dict], "dict | None
 
 @dataclass
 class TryOnPipelineOutput(BaseOutput):
-    """``images``: one per person and sample (PIL, numpy or tensor as asked)."""
+    """``images``: one per person and sample (PIL, numpy or tensor as asked);
+    ``garment_descriptions``: the V each garment was rendered with (None where only embeddings
+    were given); ``garment_tags``: the annotator's tags per garment, when it read V
+    (``garment_annotator``), else None."""
 
     images: list[Image.Image] | np.ndarray | torch.Tensor
+    garment_descriptions: list[str | None] | None = None
+    garment_tags: list | None = None
 
 
 @dataclass(frozen=True)
@@ -437,11 +445,18 @@ class TryOnPipeline(DiffusionPipeline):
         pixels = processor(images=garments, return_tensors="pt").pixel_values
         return pixels.to(device=device, dtype=self.image_encoder.dtype)
 
-    def encode_image_prompt(self, clip_pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(uncond tokens (1, N, C), cond tokens (G, N, C)); uncond = CLIP of an all-zero image."""
+    def encode_image_prompt(self, clip_pixels: torch.Tensor, return_image_embeds: bool = False):
+        """(uncond tokens (1, N, C), cond tokens (G, N, C)); uncond = CLIP of an all-zero image.
+
+        ``return_image_embeds``: also return the garments' projected CLIP image embeddings
+        (G, D), which the same encoder pass computes (what the annotator probe reads), as
+        ``((uncond, cond), image_embeds)``.
+        """
         pixels = torch.cat([torch.zeros_like(clip_pixels[:1]), clip_pixels])
-        hidden = self.image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
-        tokens = self.image_projection(hidden.to(self.image_projection.dtype))
+        encoded = self.image_encoder(pixels, output_hidden_states=True)
+        tokens = self.image_projection(encoded.hidden_states[-2].to(self.image_projection.dtype))
+        if return_image_embeds:
+            return (tokens[:1], tokens[1:]), encoded.image_embeds[1:]
         return tokens[:1], tokens[1:]
 
     # ------------------------------------------------------------------ VAE
@@ -496,8 +511,11 @@ class TryOnPipeline(DiffusionPipeline):
         num_images_per_prompt: int,
         output_type: str,
         text: PromptInputs,
+        *,
+        annotate: bool = False,
     ) -> None:
-        """Refuse settings that cannot work, saying what was expected and what came in."""
+        """Refuse settings that cannot work, saying what was expected and what came in.
+        ``annotate``: a garment annotator fills the descriptions that are None."""
         if output_type not in OUTPUT_TYPES:
             raise UsageError(f"unknown output_type '{output_type}' (pil, np, pt or latent)")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
@@ -521,9 +539,10 @@ class TryOnPipeline(DiffusionPipeline):
             or text.garment_prompt_embeds is None
             or (do_cfg and text.negative_prompt_embeds is None)
         )
-        if needs_text and any(d is None for d in descriptions):
+        if needs_text and not annotate and any(d is None for d in descriptions):
             raise UsageError(
-                "garment_description is required (or pass precomputed prompt embeddings)"
+                "garment_description is required (or pass precomputed prompt embeddings, or a "
+                "garment_annotator to read it from the garment photo)"
             )
         if (text.prompt_embeds is not None and text.pooled_prompt_embeds is None) or (
             do_cfg
@@ -607,6 +626,37 @@ class TryOnPipeline(DiffusionPipeline):
                 )
             garment_clip_pixels = self.clip_preprocess(prepared.garment_images, device)
         return garment_clip_pixels.to(device, self.image_encoder.dtype)
+
+    def describe_garments(
+        self,
+        annotator,
+        garment_description: str | Sequence[str | None] | None,
+        prepared: PreparedInputs,
+        image_embeds: torch.Tensor,
+    ) -> tuple[list[str | None], list]:
+        """(V per garment, the annotator's tags per garment): the descriptions given, with each
+        None read from its garment photo by ``annotator`` (a
+        :class:`~idm_vton.annotation.GarmentAnnotator`). An annotator that reads this
+        pipeline's image encoder (the probe) uses ``image_embeds``, the garments' CLIP
+        embeddings of :meth:`encode_image_prompt`; another one reads the photos."""
+        descriptions = _descriptions(garment_description)
+        if len(descriptions) == 1:
+            descriptions = descriptions * prepared.garments
+        if len(descriptions) != prepared.garments:
+            raise UsageError(
+                f"got {len(descriptions)} garment descriptions for {prepared.garments} garments"
+            )
+        wanted = [i for i, d in enumerate(descriptions) if d is None]
+        tags: list = [None] * prepared.garments
+        if wanted:
+            if annotator.reads_embeddings_of(self.image_encoder):
+                read = annotator.describe_embeddings(image_embeds[wanted])
+            else:
+                images = prepared.garment_images or _to_pil(prepared.garment)
+                read = annotator.describe_batch([images[i] for i in wanted])
+            for i, garment_tags in zip(wanted, read, strict=True):
+                descriptions[i], tags[i] = garment_tags.description, garment_tags
+        return descriptions, tags
 
     def tryon_conditioning(
         self,
@@ -846,6 +896,7 @@ class TryOnPipeline(DiffusionPipeline):
         return_dict: bool = True,
         garment_cache: GarmentCache | None = None,
         callback_on_step_end: StepCallback | None = None,
+        garment_annotator=None,
     ) -> TryOnPipelineOutput | tuple:
         """Render each person wearing the garment (the stages: see the module docstring).
 
@@ -874,6 +925,11 @@ class TryOnPipeline(DiffusionPipeline):
             callback_on_step_end: ``callback_on_step_end(pipe, step_index, timestep, {"latents":
                 latents})`` after every step (diffusers' convention); a returned dict may replace
                 ``latents``. Progress reporting and cancellation (raise from it) hook in here.
+            garment_annotator: a :class:`~idm_vton.annotation.GarmentAnnotator` that reads V
+                from the garment photo for every garment whose description is None (the
+                paper's image annotator); the probe reuses this call's CLIP image embedding.
+                The V used is in the output's ``garment_descriptions`` (and the tags in
+                ``garment_tags``).
         """
         height = self.default_height if height is None else height
         width = self.default_width if width is None else width
@@ -895,6 +951,7 @@ class TryOnPipeline(DiffusionPipeline):
             num_images_per_prompt,
             output_type,
             text,
+            annotate=garment_annotator is not None,
         )
         device, do_cfg = self._execution_device, guidance_scale > 1.0
         self._guidance_scale = guidance_scale  # for the messages of non_finite_cause
@@ -905,10 +962,16 @@ class TryOnPipeline(DiffusionPipeline):
         )
         rows = BatchLayout(prepared.people, prepared.garments, num_images_per_prompt)
 
-        # 2. Captions and the garment image prompt, once per call.
-        prompts = self.encode_prompts(text, rows.garments, do_cfg, device)
+        # 2. The garment image prompt, V read from the garment where asked, the captions.
         clip_pixels = self.prepare_clip_pixels(prepared, garment_clip_pixels, device)
-        image_prompt = self.encode_image_prompt(clip_pixels)
+        image_prompt, image_embeds = self.encode_image_prompt(clip_pixels, return_image_embeds=True)
+        garment_tags = None
+        if garment_annotator is not None:
+            descriptions, garment_tags = self.describe_garments(
+                garment_annotator, garment_description, prepared, image_embeds
+            )
+            text = dataclasses.replace(text, garment_description=descriptions)
+        prompts = self.encode_prompts(text, rows.garments, do_cfg, device)
 
         # 3. Timesteps and initial latents.
         timesteps = self.get_timesteps(num_inference_steps, strength, device)
@@ -937,7 +1000,9 @@ class TryOnPipeline(DiffusionPipeline):
 
         # 6. Decode and paste back.
         images = self.decode_latents(latents, prepared, rows, output_type, paste_back)
-        return TryOnPipelineOutput(images=images) if return_dict else (images,)
+        if not return_dict:
+            return (images,)
+        return TryOnPipelineOutput(images, prompts.descriptions, garment_tags)
 
 
 def _processor_store(unet: UNet2DConditionModel, kind: type) -> GarmentFeatureStore | None:
