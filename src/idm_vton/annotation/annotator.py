@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from ..data.tags import LabelSets
+from ..enums import GarmentCategory
 from ..images import load_image
 from .tags import DEFAULT_MIN_SCORE, GarmentTags
 
@@ -56,6 +57,11 @@ class GarmentAnnotator(ABC):
     def describe_embeddings(self, embeddings: torch.Tensor) -> list[GarmentTags]:
         """The tags of garments from their projected CLIP image embeddings (N, D)."""
         raise NotImplementedError(f"the {self.kind} annotator reads photos, not embeddings")
+
+    def category(self, tags: GarmentTags) -> GarmentCategory:
+        """The garment category (the body region of its automatic mask) of a garment this
+        annotator has read: that of its most likely item label, whatever the label's score."""
+        return self.label_sets.category_of(tags.tags["item"].label)
 
     @property
     def identity(self) -> str:

@@ -1,25 +1,43 @@
-"""Render a person wearing a garment (``idm-vton tryon``)."""
+"""Render a person wearing a garment, or a whole outfit (``idm-vton tryon``)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from ..enums import GarmentCategory
 from ._dataclass_flags import add_memory_arguments, memory_options
-from ._flags import add_preprocess_model_arguments, add_shared
+from ._flags import add_shared
 
-HELP = "render a person wearing a garment"
+HELP = "render a person wearing a garment (or an outfit: one --garment per piece)"
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--person", required=True, help="photo of the person (any size)")
-    parser.add_argument("--garment", required=True, help="in-shop photo of the garment")
+    parser.add_argument(
+        "--garment",
+        action="append",
+        required=True,
+        metavar="IMG",
+        help="in-shop photo of the garment; repeat for an outfit (a top and trousers or a "
+        "skirt, or a dress alone): one pass per garment, lower body first, each on the "
+        "previous result",
+    )
+    parser.add_argument(
+        "--category",
+        action="append",
+        choices=GarmentCategory.values(),
+        default=None,
+        help="garment category, once per --garment in the same order: the region of its "
+        "automatic mask. Not given: read from the garment photo with --description auto, "
+        "else upper_body (one garment only)",
+    )
     parser.add_argument(
         "--mask",
         default="auto",
         help="inpaint mask, white = garment area to re-generate; 'auto' (default) computes it "
-        "from the photo for --category",
+        "from the photo for --category (an outfit: for each pass, from the current image)",
     )
     parser.add_argument(
         "--pose",
@@ -28,9 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--description",
-        default="",
+        action="append",
+        default=None,
         help='garment text, e.g. "short sleeve round neck t-shirts" (optional, default empty '
-        "as in the official demo); 'auto' reads it from the garment photo with --annotator",
+        "as in the official demo); 'auto' reads it from the garment photo with --annotator; "
+        "an outfit: once per --garment, or one 'auto' for all",
     )
     add_shared(parser, "annotator", "min_score", "negative_prompt", "model")
     parser.add_argument("--out", required=True, help="output image (.png/.jpg), written atomically")
@@ -53,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         helps={
             "height": "work height, multiple of 8 (default 1024; tiny 256)",
             "width": "work width, multiple of 8 (default 768; tiny 192)",
+            "seed": "random seed, the same for every pass of an outfit (default %(default)s)",
         },
     )
     parser.add_argument(
@@ -61,35 +82,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="customization file (.safetensors, full delta or LoRA) from `idm-vton customize`",
     )
     parser.add_argument(
+        "--auto-crop",
+        action="store_true",
+        help="the official demo's auto-crop: render the largest 3:4 box centred in the photo "
+        "and paste the whole box back (default: a box around the mask, pasted back inside "
+        "the mask only; see docs/preprocessing.md)",
+    )
+    parser.add_argument(
         "--no-paste-back",
         action="store_true",
-        help="return the raw H x W render, not the full photo",
+        help="return the raw H x W render, not the full photo (one garment only)",
     )
-    add_preprocess_model_arguments(parser)
+    add_shared(parser, "preprocess_models", "mask_type", "preprocess_device")
     add_memory_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
-    import torch
-
     from ..devices import check_dtype_on_device, resolve_device, resolve_dtype
     from ..images import save_image_atomic
     from ..models.tiny import TINY_MODEL_NOTE
     from ..pipelines.loading import load_model
     from ..pipelines.memory import apply_memory_options
+    from ..pipelines.outfit import OutfitGarment, plan_outfit, run_outfit
     from ..progress import progress_bars_shown
 
     out = _check_arguments(args)
-    annotator_choice = _annotator_choice(args)
+    descriptions = _descriptions(args)
+    categories = _categories(args, descriptions)
+    annotator_choice = _annotator_choice(args, descriptions, categories)
     memory = memory_options(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     check_dtype_on_device(dtype, device)
     resolve_device(args.preprocess_device, "--preprocess-device")
-    photo, garment, mask, pose = _load_inputs(args)
-    mask, pose = _mask_and_pose(args, photo, mask, pose)
+    photo, garments, mask, pose = _load_inputs(args)
+    names = [f"--garment {path}" for path in args.garment]
+    outfit = [
+        OutfitGarment(image, category, None if text == "auto" else text, name)
+        for image, category, text, name in zip(
+            garments, categories, descriptions, names, strict=True
+        )
+    ]
+    inputs = _PassInputs(args, photo, mask, pose)
+    if None not in categories:
+        first = plan_outfit(categories, names)[0]  # refused combinations fail before loading
+        inputs.prepare_first(categories[first])
     if args.model == "tiny":
         print(f"note: {TINY_MODEL_NOTE}")  # stdout: stderr is for errors
     pipe = load_model(args.model, dtype, device, args.scheduler)
@@ -100,44 +139,123 @@ def run(args: argparse.Namespace) -> int:
         apply_customization(pipe, args.customization)
     apply_memory_options(pipe, memory, device)
     options = {} if args.negative_prompt is None else {"negative_prompt": args.negative_prompt}
+    annotator = None
     if annotator_choice is not None:
         from ..annotation import load_annotator
 
-        options["garment_annotator"] = load_annotator(
+        annotator = load_annotator(
             annotator_choice, model=args.model, pipe=pipe, min_score=args.min_score
         )
-    result = pipe(
-        person_image=photo,
-        garment_image=garment,
-        mask_image=mask,
-        pose_image=pose,
-        garment_description=None if annotator_choice else args.description,
+    inputs.work_size = (args.height or pipe.default_height, args.width or pipe.default_width)
+    several = len(outfit) > 1
+    if None in categories:
+        outfit = _read_categories(outfit, categories, annotator)
+
+    def announce(step: int, passes: int, garment) -> None:
+        if several:
+            print(f"pass {step + 1}/{passes}: {garment.category} ({garment.name})")
+
+    result = run_outfit(
+        pipe,
+        photo,
+        outfit,
+        inputs,
+        seed=args.seed,
+        garment_annotator=annotator,
+        auto_crop=args.auto_crop,
+        on_pass=announce,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
         strength=args.strength,
         height=args.height,
         width=args.width,
-        generator=torch.Generator(device="cpu").manual_seed(args.seed),
         paste_back=not args.no_paste_back,
         **options,
     )
-    path = save_image_atomic(result.images[0], out)
-    if annotator_choice is not None:
-        annotator = options["garment_annotator"]
-        description = json.dumps(result.garment_descriptions[0])
-        print(f"description read from the garment photo ({annotator.kind}): {description}")
+    path = save_image_atomic(result.image, out)
+    for done in sorted(result.passes, key=lambda p: p.index):
+        which = f" of {done.garment.name}" if several else ""
+        if descriptions[done.index] == "auto":
+            description = json.dumps(done.description)
+            print(
+                f"description{which} read from the garment photo ({annotator.kind}): {description}"
+            )
     print(f"wrote {path}")
     return 0
 
 
-def _annotator_choice(args: argparse.Namespace):
+def _read_categories(outfit: list, categories: list, annotator) -> list:
+    """The outfit with the categories not given read from the garment photos (each printed),
+    refused in one line that says they were read when they do not make an outfit."""
+    import json
+
+    from ..errors import UsageError
+    from ..pipelines.outfit import plan_outfit, read_categories
+
+    outfit, tags = read_categories(outfit, annotator)
+    for garment, given, read in zip(outfit, categories, tags, strict=True):
+        if given is None:
+            item = read.tags["item"]
+            which = f" of {garment.name}" if len(outfit) > 1 else ""
+            print(
+                f"category{which} read from the garment photo ({annotator.kind}): "
+                f"{garment.category} (item {json.dumps(item.label)}, score {item.score:.2f})"
+            )
+    try:
+        plan_outfit([g.category for g in outfit], [g.name for g in outfit])
+    except UsageError as err:
+        raise UsageError(f"{err} (categories read from the photos: give --category)") from None
+    return outfit
+
+
+def _descriptions(args: argparse.Namespace) -> list[str]:
+    """One description per garment: none given is the demo's empty one for all, one ``auto``
+    is ``auto`` for all, else one per ``--garment``."""
+    from ..errors import UsageError
+
+    count, given = len(args.garment), args.description or [""]
+    if len(given) == count:
+        return list(given)
+    if len(given) == 1 and (given[0] in ("", "auto")):
+        return given * count
+    raise UsageError(
+        f"--description: got {len(given)} for {count} --garment; give one per --garment (in "
+        "the same order), or one 'auto' for all"
+    )
+
+
+def _categories(args: argparse.Namespace, descriptions: list[str]) -> list[str | None]:
+    """One category per garment, None where the annotator reads it from the photo."""
+    from ..errors import UsageError
+
+    count = len(args.garment)
+    if args.category:
+        if len(args.category) != count:
+            raise UsageError(
+                f"--category: got {len(args.category)} for {count} --garment; give one per "
+                "--garment, in the same order"
+            )
+        return list(args.category)
+    matters = count > 1 or args.mask == "auto"  # a given mask needs no category
+    if matters and all(d == "auto" for d in descriptions):
+        return [None] * count
+    if count > 1:
+        raise UsageError(
+            "--category: give one per --garment, in the same order (e.g. --category lower_body "
+            "--category upper_body), or use --description auto to read them from the photos"
+        )
+    return [GarmentCategory.UPPER_BODY.value]
+
+
+def _annotator_choice(args: argparse.Namespace, descriptions: list[str], categories: list):
     """The annotator ``--description auto`` uses (None without ``auto``), chosen before any
     model is loaded; ``--annotator`` and ``--min-score`` only go with ``auto``."""
     from ..errors import UsageError
 
-    if args.description != "auto":
+    if "auto" not in descriptions:
         if args.annotator is not None:
             raise UsageError("--annotator only applies with --description auto")
+        assert None not in categories
         return None
     if not 0.0 <= args.min_score <= 1.0:
         raise UsageError(f"--min-score must be in [0, 1], got {args.min_score}")
@@ -148,7 +266,7 @@ def _annotator_choice(args: argparse.Namespace):
 
 def _check_arguments(args: argparse.Namespace) -> Path:
     """The output path, after the checks that need no model: steps, strength, work size, output
-    name, input files, and the output writable and never one of the inputs."""
+    name, input files, outfit options, and the output writable and never one of the inputs."""
     from ..errors import UsageError
     from ..files import check_writable_output
     from ..images import check_work_size
@@ -161,49 +279,96 @@ def _check_arguments(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UsageError(f"--out must end in .png, .jpg or .webp, got '{out.name}'")
-    for flag in ("person", "garment", "mask", "pose"):
-        value = getattr(args, flag)
-        if value != "auto" and not Path(value).is_file():
-            raise UsageError(f"--{flag}: file not found: {value}")
-    if "auto" in (args.person, args.garment):
+    files = {"--person": [args.person], "--garment": args.garment}
+    files |= {f"--{flag}": [getattr(args, flag)] for flag in ("mask", "pose")}
+    for flag, values in files.items():
+        for value in values:
+            if value != "auto" and not Path(value).is_file():
+                raise UsageError(f"{flag}: file not found: {value}")
+    if "auto" in (args.person, *args.garment):
         raise UsageError("only --mask and --pose can be 'auto'")
-    inputs = {f"--{flag}": getattr(args, flag) for flag in ("person", "garment", "mask", "pose")}
+    if len(args.garment) > 1:
+        if args.mask != "auto":
+            raise UsageError(
+                "--mask: an outfit computes each pass's mask from the current image; leave "
+                "--mask auto (or run the garments one by one)"
+            )
+        if args.no_paste_back:
+            raise UsageError(
+                "--no-paste-back: an outfit pastes each pass back (the next pass starts from "
+                "it); it takes one garment only"
+            )
+    inputs = {"--person": args.person, "--mask": args.mask, "--pose": args.pose}
+    inputs |= {f"--garment {path}": path for path in args.garment}
     return check_writable_output(out, kind="file", flag="--out", inputs=inputs)
 
 
 def _load_inputs(args: argparse.Namespace):
-    """The input images (photo, garment, mask or None, pose or None for ``auto``), decoded and
+    """The input images (photo, garments, mask or None, pose or None for ``auto``), decoded and
     checked before any model is loaded: a bad file fails at once, named by its flag."""
     from PIL import Image
 
     from ..images import binary_mask, load_image
 
     photo = load_image(args.person, "--person")
-    garment = load_image(args.garment, "--garment")
+    garments = [load_image(path, "--garment") for path in args.garment]
     mask = pose = None
     if args.mask != "auto":
         marked = binary_mask(args.mask, photo.size, "--mask")
         mask = Image.fromarray(marked.astype("uint8") * 255)
     if args.pose != "auto":
         pose = load_image(args.pose, "--pose")
-    return photo, garment, mask, pose
+    return photo, garments, mask, pose
 
 
-def _mask_and_pose(args: argparse.Namespace, photo, mask, pose):
-    """The mask and pose images, computed from the photo where they are ``auto`` (None)."""
-    if mask is not None and pose is not None:
-        return mask, pose
-    from ..errors import NoPersonFoundError, UsageError
-    from ..preprocess.preprocessor import Preprocessor
+class _PassInputs:
+    """The mask and pose of each pass (``inputs_for`` of
+    :func:`~idm_vton.pipelines.outfit.run_outfit`): the ones given, else computed from the
+    current image for the pass's category (on the auto-crop box with ``--auto-crop``, as the
+    demo does). The first pass's can be computed before the model is loaded, so a photo without
+    a person fails at once."""
 
-    preprocessor = Preprocessor(args.preprocess_models, device=args.preprocess_device)
-    try:
-        auto_mask, auto_pose = preprocessor.tryon_inputs(
-            photo, args.category, args.mask_type, mask=mask is None, pose=pose is None
-        )
-    except NoPersonFoundError as err:
-        raise UsageError(
-            f"{err}; if the photo does show a person, give the garment area with "
-            "--mask mask.png (and --pose densepose.png)"
-        ) from err
-    return (auto_mask if mask is None else mask), (auto_pose if pose is None else pose)
+    def __init__(self, args: argparse.Namespace, photo, mask, pose) -> None:
+        self.args, self.photo, self.mask, self.pose = args, photo, mask, pose
+        self.work_size: tuple[int, int] | None = None
+        self._first = None
+        self._preprocessor = None
+
+    def prepare_first(self, category: str) -> None:
+        if not self.args.auto_crop:  # the crop box needs the model's work size
+            self._first = (category, self(self.photo, category))
+
+    def __call__(self, image, category):
+        if self._first is not None:
+            (first_category, computed), self._first = self._first, None
+            assert first_category == category
+            return computed
+        if self.mask is not None and self.pose is not None:
+            return self.mask, self.pose
+        from ..errors import NoPersonFoundError, UsageError
+        from ..pipelines.image_processor import centred_region
+        from ..preprocess.preprocessor import Preprocessor
+
+        if self._preprocessor is None:
+            self._preprocessor = Preprocessor(
+                self.args.preprocess_models, device=self.args.preprocess_device
+            )
+        box = None
+        if self.args.auto_crop:
+            region = centred_region(image.size, *self.work_size)
+            box = (region.left, region.top, region.right, region.bottom)
+        try:
+            mask, pose = self._preprocessor.tryon_inputs(
+                image,
+                category,
+                self.args.mask_type,
+                mask=self.mask is None,
+                pose=self.pose is None,
+                box=box,
+            )
+        except NoPersonFoundError as err:
+            raise UsageError(
+                f"{err}; if the photo does show a person, give the garment area with "
+                "--mask mask.png (and --pose densepose.png)"
+            ) from err
+        return (mask if self.mask is None else self.mask), (pose if self.pose is None else pose)

@@ -56,18 +56,28 @@ class LabelSets:
 
     ``labels``: attribute -> labels, spelt as in the datasets' tag files; ``prompts``: attribute ->
     the zero-shot text template (``{label}`` is replaced by the label in lower case), with
-    ``label_prompts`` overriding it for single labels. Compare two label sets with ``==``.
+    ``label_prompts`` overriding it for single labels; ``item_categories``: the garment category
+    (the mask region) of the items that are not upper-body garments. Compare two label sets with
+    ``==`` (the labels alone).
     """
 
     name: str
     labels: Mapping[str, tuple[str, ...]]
     prompts: Mapping[str, str] = field(default_factory=dict, compare=False)
     label_prompts: Mapping[str, Mapping[str, str]] = field(default_factory=dict, compare=False)
+    item_categories: Mapping[str, GarmentCategory] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         assert tuple(self.labels) == ATTRIBUTES, tuple(self.labels)
         for attribute, labels in self.labels.items():
             assert labels and len(set(labels)) == len(labels), (attribute, labels)
+        unknown = set(self.item_categories) - set(self.labels["item"])
+        assert not unknown, unknown
+
+    def category_of(self, item: str) -> GarmentCategory:
+        """The garment category of an item label: the body region its automatic mask covers
+        (upper body unless the label sets say otherwise)."""
+        return self.item_categories.get(item, GarmentCategory.UPPER_BODY)
 
     def index(self, attribute: str, label: str) -> int | None:
         """The class index of ``label`` (exact spelling), or None if it is not in the set."""
@@ -104,6 +114,12 @@ def load_label_sets(name: DatasetKind | str) -> LabelSets:
         labels={a: tuple(attributes[a]["labels"]) for a in ATTRIBUTES},
         prompts={a: attributes[a]["prompt"] for a in ATTRIBUTES},
         label_prompts={a: dict(attributes[a].get("prompts", {})) for a in ATTRIBUTES},
+        item_categories={
+            item: GarmentCategory(category)
+            for category, items in content.get("item_categories", {}).items()
+            if category != "note"
+            for item in items
+        },
     )
 
 

@@ -5,6 +5,11 @@ any photo to that size and returns the stretched render; here the person photo k
 and aspect: the pipeline renders an H:W region around the mask and pastes the generated pixels
 back inside the mask only, so every pixel outside it is returned unchanged.
 
+The demo's other mode, its auto-crop (``is_checked_crop``), is :func:`centred_region` with
+``auto_crop=True``: the largest H:W box centred in the photo is rendered and the whole box is
+pasted back, so every pixel outside the box is unchanged (and every pixel inside it is the
+render's).
+
 :class:`TryOnImageProcessor` is the pipeline's boundary, as diffusers' ``VaeImageProcessor`` is
 for its pipelines: :meth:`~TryOnImageProcessor.preprocess` turns the user's images (or tensors)
 into work-size tensors plus the regions to paste into, :meth:`~TryOnImageProcessor.postprocess`
@@ -32,6 +37,7 @@ __all__ = [
     "PreparedInputs",
     "Region",
     "TryOnImageProcessor",
+    "centred_region",
     "crop_region",
     "crop_resize",
     "mask_region",
@@ -88,6 +94,29 @@ def mask_region(mask: np.ndarray, height: int, width: int, margin: float = 0.1) 
     y0 = _axis_start(cy - rh / 2, rh, photo_h)
     x0 = _axis_start(cx - rw / 2, rw, photo_w)
     return Region(x0, y0, x0 + rw, y0 + rh)
+
+
+def centred_region(photo_size: tuple[int, int], height: int, width: int) -> Region:
+    """The official demo's auto-crop box (``is_checked_crop``): the largest H:W box centred in
+    a photo of ``photo_size`` (W, H), in whole pixels.
+
+    The demo crops the photo's centre whatever the mask, so the person must stand in the middle;
+    :func:`mask_region` (the default) places the box around the mask instead.
+    """
+    photo_w, photo_h = photo_size
+    box_w = min(photo_w, photo_h * width // height)
+    box_h = min(photo_h, photo_w * height // width)
+    left, top = (photo_w - box_w) // 2, (photo_h - box_h) // 2
+    return Region(left, top, left + box_w, top + box_h)
+
+
+def region_mask(shape: tuple[int, int], region: Region) -> np.ndarray:
+    """(H, W) bool array, True on the part of ``region`` inside a photo of ``shape``."""
+    marked = np.zeros(shape, bool)
+    marked[
+        max(region.top, 0) : max(region.bottom, 0), max(region.left, 0) : max(region.right, 0)
+    ] = True
+    return marked
 
 
 def _axis_start(start: float, length: int, limit: int) -> int:
@@ -179,8 +208,9 @@ class PreparedInputs:
     ``person``, ``pose``: (B, 3, H, W) in [0, 1]; ``mask``: (B, 1, H, W) in {0, 1};
     ``garment``: (G, 3, H, W) in [0, 1] with G = 1 (shared) or B. For image inputs,
     ``garment_images`` are the decoded garment photos (for the CLIP image prompt) and
-    ``photos``, ``photo_masks``, ``regions`` the full photos, their masks and the rendered
-    regions; for tensor inputs all four are None.
+    ``photos``, ``photo_masks``, ``regions`` the full photos, the pixels to paste back into
+    (the masks, or the whole region with auto-crop) and the rendered regions; for tensor inputs
+    all four are None.
     """
 
     person: torch.Tensor
@@ -227,8 +257,10 @@ class TryOnImageProcessor:
 
     Images (paths, PIL, uint8 or float arrays) get the work region of :func:`mask_region`:
     person and pose are cropped to it and resized to H x W (bicubic, like PIL's default in the
-    official demo), the mask likewise (nearest); the garment is resized whole. Tensors must
-    already be at H x W in [0, 1] and are used as they are (no region, no paste-back).
+    official demo), the mask likewise (nearest); the garment is resized whole. With
+    ``auto_crop`` the region is the demo's centred box (:func:`centred_region`) and the whole
+    box is pasted back. Tensors must already be at H x W in [0, 1] and are used as they are (no
+    region, no paste-back).
     """
 
     def preprocess(
@@ -240,6 +272,7 @@ class TryOnImageProcessor:
         height: int,
         width: int,
         crop_margin: float = 0.1,
+        auto_crop: bool = False,
     ) -> PreparedInputs:
         """The inputs as work-size tensors; ``ValueError`` / ``ImageInputError`` say what is wrong."""
         people = _as_list(person)
@@ -254,6 +287,8 @@ class TryOnImageProcessor:
                 f"got {n} person images and {len(garments)} garments (give 1 or {n})"
             )
         if all(isinstance(p, torch.Tensor) for p in people):
+            if auto_crop:
+                raise UsageError("auto_crop applies to photos; tensor inputs are already cropped")
             return self._tensors(people, masks, poses, garments, height, width)
         photos, photo_masks, regions = [], [], []
         person_t, mask_t, pose_t = [], [], []
@@ -265,14 +300,24 @@ class TryOnImageProcessor:
             pose_img = load_image(q, f"pose image{tag}")
             if pose_img.size != photo.size:
                 pose_img = pose_img.resize(photo.size, Image.Resampling.BICUBIC)
-            region = mask_region(m_bool, height, width, crop_margin)
+            if auto_crop:
+                region = centred_region(photo.size, height, width)
+                pasted = region_mask(m_bool.shape, region)
+            else:
+                region, pasted = mask_region(m_bool, height, width, crop_margin), m_bool
             person_t.append(_to_tensor(crop_resize(photo, region, size)))
             pose_t.append(_to_tensor(crop_resize(pose_img, region, size)))
             mask_image = Image.fromarray(m_bool.astype(np.uint8) * 255)
-            crop_m = crop_resize(mask_image, region, size, Image.Resampling.NEAREST)
-            mask_t.append(torch.from_numpy(np.asarray(crop_m) >= 128))
+            crop_m = np.asarray(crop_resize(mask_image, region, size, Image.Resampling.NEAREST))
+            if auto_crop and not (crop_m >= 128).any():
+                raise ImageInputError(
+                    f"mask{tag}: nothing of the marked area lies in the auto-crop box "
+                    f"{region.left},{region.top} to {region.right},{region.bottom} (the centre "
+                    "of the photo); turn auto-crop off or mark the garment area inside it"
+                )
+            mask_t.append(torch.from_numpy(crop_m >= 128))
             photos.append(photo)
-            photo_masks.append(m_bool)
+            photo_masks.append(pasted)
             regions.append(region)
         garment_images = [load_image(g, "garment image") for g in garments]
         return PreparedInputs(

@@ -554,12 +554,20 @@ class TryOnPipeline(DiffusionPipeline):
             )
 
     def prepare_inputs(
-        self, person, garment, mask, pose, height: int, width: int, crop_margin: float = 0.1
+        self,
+        person,
+        garment,
+        mask,
+        pose,
+        height: int,
+        width: int,
+        crop_margin: float = 0.1,
+        auto_crop: bool = False,
     ) -> PreparedInputs:
         """Images -> tensors at H x W (:meth:`TryOnImageProcessor.preprocess
         <idm_vton.pipelines.image_processor.TryOnImageProcessor.preprocess>`)."""
         return self.image_processor.preprocess(
-            person, garment, mask, pose, height, width, crop_margin
+            person, garment, mask, pose, height, width, crop_margin, auto_crop
         )
 
     def get_timesteps(self, num_inference_steps: int, strength: float, device) -> torch.Tensor:
@@ -892,6 +900,7 @@ class TryOnPipeline(DiffusionPipeline):
         garment_clip_pixels: torch.Tensor | None = None,
         paste_back: bool = True,
         crop_margin: float = 0.1,
+        auto_crop: bool = False,
         output_type: str = "pil",
         return_dict: bool = True,
         garment_cache: GarmentCache | None = None,
@@ -919,6 +928,10 @@ class TryOnPipeline(DiffusionPipeline):
                 garment's latent does not depend on the people it is batched with.
             paste_back, crop_margin: the full photo with the render pasted inside the mask
                 (default; image inputs only) or the raw H x W render; margin around the mask.
+            auto_crop: render the largest H:W box centred in the photo and paste the whole box
+                back, as the official demo's auto-crop does (``is_checked_crop``), instead of a
+                box around the mask pasted back inside the mask
+                (:func:`~idm_vton.pipelines.image_processor.centred_region`).
             output_type: "pil", "np" or "pt" (floats in [0, 1]), or "latent".
             garment_cache: a :class:`~idm_vton.pipelines.garment_cache.GarmentCache` of GarmentNet
                 features (default ``self.garment_cache``); same result.
@@ -958,7 +971,14 @@ class TryOnPipeline(DiffusionPipeline):
 
         # 1. Images -> tensors at H x W, and the regions to paste back into.
         prepared = self.prepare_inputs(
-            person_image, garment_image, mask_image, pose_image, height, width, crop_margin
+            person_image,
+            garment_image,
+            mask_image,
+            pose_image,
+            height,
+            width,
+            crop_margin,
+            auto_crop,
         )
         rows = BatchLayout(prepared.people, prepared.garments, num_images_per_prompt)
 

@@ -169,9 +169,14 @@ class Preprocessor:
         *,
         mask: bool = True,
         pose: bool = True,
+        box: tuple[int, int, int, int] | None = None,
     ) -> tuple[Image.Image | None, Image.Image | None]:
         """The try-on pipeline's mask image (white = re-generate) and DensePose picture for a
         photo; ``mask=False`` / ``pose=False`` leave one out (``None``).
+
+        ``box`` (left, top, right, bottom), inside the photo: both are computed on that crop of
+        the photo, as the official demo computes them on its auto-crop, and returned at the
+        photo's size, black outside the box.
 
         Every weight file needed is fetched first, together, so an offline error lists all the
         missing ones. Raises :class:`~idm_vton.errors.NoPersonFoundError` for a photo without a
@@ -179,6 +184,11 @@ class Preprocessor:
         """
         needed = (list(_PARSE_AND_POSE) if mask else []) + (["densepose"] if pose else [])
         self.model_paths(needed)
+        if box is not None:
+            crop_mask, crop_pose = self.tryon_inputs(
+                photo.crop(box), category, model_type, mask=mask, pose=pose
+            )
+            return _in_frame(crop_mask, photo.size, box), _in_frame(crop_pose, photo.size, box)
         mask_image = None
         if mask:
             mask_image = Image.fromarray(
@@ -218,6 +228,17 @@ class Preprocessor:
             keypoints=full_keypoints,
             densepose=self.densepose(photo) if densepose else None,
         )
+
+
+def _in_frame(
+    image: Image.Image | None, size: tuple[int, int], box: tuple[int, int, int, int]
+) -> Image.Image | None:
+    """``image`` (computed on the crop ``box``) placed at ``box`` on a black canvas of ``size``."""
+    if image is None:
+        return None
+    canvas = Image.new(image.mode, size)
+    canvas.paste(image, box[:2])
+    return canvas
 
 
 def mask_preview(photo: Image.Image, mask: np.ndarray, alpha: float = 0.5) -> Image.Image:
