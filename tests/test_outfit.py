@@ -95,6 +95,19 @@ def test_combinations_that_are_no_outfit_are_refused_in_one_line(categories, wor
     assert words in one_line(str(err.value))
 
 
+def test_items_have_the_category_of_their_mask_region():
+    vitonhd, dresscode = load_label_sets("vitonhd"), load_label_sets("dresscode")
+    expected = {
+        "T-shirts": UPPER, "Cardigan": UPPER, "Tank Top": UPPER, "Vest Suit": UPPER,
+        "Trumpet Skirt": LOWER, "Wrap Dress": DRESS, "Jump Suit": DRESS, "Halter Neck Dress": DRESS,
+    }  # fmt: skip
+    for item, category in expected.items():
+        assert vitonhd.category_of(item) == dresscode.category_of(item) == category, item
+    assert sum(vitonhd.category_of(i) == DRESS for i in vitonhd.labels["item"]) == 7
+    for name in ("upper_body", "lower_body", "dresses"):  # DressCode's items: their category
+        assert dresscode.category_of(name) == name
+
+
 # ------------------------------------------------------------------------------ the library
 @pytest.fixture(scope="module")
 def pipe():
@@ -347,8 +360,10 @@ def test_outfit_categories_read_from_the_photos(files, tmp_path, capsys):
     person, top, trousers = (str(files[n]) for n in ("person", "top", "trousers"))
     assert main(["describe", "--model", "tiny", "--json", "--garment", top, "--garment",
                  trousers]) == 0  # fmt: skip
-    items = [entry["tags"]["item"]["label"] for entry in json.loads(capsys.readouterr().out)]
+    listed = json.loads(capsys.readouterr().out)
+    items = [entry["tags"]["item"]["label"] for entry in listed]
     categories = [load_label_sets("vitonhd").category_of(item).value for item in items]
+    assert [entry["category"] for entry in listed] == categories
     out = tmp_path / "read.png"
     code = tryon(files, out, "--person", person, "--garment", top, "--garment", trousers,
                  "--description", "auto", "--min-score", "0")  # fmt: skip

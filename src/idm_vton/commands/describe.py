@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json",
         action="store_true",
-        help="print a JSON list of {garment, description, tags: {attribute: {label, score}}}",
+        help="print a JSON list of {garment, description, category, tags: {attribute: {label, "
+        "score}}} (category: the garment category of the item label)",
     )
 
 
@@ -65,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         tags += annotator.describe_batch(images[start : start + _BATCH])
     if args.json:
         listed = [
-            {"garment": path, **t.to_json()} for path, t in zip(args.garment, tags, strict=True)
+            {"garment": path, **t.to_json(), "category": annotator.category(t).value}
+            for path, t in zip(args.garment, tags, strict=True)
         ]
         print(json.dumps(listed, indent=2))
     else:
