@@ -126,7 +126,8 @@ def _boxes(image: Image.Image, category) -> tuple[Image.Image, Image.Image]:
     return Image.fromarray(mask.astype(np.uint8) * 255), random_photo(9, image.size)
 
 
-def test_outfit_equals_its_passes_chained_by_hand_and_keeps_what_no_mask_covers(pipe):
+@pytest.mark.parametrize("garment_seed", [None, 11])
+def test_outfit_equals_its_passes_chained_by_hand_and_keeps_what_no_mask_covers(pipe, garment_seed):
     photo, top, trousers = random_photo(0, (60, 72)), random_photo(1), random_photo(2)
     kwargs = dict(num_inference_steps=2, height=H, width=W)
     outfit = run_outfit(
@@ -135,15 +136,18 @@ def test_outfit_equals_its_passes_chained_by_hand_and_keeps_what_no_mask_covers(
         [OutfitGarment(top, UPPER, "top"), OutfitGarment(trousers, LOWER, "trousers")],
         _boxes,
         seed=3,
+        garment_seed=garment_seed,
         **kwargs,
     )
     assert [p.garment.category for p in outfit.passes] == [LOWER, UPPER]
     assert [p.description for p in outfit.passes] == ["trousers", "top"]
-    # By hand: trousers on the photo, then the top on that result, each with a fresh seed 3.
-
+    # By hand: trousers on the photo, then the top on that result, each with a fresh seed 3
+    # (and the garment's noise from a fresh garment_seed, when one is given).
     current = photo
     for garment, category, text in ((trousers, LOWER, "trousers"), (top, UPPER, "top")):
         mask, pose = _boxes(current, category)
+        if garment_seed is not None:
+            kwargs["garment_generator"] = torch.Generator().manual_seed(garment_seed)
         current = pipe(
             current,
             garment,

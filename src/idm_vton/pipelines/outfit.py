@@ -195,6 +195,7 @@ def run_outfit(
     *,
     seed: int,
     generator_device: str | torch.device = "cpu",
+    garment_seed: int | None = None,
     garment_annotator=None,
     auto_crop: bool = False,
     on_pass: Callable[[int, int, OutfitGarment], None] | None = None,
@@ -211,6 +212,9 @@ def run_outfit(
             :meth:`~idm_vton.preprocess.preprocessor.Preprocessor.tryon_inputs`).
         seed, generator_device: every pass draws from ``torch.Generator(generator_device)``
             seeded with ``seed``.
+        garment_seed: when given, every pass draws the garment latent's noise from its own
+            generator seeded with this (the pipeline's ``garment_generator``), as a server that
+            batches people does; None: from the pass's generator, as a single try-on does.
         garment_annotator: reads the category of garments that have none, and the V of garments
             whose description is None (:func:`read_categories`, then inside the pass).
         auto_crop: the official demo's auto-crop for every pass (see ``TryOnPipeline``).
@@ -240,6 +244,8 @@ def run_outfit(
             on_pass(step, len(order), garment)
         mask, pose = inputs_for(current, GarmentCategory(garment.category))
         generator = torch.Generator(device=generator_device).manual_seed(seed)
+        if garment_seed is not None:
+            call_kwargs["garment_generator"] = torch.Generator().manual_seed(garment_seed)
         read = garment.description is None
         output = pipe(
             person_image=current,
