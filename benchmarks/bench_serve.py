@@ -109,7 +109,7 @@ class LocalServer:
         self.service.close()
 
     def batch_sizes(self) -> list[int]:
-        return list(self.service.scheduler.batch_sizes)
+        return list(self.service.jobs.batch_sizes)
 
 
 def ray_figures(args, concurrency: int) -> dict:

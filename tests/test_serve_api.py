@@ -295,15 +295,15 @@ def test_concurrent_requests_are_batched_and_equal_the_same_requests_alone(clien
         assert response.status_code == 200, response.text
         return decode_png(response.content)
 
-    scheduler = service.scheduler
-    calls_before = len(scheduler.batch_sizes)
+    jobs = service.jobs
+    calls_before = len(jobs.batch_sizes)
     with ThreadPoolExecutor(16) as pool:
         together = list(pool.map(call, requests))
-    sizes = scheduler.batch_sizes[calls_before:]
+    sizes = jobs.batch_sizes[calls_before:]
     assert sum(sizes) == 16
     assert max(sizes) > 1, f"nothing was batched: {sizes}"
     alone = [call(spec) for spec in requests]  # one at a time: each runs alone
-    assert scheduler.batch_sizes[-16:] == [1] * 16
+    assert jobs.batch_sizes[-16:] == [1] * 16
     worst, worst_share = 0, 0.0
     for a, b in zip(together, alone, strict=True):
         largest, share = image_difference(a, b)

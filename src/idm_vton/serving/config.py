@@ -26,6 +26,7 @@ __all__ = [
     "ServeConfig",
     "TryOnParams",
     "api_key_or_environment",
+    "base_url",
     "resolve_device_and_dtype",
 ]
 
@@ -41,12 +42,26 @@ class ParameterError(IdmVtonError, ValueError):
     """A request parameter outside its allowed values (HTTP 400)."""
 
 
+def _positive(text: str, unit: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"expected a number of {unit}, got {text!r}")
+    return value
+
+
 def _megabytes(text: str) -> int:
     """A size given in MB on the command line, in bytes."""
-    size = float(text)
-    if not math.isfinite(size):
-        raise ValueError(f"expected a number of MB, got {text!r}")
-    return int(size * _MIB)
+    return int(_positive(text, "MB") * _MIB)
+
+
+def _megapixels(text: str) -> int:
+    """A pixel count given in megapixels on the command line."""
+    return int(_positive(text, "megapixels") * 1_000_000)
+
+
+def _hours(text: str) -> float:
+    """A duration given in hours on the command line, in seconds."""
+    return _positive(text, "hours") * 3600.0
 
 
 @dataclass
@@ -95,6 +110,55 @@ class ServeConfig:
         parse=_megabytes,
         metavar="GARMENT_CACHE_MB",
     )
+    max_request_pixels: int = option(
+        64_000_000,
+        "megapixels of images in one request at most (default 64)",
+        flag="--max-request-mp",
+        parse=_megapixels,
+        metavar="MAX_REQUEST_MP",
+    )
+    max_queue_pixels: int = option(
+        256_000_000,
+        "megapixels of images held by waiting and running requests at most (default 256)",
+        flag="--max-queue-mp",
+        parse=_megapixels,
+        metavar="MAX_QUEUE_MP",
+    )
+    max_result_bytes: int = option(
+        512 * _MIB,
+        "MB of finished results (PNG) kept for clients to fetch (default 512)",
+        flag="--max-results-mb",
+        parse=_megabytes,
+        metavar="MAX_RESULTS_MB",
+    )
+    max_temp_bytes: int = option(
+        1024 * _MIB,
+        "MB of the web UI's uploads and results on disk (default 1024)",
+        flag="--max-temp-mb",
+        parse=_megabytes,
+        metavar="MAX_TEMP_MB",
+    )
+    shutdown_grace_s: float = option(
+        15.0,
+        "seconds running requests get to finish after SIGTERM/Ctrl-C (default 15)",
+        flag="--shutdown-grace",
+        metavar="SECONDS",
+    )
+    read_timeout_s: float = option(
+        30.0,
+        "seconds a client may take to send a request's headers; its body must then keep "
+        "coming at 50 KB/s (default 30)",
+        flag="--read-timeout",
+        metavar="SECONDS",
+    )
+    max_connections: int = option(256, "open connections at most (default 256)")
+    session_ttl_s: float = option(
+        12 * 3600.0,
+        "hours a web UI sign-in lasts (default 12)",
+        flag="--session-hours",
+        parse=_hours,
+        metavar="HOURS",
+    )
     max_steps: int = 100
     job_ttl_s: float = 600.0
     default_steps: int = 30
@@ -111,6 +175,20 @@ class ServeConfig:
                 raise UsageError(f"--{flag} must be >= {least}, got {getattr(self, name)}")
         if self.max_upload_bytes <= 0 or self.timeout_s <= 0:
             raise UsageError("--max-upload-mb and --timeout must be > 0")
+        for name, flag in (
+            ("max_request_pixels", "--max-request-mp"),
+            ("max_queue_pixels", "--max-queue-mp"),
+            ("max_temp_bytes", "--max-temp-mb"),
+            ("read_timeout_s", "--read-timeout"),
+            ("max_connections", "--max-connections"),
+            ("session_ttl_s", "--session-hours"),
+        ):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"{flag} must be > 0, got {getattr(self, name)}")
+        if self.max_queue_pixels < self.max_request_pixels:
+            raise UsageError("--max-queue-mp must be at least --max-request-mp")
+        if not 0 <= self.shutdown_grace_s < math.inf:
+            raise UsageError(f"--shutdown-grace must be >= 0, got {self.shutdown_grace_s}")
         if not 0 < self.port < 65536:
             raise UsageError(f"--port must be 1..65535, got {self.port}")
 
@@ -150,6 +228,16 @@ def resolve_device_and_dtype(device: str | None, dtype: DType | str | None) -> t
     return str(resolved), DType.of(resolve_dtype(dtype, resolved)).value
 
 
+def base_url(config: ServeConfig) -> str:
+    """The URL a browser on this machine opens for ``config``'s host and port."""
+    host = config.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{config.port}/"
+
+
 def api_key_or_environment(api_key: str | None) -> str | None:
     """``api_key``, else the key in ``$IDM_VTON_API_KEY``; ``None`` (no key) when both are empty."""
     return api_key or os.environ.get(API_KEY_ENV) or None
@@ -184,7 +272,8 @@ class TryOnParams:
         description = (description or "").strip()
         if len(description) > 500:
             raise ParameterError(f"description: at most 500 characters, got {len(description)}")
-        category = (category or config.default_category).strip()
+        # The enum's values or names, in any case, spaces around them ignored.
+        category = (category or config.default_category).strip().lower()
         category = GarmentCategory.parse(category, "category", ParameterError).value
         steps = _number("steps", steps, config.default_steps, 1, config.max_steps, integer=True)
         guidance = _number("guidance", guidance, config.default_guidance, 0, 30)

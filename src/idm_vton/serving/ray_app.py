@@ -4,7 +4,7 @@ Two deployments:
 
 - ``TryOnIngress`` (one replica, no GPU) is the same ASGI application as ``idm-vton serve``
   (FastAPI API + Gradio UI, :func:`~.app.create_app`), with the same work queue
-  (:class:`~.scheduler.Scheduler`): uploads are checked there, jobs live there and same-garment
+  (:class:`~.job_queue.JobQueue`): uploads are checked there, jobs live there and same-garment
   requests are batched there. Its workers (one per model replica) send each batch to:
 - ``TryOnModel`` (``num_replicas`` or autoscaled, ``num_gpus=1`` each on CUDA), which holds a
   pipeline and a :class:`~.engine.TryOnEngine` and streams the batch's step events back, then its
@@ -94,16 +94,13 @@ def item_from_data(data: dict) -> WorkItem:
 
 
 def outcome_to_data(outcome: Outcome) -> dict:
-    data = asdict(outcome)
-    data["images"] = [_image_data(image) for image in outcome.images]
-    data["mask"], data["pose"] = _image_data(outcome.mask), _image_data(outcome.pose)
-    return data
+    """An :class:`Outcome` (PNG bytes and numbers) as plain data."""
+    return asdict(outcome)
 
 
 def outcome_from_data(data: dict) -> Outcome:
     data = dict(data)
-    data["images"] = [_image(image) for image in data["images"]]
-    data["mask"], data["pose"] = _image(data["mask"]), _image(data["pose"])
+    data["size"] = tuple(data["size"])
     return Outcome(**data)
 
 
@@ -265,7 +262,7 @@ def serve_on_ray(config: ServeConfig, options: RayOptions, ui: bool = True) -> i
 
     import ray
 
-    from .server import base_url
+    from .config import base_url
 
     if not ray.is_initialized():
         if options.address or os.environ.get("RAY_ADDRESS"):
