@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from ..testing.tiny import TINY_MODEL_NOTE
 from .config import ServeConfig
 from .images import decode_image, image_pixels, png_bytes
 from .job_queue import JobState
-from .requests import Refusal, editor_mask, prepare_request, refusal
+from .requests import Refusal, check_size, editor_mask, prepare_request, refusal
 from .service import TryOnService
 from .ui_files import UiFiles
 
@@ -54,6 +55,43 @@ def mask_layer(mask: Image.Image) -> Image.Image:
     layer = np.zeros((*on.shape, 4), dtype=np.uint8)
     layer[on] = MASK_LAYER_RGBA
     return Image.fromarray(layer, mode="RGBA")
+
+
+class _RecentBlobs(OrderedDict):
+    """The editor's in-memory uploads (Gradio keeps them until the next event), at most
+    ``limit`` editors' worth: the oldest go first, so they cannot pile up."""
+
+    limit = 8
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
+def _raw_editor_values(editor) -> None:
+    """Make ``editor`` hand its images to the event as they came (bytes, or the path of an
+    upload), decoding nothing: they are checked and decoded by :func:`prepare_request`."""
+    editor.blob_storage = _RecentBlobs()
+
+    def preprocess(payload):
+        if payload is None:
+            return None
+        blobs = editor.blob_storage.pop(payload.id, None) if payload.id else None
+
+        def pick(blob, data):
+            if blob is not None:
+                return bytes(blob)
+            return data.path if data is not None else None
+
+        if blobs is not None:
+            layers = [pick(b, None) for b in blobs.layers]
+            return {"background": pick(blobs.background, payload.background), "layers": layers}
+        layers = [pick(None, layer) for layer in payload.layers or []]
+        return {"background": pick(None, payload.background), "layers": layers}
+
+    editor.preprocess = preprocess
 
 
 def build_ui(service: TryOnService, files: UiFiles):
@@ -142,6 +180,7 @@ def _person_column(config: ServeConfig) -> dict:
             height=440,
             elem_id="person",
         )
+        _raw_editor_values(editor)
         gr.Markdown("Paint the area to re-generate (added to the automatic mask when it is on).")
         with gr.Row():
             auto_mask = gr.Checkbox(True, label="Automatic mask", elem_id="auto-mask")
@@ -263,13 +302,20 @@ def _upload_check(service: TryOnService, files: UiFiles, what: str):
         if path is None:
             return
         try:
-            data = files.read(path, what, service.config.max_upload_bytes)
-            image_pixels(data, what)
+            image_pixels(_read(files, path, what, service.config.max_upload_bytes), what)
         except Exception as err:  # noqa: BLE001 - a refusal, shown as its sentence
             _forget(files, path)
             raise _ui_error(err) from None
 
     return check
+
+
+def _read(files: UiFiles, value, what: str, max_bytes: int) -> bytes:
+    """The bytes of an input: sent with the event (the editor's), or an upload's path."""
+    if isinstance(value, bytes):
+        check_size(what, len(value), max_bytes)
+        return value
+    return files.read(value, what, max_bytes)
 
 
 def _forget(files: UiFiles, path: object) -> None:
@@ -343,12 +389,12 @@ def _read_request(service, files: UiFiles, editor, garment, pose, auto_mask, aut
     if not auto_pose and pose is None:
         raise gr.Error("Add a DensePose picture, or switch on automatic DensePose.")
     data = {
-        "person": files.read(background, "person", limit),
-        "garment": files.read(garment, "garment", limit),
+        "person": _read(files, background, "person", limit),
+        "garment": _read(files, garment, "garment", limit),
         "mask": None,
-        "pose": files.read(pose, "pose", limit) if not auto_pose else None,
+        "pose": _read(files, pose, "pose", limit) if not auto_pose else None,
     }
-    layers = [files.read(layer, "mask", limit) for layer in editor.get("layers") or [] if layer]
+    layers = [_read(files, layer, "mask", limit) for layer in editor.get("layers") or [] if layer]
     item, reservation = prepare_request(
         service, data, fields, layers=layers, layers_are="extra_mask" if auto_mask else "mask"
     )
@@ -389,8 +435,11 @@ def _present(files: UiFiles, person: Image.Image, outcome, keep_size: bool, edit
         files.write(data, f"tryon_{seed}.png")
         for data, seed in zip(outcome.images, outcome.seeds, strict=True)
     ]
+    background = editor["background"]
+    if isinstance(background, bytes):
+        background = files.write(png_bytes(person), "person.png")
     if keep_size and person.size == outcome.size:
-        before = editor["background"]
+        before = background
     else:
         resized = person.resize(outcome.size, Image.Resampling.BICUBIC)
         before = files.write(png_bytes(resized), "before.png")
@@ -404,7 +453,7 @@ def _present(files: UiFiles, person: Image.Image, outcome, keep_size: bool, edit
         paths,
         mask,
         pose,
-        {"person": editor["background"], "mask": mask, "size": list(person.size)},
+        {"person": background, "mask": mask, "size": list(person.size)},
     )
 
 
