@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import os
 from contextlib import contextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -68,7 +69,12 @@ def _mount_ui(app: FastAPI, service: TryOnService) -> FastAPI:
     atexit.register(files.close)
     app.state.ui_files = files
     # Gradio reads its folder from the environment when a Blocks and its app are made: this
-    # server's own folder, so its uploads, cached examples and results stay in it.
+    # server's own folder, so its uploads, cached examples and results stay in it. (It also
+    # makes an empty folder for a development feature in the temp folder it saw at import.)
+    import gradio.routes
+
+    stray = Path(gradio.routes.DEFAULT_TEMP_DIR) / "vibe_edit_history"
+    stray_folders = [folder for folder in (stray, stray.parent) if not folder.exists()]
     with _environment(GRADIO_TEMP_DIR=str(files.gradio)):
         demo = build_ui(service, files)
         app = gr.mount_gradio_app(
@@ -85,6 +91,11 @@ def _mount_ui(app: FastAPI, service: TryOnService) -> FastAPI:
             enable_monitoring=False,
             mcp_server=False,
         )
+    for folder in stray_folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
     for block in [demo, *demo.blocks.values()]:
         block.GRADIO_CACHE = str(files.gradio)
     for route in app.routes:

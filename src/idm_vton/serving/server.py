@@ -14,9 +14,11 @@ whatever remains is cancelled (503) and the process exits.
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import warnings
+from contextlib import contextmanager
 
 from .config import RayOptions, ServeConfig, base_url
 
@@ -132,13 +134,38 @@ def serve_local(config: ServeConfig, ui: bool = True, sockets=None) -> int:
     where = "web UI and API" if ui else "API"
     threading.Thread(target=_announce, args=(service, server, where), daemon=True).start()
     try:
-        server.run(sockets=sockets)
+        with _terminate_by_exception():
+            server.run(sockets=sockets)
+    except _Terminated:
+        pass  # SIGTERM: a clean stop (uvicorn raises the signal again once it has stopped)
     finally:
         server.stop_grace_timer()
         service.close()
         close_app(app)
     service.check_loaded()
     return 0
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived (after uvicorn's graceful stop)."""
+
+
+@contextmanager
+def _terminate_by_exception():
+    """While serving, SIGTERM raises :class:`_Terminated` instead of killing the process at
+    once, so the server's folders are removed on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def make_server(app, service, config: ServeConfig):

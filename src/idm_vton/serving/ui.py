@@ -94,6 +94,12 @@ def _raw_editor_values(editor) -> None:
     editor.preprocess = preprocess
 
 
+def _raw_image_value(image) -> None:
+    """Make a ``gr.Image`` hand the event its upload's path without opening it (Gradio would
+    read the header, failing on a non-image with no message for the user)."""
+    image.preprocess = lambda payload: None if payload is None else payload.path
+
+
 def build_ui(service: TryOnService, files: UiFiles):
     """The Gradio Blocks of the web UI, bound to ``service``'s queue; the files it reads and
     writes are ``files``' (mount it with ``app.py``)."""
@@ -206,6 +212,7 @@ def _garment_column() -> dict:
             height=320,
             elem_id="garment",
         )
+        _raw_image_value(garment)
         description = gr.Textbox(
             label="Garment description (optional)",
             placeholder="short sleeve round neck t-shirt",
@@ -251,6 +258,7 @@ def _settings(config: ServeConfig) -> dict:
             type="filepath",
             elem_id="pose",
         )
+        _raw_image_value(pose)
     return {
         "steps": steps,
         "guidance": guidance,
@@ -291,7 +299,7 @@ def _ui_error(err: Exception):
     found = refusal(err)
     if found is None:
         raise err
-    return gr.Error(found.message)
+    return gr.Error(found.message, print_exception=False)
 
 
 def _upload_check(service: TryOnService, files: UiFiles, what: str):
