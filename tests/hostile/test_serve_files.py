@@ -124,7 +124,8 @@ def test_the_ui_api_reads_only_this_servers_uploads(ui, tmp_path):
     assert after == before
     # the same requests with this server's own uploads are taken (the guard is not a wall)
     ok = client.post(
-        "/gradio_api/call/tryon", json={"data": tryon_payload(file_data(uploaded), file_data(garment))}
+        "/gradio_api/call/tryon",
+        json={"data": tryon_payload(file_data(uploaded), file_data(garment))},
     )
     assert ok.status_code == 200 and "event_id" in ok.json()
 

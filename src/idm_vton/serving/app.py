@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -55,6 +54,7 @@ def close_app(app: FastAPI) -> None:
     files = getattr(app.state, "ui_files", None)
     if files is not None:
         files.close()
+        files.environment()
 
 
 def _mount_ui(app: FastAPI, service: TryOnService) -> FastAPI:
@@ -65,32 +65,34 @@ def _mount_ui(app: FastAPI, service: TryOnService) -> FastAPI:
 
     config = service.config
     examples = [EXAMPLES_DIR / name for name in EXAMPLE_FILES if (EXAMPLES_DIR / name).is_file()]
-    files = UiFiles(max_bytes=config.max_temp_bytes, ttl_s=config.job_ttl_s, examples=examples)
+    files = UiFiles(max_bytes=config.max_temp_bytes, examples=examples)
     atexit.register(files.close)
     app.state.ui_files = files
-    # Gradio reads its folder from the environment when a Blocks and its app are made: this
-    # server's own folder, so its uploads, cached examples and results stay in it. (It also
-    # makes an empty folder for a development feature in the temp folder it saw at import.)
+    # Gradio reads its folder from the environment whenever it makes a component (also while
+    # serving: a session's copies), so the environment names this server's own folder for as
+    # long as it runs (one web UI per process), and its uploads, cached examples and results
+    # stay in it. (Gradio also makes an empty folder for a development feature in the temp
+    # folder it saw at import: removed below.)
     import gradio.routes
 
     stray = Path(gradio.routes.DEFAULT_TEMP_DIR) / "vibe_edit_history"
     stray_folders = [folder for folder in (stray, stray.parent) if not folder.exists()]
-    with _environment(GRADIO_TEMP_DIR=str(files.gradio)):
-        demo = build_ui(service, files)
-        app = gr.mount_gradio_app(
-            app,
-            demo,
-            path="/",
-            server_name=config.host,
-            server_port=config.port,
-            footer_links=["api"],
-            allowed_paths=[str(path) for path in examples] or None,
-            max_file_size=config.max_upload_bytes,
-            show_error=False,
-            ssr_mode=False,
-            enable_monitoring=False,
-            mcp_server=False,
-        )
+    files.environment = _own_environment("GRADIO_TEMP_DIR", str(files.gradio))
+    demo = build_ui(service, files)
+    app = gr.mount_gradio_app(
+        app,
+        demo,
+        path="/",
+        server_name=config.host,
+        server_port=config.port,
+        footer_links=["api"],
+        allowed_paths=[str(path) for path in examples] or None,
+        max_file_size=config.max_upload_bytes,
+        show_error=False,
+        ssr_mode=False,
+        enable_monitoring=False,
+        mcp_server=False,
+    )
     for folder in stray_folders:
         try:
             folder.rmdir()
@@ -105,15 +107,17 @@ def _mount_ui(app: FastAPI, service: TryOnService) -> FastAPI:
     return app
 
 
-@contextmanager
-def _environment(**values: str):
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
+def _own_environment(name: str, value: str):
+    """Set ``name`` to ``value``; returns what puts the previous value back (if it is still
+    ``value`` then)."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+
+    def restore() -> None:
+        if os.environ.get(name) == value:
+            if previous is None:
                 os.environ.pop(name, None)
             else:
-                os.environ[name] = value
+                os.environ[name] = previous
+
+    return restore

@@ -67,7 +67,10 @@ def decode_layer(data: bytes, what: str, max_pixels: int = MAX_PIXELS) -> Image.
     if not data:
         raise ImageInputError(f"{what}: the file is empty")
     image = open_image(
-        io.BytesIO(data), what, formats=ALLOWED_FORMATS, max_pixels=max_pixels,
+        io.BytesIO(data),
+        what,
+        formats=ALLOWED_FORMATS,
+        max_pixels=max_pixels,
         too_large=ImageTooLargeError,
     )
     try:

@@ -80,9 +80,7 @@ class BodyLimitMiddleware:
     long); the answer is then 408 and the connection is closed.
     """
 
-    def __init__(
-        self, app: ASGIApp, max_bytes: int, read_timeout_s: float | None = None
-    ) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.read_timeout_s = read_timeout_s

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import io
 import logging
 from collections import OrderedDict
 from pathlib import Path
@@ -137,14 +138,23 @@ def build_ui(service: TryOnService, files: UiFiles):
         ).then(None, js=_SCROLL_TO_EDITOR)
         # A file that is not a usable image is refused as soon as it is added, with the
         # sentence the API gives for it, and taken out of the input again.
+        shown = [results[name] for name in ("gallery", "slider", "seed_used", "files")]
         for name, component, what in (
             ("check_person", person["editor"], "person"),
             ("check_garment", garment["garment"], "garment"),
             ("check_pose", settings["pose"], "pose"),
         ):
-            component.upload(
+            checked = component.upload(
                 _upload_check(service, files, what), inputs=[component], api_name=name
-            ).failure(lambda: None, outputs=[component], api_name=False)
+            )
+            checked.failure(lambda: None, outputs=[component], api_name=False)
+            # A fixed input clears the error marks a refused run left on the results.
+            checked.success(
+                lambda: tuple(gr.skip() for _ in shown),
+                outputs=shown,
+                api_name=False,
+                show_progress="hidden",
+            )
     demo.queue(max_size=max(config.max_queue * 2, 16))
     return demo
 
@@ -371,11 +381,11 @@ def _tryon_handler(service: TryOnService, files: UiFiles):
         except Exception as err:  # noqa: BLE001 - refusals become their sentence
             raise _ui_error(err) from None
         await _follow(service, job, progress)
-        if job.state is not JobState.DONE or job.outcome is None:
-            raise gr.Error(job.error or "the result has expired")
-        return await asyncio.to_thread(
-            _present, files, item.person, job.outcome, keep_size, editor
-        )
+        outcome = job.outcome
+        service.jobs.forget(job.id)  # shown here: nothing to fetch later
+        if job.state is not JobState.DONE or outcome is None:
+            raise gr.Error(job.error or "the result has expired", print_exception=False)
+        return await asyncio.to_thread(_present, files, item.person, outcome, keep_size, editor)
 
     return tryon
 
@@ -430,10 +440,8 @@ async def _follow(service: TryOnService, job, progress) -> None:
             await job.changed(status["version"], timeout=1.0)
     except BaseException:
         jobs.cancel(job.id)
+        jobs.forget(job.id)
         raise
-    finally:
-        if job.state.final:
-            jobs.forget(job.id)
 
 
 def _present(files: UiFiles, person: Image.Image, outcome, keep_size: bool, editor) -> tuple:
@@ -476,7 +484,9 @@ def _edit_mask_handler(files: UiFiles):
             mask = decode_image(files.read(last["mask"], "mask", 1 << 30), "mask", mode="L")
         except Refusal as err:
             raise gr.Error(err.message) from None
-        layer = files.write(png_bytes(mask_layer(mask)), "mask_layer.png")
+        buffer = io.BytesIO()
+        mask_layer(mask).save(buffer, format="PNG")  # with its transparency
+        layer = files.write(buffer.getvalue(), "mask_layer.png")
         value = {"background": last["person"], "layers": [layer], "composite": None}
         # The canvas takes the photo's size, so the layer lands on the photo pixel for pixel.
         return gr.ImageEditor(value=value, canvas_size=tuple(last["size"])), False

@@ -64,6 +64,7 @@ class UiFiles:
         self._lock = threading.Lock()
         self._count = 0
         self._stop = threading.Event()
+        self.environment = lambda: None  # puts back what the server set in the environment
         threading.Thread(target=self._sweep_often, name="idm-vton-ui-files", daemon=True).start()
 
     def _sweep_often(self, every_s: float = 60.0) -> None:
