@@ -208,14 +208,42 @@ class RayOptions:
     )
     address: str | None = option(
         None,
-        "join this Ray cluster (default: $RAY_ADDRESS, else a local Ray instance)",
+        "join this Ray cluster (default: $RAY_ADDRESS, else a local Ray instance: see --ray-local)",
         flag="--ray-address",
         metavar="RAY_ADDRESS",
+    )
+    local: bool = option(
+        False,
+        "start a local Ray instance for --ray without --ray-address. Ray's own services then "
+        "listen on every network interface (Ray cannot bind them to 127.0.0.1): use it behind "
+        "a firewall only",
+        flag="--ray-local",
+    )
+    ingress_resources: str | None = option(
+        None,
+        "JSON of Ray resources placing the ingress (jobs, queue, UI), e.g. '{\"ingress\": 1}' "
+        "(default: the head node)",
     )
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
             raise UsageError(f"--replicas must be >= 1, got {self.replicas}")
+        if self.ingress_resources is not None:
+            import json
+
+            try:
+                resources = json.loads(self.ingress_resources)
+            except ValueError:
+                resources = None
+            valid = isinstance(resources, dict) and all(
+                isinstance(k, str) and isinstance(v, (int, float)) and v >= 0
+                for k, v in resources.items()
+            )
+            if not valid:
+                raise UsageError(
+                    "--ingress-resources: expected a JSON object of resource amounts, got "
+                    f"{self.ingress_resources!r}"
+                )
 
 
 def resolve_device_and_dtype(device: str | None, dtype: DType | str | None) -> tuple[str, str]:
