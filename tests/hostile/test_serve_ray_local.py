@@ -44,7 +44,7 @@ def processes_mentioning(text: str) -> list[tuple[int, str]]:
 def listening_ports() -> set[tuple[str, int]]:
     """(address, port) of every listening TCP socket of this machine."""
     found = set()
-    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
         except OSError:
