@@ -256,3 +256,94 @@ def test_warm_up_is_one_small_call():
 )  # fmt: skip
 def test_error_status(error, status, message):
     assert error_status(error) == (status, message)
+
+
+def test_defaults_and_lazy_preprocessing():
+    engine = TryOnEngine(RecordingPipeline(), preprocess_models="/weights")
+    assert (engine.preprocess_models, engine.preprocess_device) == ("/weights", "cpu")
+    assert engine._preprocessor is None  # loaded on the first request that needs it
+    assert TryOnEngine(RecordingPipeline(), garment_cache_bytes=1).garment_cache is not None
+    cached = TryOnEngine(RecordingPipeline(), garment_cache_bytes=1 << 20)
+    cached.run([item()])
+    assert cached.pipe.calls[0]["garment_cache"] is cached.garment_cache
+
+
+def test_warm_up_uses_a_grey_photo_as_every_image():
+    pipe = RecordingPipeline()
+    TryOnEngine(pipe).warm_up()
+    (call,) = pipe.calls
+    person = call["person_image"]
+    assert person.getpixel((0, 0)) == (128, 128, 128)
+    assert call["garment_image"] is person and call["pose_image"] is person
+    assert call["garment_description"] == "" and call["generator"].initial_seed() == 0
+    assert set(np.unique(np.asarray(call["mask_image"]))) == {0, 255}
+
+
+def test_a_stop_between_calls_skips_the_rest_and_a_stop_in_a_call_ends_it():
+    pipe = RecordingPipeline()
+    engine = TryOnEngine(pipe, max_batch=1)
+    it = item(n=3)
+    checks = []
+
+    def stopped_after_first_call(ids):
+        checks.append(len(pipe.calls))
+        return len(pipe.calls) >= 1 and pipe.calls[-1].get("_done", False)
+
+    def mark_done(ids, done, total):
+        if done == 3:
+            pipe.calls[-1]["_done"] = True
+
+    (outcome,) = engine.run([it], progress=mark_done, stopped=stopped_after_first_call)
+    assert len(pipe.calls) == 1  # the second and third images were never started
+    assert (outcome.status, outcome.error, outcome.images) == (499, "cancelled", [])
+    # a stop inside a call ends it at that step
+    steps = []
+    pipe2 = RecordingPipeline()
+    engine2 = TryOnEngine(pipe2)
+    (gone,) = engine2.run(
+        [item()],
+        progress=lambda ids, done, total: steps.append(done),
+        stopped=lambda ids: bool(steps),  # after the first step
+    )
+    assert steps == [1] and (gone.status, gone.error) == (499, "cancelled")
+
+
+def test_a_given_up_request_does_not_stop_the_others():
+    pipe = RecordingPipeline()
+    engine = TryOnEngine(pipe)
+    gone, kept = item(), item(seed=5)
+    outcomes = engine.run([gone, kept], stopped=lambda ids: ids == [gone.id])
+    assert (outcomes[0].status, outcomes[0].error) == (499, "cancelled")
+    assert outcomes[1].ok and pipe.calls[0]["person_image"] == [kept.person]
+    assert 0 < outcomes[1].seconds < 60
+
+
+def test_masks_are_read_at_half_intensity_and_resized_nearest():
+    engine = TryOnEngine(RecordingPipeline())
+    it = item(size=(4, 2))
+    it.mask = Image.fromarray(np.array([[128, 127]], np.uint8))  # 2 x 1: resized to 4 x 2
+    extra = Image.fromarray(np.array([[0, 0, 0, 128], [0, 0, 0, 127]], np.uint8), mode="L")
+    it.extra_mask = extra.convert("RGB")  # any mode: read as L
+    (outcome,) = engine.run([it])
+    assert (np.asarray(png(outcome.mask)) >= 128).tolist() == [
+        [True, True, False, True],
+        [True, True, False, False],
+    ]
+
+
+def test_failures_are_logged_by_their_kind(caplog):
+    engine = TryOnEngine(RecordingPipeline())
+    poison = item()
+    poison.person = Image.new("RGB", (8, 6), (255, 0, 255))
+    empty = item(mask="empty")
+    with caplog.at_level(logging.INFO, logger="idm_vton.serving"):
+        engine.run([poison])
+        engine.run([empty])
+    records = [r for r in caplog.records if r.name == "idm_vton.serving"]
+    failed = next(r for r in records if r.levelno == logging.ERROR)
+    assert failed.getMessage() == f"request {poison.id} failed"
+    assert failed.exc_info[0] is RuntimeError
+    refused = next(r for r in records if r.levelno == logging.INFO)
+    assert refused.getMessage() == (
+        f"request {empty.id} refused: the mask is empty: mark the garment area to re-generate"
+    )

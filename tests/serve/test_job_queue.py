@@ -359,3 +359,110 @@ def test_watchers_wake_on_every_change():
     asyncio.run(scenario())
     job._touch()  # the loop is gone: nothing to wake, no error
     assert job.version >= 2
+
+
+def test_workers_are_named_daemon_threads_and_drain_the_queue_after_stop_accepting():
+    gate = Gate()
+    jobs = JobQueue(max_batch=1, workers=2)
+    jobs.start(gate)
+    try:
+        assert [t.name for t in jobs._threads] == ["idm-vton-worker-0", "idm-vton-worker-1"]
+        assert all(t.daemon for t in jobs._threads)  # never keep the process alive
+        waiting = [jobs.submit(item(steps=s)) for s in (2, 3, 4)]
+        jobs.stop_accepting()  # a shutdown's first step: what is queued still runs
+        gate.release.set()
+        wait_until(lambda: all(job.state.final for job in waiting))
+        assert [job.state for job in waiting] == [JobState.DONE] * 3
+        assert jobs.batches == 3 and jobs.batch_sizes == [1, 1, 1]
+        assert all(job.finished_at is not None for job in waiting)
+    finally:
+        jobs.close()
+
+
+def test_a_released_reservation_frees_exactly_one_place():
+    jobs = JobQueue(max_queue=1)
+    jobs.start(Gate())
+    try:
+        jobs.reserve(1).release()
+        jobs.reserve(1)
+        with pytest.raises(QueueFullError):
+            jobs.reserve(1)
+    finally:
+        jobs.close()
+
+
+def test_forgetting_a_waiting_job_keeps_it():
+    gate = Gate()
+    jobs = JobQueue(max_batch=1)
+    jobs.start(gate)
+    try:
+        jobs.submit(item())
+        gate.started.wait(10)
+        waiting = jobs.submit(item(steps=5))
+        jobs.forget(waiting.id)
+        assert jobs.get(waiting.id) is waiting
+        gate.release.set()
+    finally:
+        jobs.close()
+
+
+def test_a_batch_skips_a_job_too_big_for_it_and_takes_the_next_that_fits():
+    gate = Gate()
+    jobs = JobQueue(max_batch=2)
+    jobs.start(gate)
+    try:
+        blocker = jobs.submit(item(color=(9, 9, 9)))
+        gate.started.wait(10)
+        first, two, third = jobs.submit(item()), jobs.submit(item(n=2)), jobs.submit(item())
+        gate.release.set()
+        wait_until(lambda: all(j.state.final for j in (first, two, third)))
+        assert gate.calls == [[blocker.id], [first.id, third.id], [two.id]]
+    finally:
+        jobs.close()
+
+
+def test_results_exactly_at_the_budget_are_kept():
+    answer = lambda items: [Outcome(i.id, images=[b"x" * 40]) for i in items]  # noqa: E731
+    gate = Gate(answer)
+    gate.release.set()
+    jobs = JobQueue(max_result_bytes=80, max_batch=1)
+    jobs.start(gate)
+    try:
+        done = [jobs.submit(item())]
+        wait_until(lambda: done[0].state.final)
+        done.append(jobs.submit(item()))
+        wait_until(lambda: done[1].state.final and jobs.usage()["running"] == 0)
+        assert jobs.get(done[0].id) is done[0] and jobs.usage()["result_bytes"] == 80
+    finally:
+        jobs.close()
+
+
+def test_the_failure_of_a_batch_is_logged_with_its_traceback(caplog):
+    def broken(items, progress, stopped):
+        raise RuntimeError("device lost")
+
+    jobs = JobQueue()
+    jobs.start(broken)
+    try:
+        with caplog.at_level(logging.ERROR, logger="idm_vton.serving"):
+            job = jobs.submit(item())
+            wait_until(lambda: job.state.final)
+        (record,) = [r for r in caplog.records if r.name == "idm_vton.serving"]
+        assert record.getMessage() == "batch of 1 failed" and record.exc_info[0] is RuntimeError
+    finally:
+        jobs.close()
+
+
+def test_a_waiter_is_woken_by_the_change_not_by_its_timeout():
+    job = Job(item=None, deadline=0.0)
+
+    async def scenario():
+        version = job.version
+        waiter = asyncio.ensure_future(job.changed(version, timeout=30))
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        threading.Thread(target=job._touch).start()
+        assert await waiter
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 15  # woken, not timed out

@@ -19,6 +19,7 @@ Gradio's state says:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -79,7 +80,7 @@ class UiFiles:
         """``path`` if a client may name it (see the module docs), else None. Never opens it."""
         if not isinstance(path, str) or not path or "\0" in path or not os.path.isabs(path):
             return None
-        if os.path.normpath(path) != path and os.path.normpath(path) + "/" != path:
+        if os.path.normpath(path) != path:
             return None  # "..", "//" or "/./" in it
         try:
             info = os.lstat(path)
@@ -185,7 +186,7 @@ class GradioFileGuard:
         if path.endswith("/upload"):
             # Room for what arrives (Gradio stores it itself, within its max_file_size).
             declared = _content_length(scope) or self.max_upload_bytes
-            kept = self.files.sweep(incoming=declared)
+            kept = await asyncio.to_thread(self.files.sweep, declared)
             if kept + declared > self.files.max_bytes:
                 await send_json(send, 507, {"error": "the server's upload space is full"})
                 return
