@@ -331,5 +331,14 @@ def test_browser_phone_width_shows_the_person_label(ui_server):
             label = page.locator("#person [data-testid='block-label']").first
             fits = label.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
             assert fits, label.inner_text()
+            # ...and no button of the editor's toolbar lies over it
+            covered = label.evaluate(
+                "l => { const a = l.getBoundingClientRect();"
+                " return Array.from(document.querySelectorAll('#person button'))"
+                ".map(b => b.getBoundingClientRect())"
+                ".filter(r => r.width > 0 && r.top < a.bottom && r.bottom > a.top)"
+                ".filter(r => r.left < a.right && r.right > a.left).length; }"
+            )
+            assert covered == 0, f"{covered} toolbar buttons cover {label.inner_text()!r}"
         finally:
             browser.close()
