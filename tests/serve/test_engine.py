@@ -282,30 +282,48 @@ def test_warm_up_uses_a_grey_photo_as_every_image():
 def test_a_stop_between_calls_skips_the_rest_and_a_stop_in_a_call_ends_it():
     pipe = RecordingPipeline()
     engine = TryOnEngine(pipe, max_batch=1)
-    it = item(n=3)
-    checks = []
+    asked = []
 
-    def stopped_after_first_call(ids):
-        checks.append(len(pipe.calls))
-        return len(pipe.calls) >= 1 and pipe.calls[-1].get("_done", False)
+    def stopped(ids):
+        # asked once before the inputs, at each of the first call's 3 steps, then between
+        # calls: given up there, after the first image was made
+        asked.append(list(ids))
+        return len(asked) >= 5
 
-    def mark_done(ids, done, total):
-        if done == 3:
-            pipe.calls[-1]["_done"] = True
-
-    (outcome,) = engine.run([it], progress=mark_done, stopped=stopped_after_first_call)
+    (outcome,) = engine.run([item(n=3)], stopped=stopped)
     assert len(pipe.calls) == 1  # the second and third images were never started
     assert (outcome.status, outcome.error, outcome.images) == (499, "cancelled", [])
     # a stop inside a call ends it at that step
     steps = []
     pipe2 = RecordingPipeline()
-    engine2 = TryOnEngine(pipe2)
-    (gone,) = engine2.run(
+    (gone,) = TryOnEngine(pipe2).run(
         [item()],
         progress=lambda ids, done, total: steps.append(done),
         stopped=lambda ids: bool(steps),  # after the first step
     )
     assert steps == [1] and (gone.status, gone.error) == (499, "cancelled")
+
+
+def test_a_batch_of_mixed_garments_or_settings_is_refused():
+    engine = TryOnEngine(RecordingPipeline())
+    with pytest.raises(AssertionError, match="a batch shares garment and settings"):
+        engine.run([item(), item(description="another")])
+
+
+def test_masks_of_other_sizes_and_modes_are_read_the_same_way():
+    engine = TryOnEngine(RecordingPipeline())
+    it = item(size=(9, 9))
+    small = np.zeros((3, 3), np.uint8)
+    small[1, 1] = 255
+    it.mask = Image.fromarray(small).convert("RGB")  # an RGB mask, a third of the size
+    extra = np.zeros((3, 3), np.uint8)
+    extra[0, 0] = 255
+    it.extra_mask = Image.fromarray(extra)
+    (outcome,) = engine.run([it])
+    expected = np.zeros((9, 9), bool)
+    expected[3:6, 3:6] = True  # nearest: exactly the pixel's block, no smoothing
+    expected[0:3, 0:3] = True
+    assert np.array_equal(np.asarray(png(outcome.mask)) >= 128, expected)
 
 
 def test_a_given_up_request_does_not_stop_the_others():

@@ -466,3 +466,23 @@ def test_a_waiter_is_woken_by_the_change_not_by_its_timeout():
         return time.monotonic() - started
 
     assert asyncio.run(scenario()) < 15  # woken, not timed out
+
+
+def test_the_jobs_that_finished_first_are_dropped_first():
+    gate = Gate()
+    jobs = JobQueue(max_finished=1, max_batch=1)
+    jobs.start(gate)
+    try:
+        blocker = jobs.submit(item(color=(9, 9, 9)))
+        gate.started.wait(10)
+        older, newer = jobs.submit(item(steps=3)), jobs.submit(item(steps=4))
+        jobs.cancel(newer.id)  # finishes first, though queued last
+        stamp = newer.finished_at
+        while time.monotonic() == stamp:  # distinct finishing times, even on a coarse clock
+            pass
+        jobs.cancel(older.id)
+        assert jobs.get(newer.id) is None and jobs.get(older.id) is older
+        gate.release.set()
+        wait_until(lambda: blocker.state.final)
+    finally:
+        jobs.close()
