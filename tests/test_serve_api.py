@@ -235,7 +235,7 @@ def test_byte_limit_is_413():
             # ... and one without a Content-Length is cut off while it streams in
             def chunks():
                 yield b'--x\r\nContent-Disposition: form-data; name="person"; filename="a"\r\n\r\n'
-                for _ in range(80):
+                for _ in range(110):  # past the 6 MiB of five 1 MiB files + 1 MiB
                     yield b"\0" * 65536
 
             response = client.post(

@@ -226,7 +226,7 @@ def test_progress_counts_steps_over_every_call_and_stopping_cancels():
 def test_batch_stopped_is_raised_from_the_step_callback():
     engine = TryOnEngine(RecordingPipeline())
     it = item()
-    inputs = {it.id: type("I", (), {"mask": it.mask, "pose": it.pose})()}
+    inputs = {it.id: type("I", (), {"mask": it.mask, "pose": it.pose, "description": ""})()}
     with pytest.raises(BatchStopped):
         engine._call([(it, 0)], inputs, lambda done: None, lambda: True)
 

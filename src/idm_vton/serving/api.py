@@ -31,9 +31,17 @@ from ..defaults import GUIDANCE_SCALE, NUM_INFERENCE_STEPS
 from ..enums import GarmentCategory
 from ..images import MAX_PIXELS
 from ..models.tiny import TINY_MODEL_NOTE
+from .config import MAX_GARMENTS
 from .engine import WorkItem
 from .job_queue import Job, JobQueue, JobState
-from .requests import IMAGE_FIELDS, Refusal, check_size, prepare_request, refusal
+from .requests import (
+    IMAGE_FIELDS,
+    Refusal,
+    check_size,
+    prepare_describe,
+    prepare_request,
+    refusal,
+)
 from .service import TryOnService
 
 __all__ = [
@@ -82,7 +90,13 @@ class TryOnUploads:
     """The image files of a try-on request."""
 
     person: Annotated[UploadFile, File(description="photo of the person (PNG/JPEG/WebP...)")]
-    garment: Annotated[UploadFile, File(description="in-shop photo of the garment")]
+    garment: Annotated[
+        list[UploadFile],
+        File(
+            description=f"in-shop photo of the garment; up to {MAX_GARMENTS} for an outfit (a "
+            "top and trousers, or a dress alone): one pass per garment, lower body first"
+        ),
+    ]
     mask: Annotated[
         UploadFile | None,
         File(description="inpaint mask, white = re-generate (absent: automatic)"),
@@ -98,10 +112,18 @@ class TryOnFields:
     """The settings of a try-on request as sent: the keywords of :meth:`TryOnParams.parse`."""
 
     description: Annotated[
-        str | None, Form(description="garment text, e.g. 'short sleeve t-shirt'")
+        list[str] | None,
+        Form(
+            description="garment text, e.g. 'short sleeve t-shirt'; 'auto': read from the "
+            "garment photo (the V used is in X-Description); one per garment, or one for all"
+        ),
     ] = None
     category: Annotated[
-        str | None, Form(description=f"one of {', '.join(GarmentCategory.values())}")
+        list[str] | None,
+        Form(
+            description=f"one of {', '.join(GarmentCategory.values())}, one per garment; "
+            "absent with description=auto: read from the garment photo (in X-Category)"
+        ),
     ] = None
     steps: Annotated[
         int | None, Form(description=f"denoising steps (default {NUM_INFERENCE_STEPS})")
@@ -115,6 +137,14 @@ class TryOnFields:
     num_images: Annotated[int | None, Form(description="images to render (different seeds)")] = None
     paste_back: Annotated[
         bool | None, Form(description="paste the render into the full photo (default true)")
+    ] = None
+    auto_crop: Annotated[
+        bool | None,
+        Form(
+            description="the official demo's auto-crop: render the largest 3:4 box centred in "
+            "the photo and paste all of it back (default false: a box around the mask, pasted "
+            "back inside the mask)"
+        ),
     ] = None
 
 
@@ -165,11 +195,22 @@ async def build_item(
             400,
             f"unknown field {unknown[0]!r}; the fields are: {', '.join(sorted(FORM_FIELDS))}",
         )
+    limit = service.config.max_upload_bytes
     data = {
-        name: await read_upload(getattr(uploads, name), name, service.config.max_upload_bytes)
+        name: await read_upload(getattr(uploads, name), name, limit)
         for name in IMAGE_FIELDS
+        if name != "garment"
     }
+    data["garment"] = await read_garments(uploads.garment, limit)
     return await run_in_threadpool(prepare_request, service, data, vars(fields))
+
+
+async def read_garments(uploads: list[UploadFile], max_bytes: int) -> list[bytes]:
+    """The garment uploads' bytes (refused past :data:`MAX_GARMENTS` before any is read)."""
+    if len(uploads) > MAX_GARMENTS:
+        raise ApiError(400, f"garment: at most {MAX_GARMENTS} garments, got {len(uploads)}")
+    read = [await read_upload(upload, "garment", max_bytes) for upload in uploads]
+    return [data for data in read if data is not None]
 
 
 def submit(service: TryOnService, item: WorkItem, reservation=None) -> Job:
@@ -208,6 +249,7 @@ def result_response(request: Request, job: Job) -> Response:
     if outcome is None:
         return _error(404, "no such job (unknown id, or its result has expired)")
     headers = {"X-Job-Id": job.id, "X-Seed": ",".join(str(s) for s in outcome.seeds)}
+    headers |= used_headers(outcome)
     if outcome.worker:
         headers["X-Worker"] = outcome.worker
     if len(outcome.images) == 1 and not _wants_json(request):
@@ -221,8 +263,19 @@ def result_response(request: Request, job: Job) -> Response:
         "media_type": "image/png",
         "images": [base64.b64encode(data).decode("ascii") for data in outcome.images],
         "mask": base64.b64encode(outcome.mask).decode("ascii") if outcome.mask else None,
+        "descriptions": outcome.descriptions,
+        "categories": outcome.categories,
     }
     return JSONResponse(payload, headers=headers)
+
+
+def used_headers(outcome) -> dict[str, str]:
+    """``X-Description`` and ``X-Category``: the V and the category each garment was rendered
+    with, as JSON arrays in the order of the garments (ASCII: non-ASCII text is escaped)."""
+    return {
+        "X-Description": json.dumps(outcome.descriptions),
+        "X-Category": json.dumps(outcome.categories),
+    }
 
 
 # ---------------------------------------------------------------------------- the application
@@ -305,6 +358,7 @@ def server_info(service: TryOnService) -> dict:
             "category": config.default_category,
             "num_images": 1,
             "paste_back": True,
+            "auto_crop": False,
             "seed": -1,
         },
         "limits": {
@@ -316,6 +370,7 @@ def server_info(service: TryOnService) -> dict:
             "max_queue": config.max_queue,
             "max_batch": config.max_batch,
             "max_images": config.max_images,
+            "max_garments": MAX_GARMENTS,
             "max_steps": config.max_steps,
             "timeout_s": config.timeout_s,
         },
@@ -349,6 +404,47 @@ async def tryon(request: Request, service: Service, uploads: Uploads, fields: Fi
         return result_response(request, job)
     finally:
         service.jobs.forget(job.id)  # answered: nothing to fetch later
+
+
+@tryon_router.post(
+    "/v1/describe",
+    responses={
+        200: {"description": "per garment: description, category and the annotator's tags"},
+        **{k: v for k, v in TRYON_RESPONSES.items() if k != 200},
+    },
+)
+async def describe(
+    request: Request,
+    service: Service,
+    garment: Annotated[
+        list[UploadFile],
+        File(description=f"in-shop garment photo (up to {MAX_GARMENTS})"),
+    ],
+) -> JSONResponse:
+    """Read the description V of each garment photo with the server's garment annotator (what
+    ``description=auto`` uses): ``[{"description", "category", "tags": {attribute: {"label",
+    "score"}}}]``, in the order of the garments. Runs on the model's queue."""
+    if not service.ready:
+        raise ApiError(503, service.not_ready_reason())
+    form = await request.form()
+    unknown = sorted(set(form.keys()) - {"garment"})
+    if unknown:
+        raise ApiError(400, f"unknown field {unknown[0]!r}; the only field is 'garment'")
+    data = await read_garments(garment, service.config.max_upload_bytes)
+    item, reservation = await run_in_threadpool(prepare_describe, service, data)
+    job = submit(service, item, reservation)
+    await wait_for(service, job, request)
+    try:
+        if job.state is not JobState.DONE or job.outcome is None:
+            return result_response(request, job)  # the error, as for a try-on
+        outcome = job.outcome
+        listed = [
+            {"description": d, "category": c, "tags": (t or {}).get("tags", {})}
+            for d, c, t in zip(outcome.descriptions, outcome.categories, outcome.tags, strict=True)
+        ]
+        return JSONResponse(listed)
+    finally:
+        service.jobs.forget(job.id)
 
 
 # ---------------------------------------------------------------------------- jobs

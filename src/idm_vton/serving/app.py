@@ -16,6 +16,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from .api import create_api
+from .config import MAX_GARMENTS
 from .security import ApiKeyMiddleware, BodyLimitMiddleware
 from .service import TryOnService
 
@@ -23,8 +24,9 @@ __all__ = ["close_app", "create_app", "max_body_bytes"]
 
 
 def max_body_bytes(max_upload_bytes: int) -> int:
-    """Largest request body accepted: four image files plus 1 MiB for the form fields."""
-    return 4 * max_upload_bytes + (1 << 20)
+    """Largest request body accepted: the image files of a request (person, mask, DensePose and
+    up to :data:`~.config.MAX_GARMENTS` garments) plus 1 MiB for the form fields."""
+    return (3 + MAX_GARMENTS) * max_upload_bytes + (1 << 20)
 
 
 def create_app(service: TryOnService, ui: bool = True) -> FastAPI:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..defaults import GUIDANCE_SCALE, NUM_INFERENCE_STEPS
@@ -21,6 +22,9 @@ from ..pipelines.memory import MemoryOptions
 
 __all__ = [
     "API_KEY_ENV",
+    "AUTO",
+    "MAX_GARMENTS",
+    "GarmentParams",
     "SEED_RANGE",
     "ParameterError",
     "RayOptions",
@@ -81,6 +85,7 @@ class ServeConfig:
     device: str = option("cpu", shared="device")
     dtype: str = option(DType.FP32.value, shared="dtype")
     preprocess_models: str | None = option(None, shared="preprocess_models")
+    annotator: str | None = option(None, shared="annotator")
     host: str = option(
         "127.0.0.1", "address to listen on (default %(default)s: this machine only; 0.0.0.0 = all)"
     )
@@ -272,58 +277,174 @@ def api_key_or_environment(api_key: str | None) -> str | None:
     return api_key or os.environ.get(API_KEY_ENV) or None
 
 
+#: Garments of one request at most: an outfit is an upper- and a lower-body garment (or a dress).
+MAX_GARMENTS = 2
+#: The description that asks for V to be read from the garment photo (the annotator).
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class GarmentParams:
+    """One garment's settings: its category (None: read from the photo by the annotator, which
+    needs ``description`` ``"auto"``) and its description V (``"auto"``: read from the photo)."""
+
+    category: str | None
+    description: str
+
+    @property
+    def reads_description(self) -> bool:
+        return self.description == AUTO
+
+
 @dataclass(frozen=True)
 class TryOnParams:
-    """One request's settings, validated. ``seed`` is always set (a random one if not given)."""
+    """One request's settings, validated. ``seed`` is always set (a random one if not given).
 
-    description: str
-    category: str
+    ``garments``: one :class:`GarmentParams` per garment, in the order given (several: an outfit,
+    rendered one pass per garment, :mod:`idm_vton.pipelines.outfit`); ``auto_crop``: the official
+    demo's auto-crop instead of the region around the mask.
+    """
+
+    garments: tuple[GarmentParams, ...]
     steps: int
     guidance: float
     seed: int
     num_images: int
     paste_back: bool
+    auto_crop: bool = False
+
+    def __post_init__(self) -> None:
+        # As plain data (asdict, e.g. sent to a Ray replica) the garments come back as dicts.
+        garments = tuple(
+            g if isinstance(g, GarmentParams) else GarmentParams(**g) for g in self.garments
+        )
+        object.__setattr__(self, "garments", garments)
+
+    @property
+    def description(self) -> str:
+        """The first garment's description (``"auto"``: read from the photo)."""
+        return self.garments[0].description
+
+    @property
+    def category(self) -> str | None:
+        """The first garment's category (None: read from the photo)."""
+        return self.garments[0].category
+
+    @property
+    def is_outfit(self) -> bool:
+        return len(self.garments) > 1
 
     @classmethod
     def parse(
         cls,
         config: ServeConfig,
         *,
-        description: str | None = None,
-        category: str | None = None,
+        description: str | Sequence[str | None] | None = None,
+        category: str | Sequence[str | None] | None = None,
         steps: object = None,
         guidance: object = None,
         seed: object = None,
         num_images: object = None,
         paste_back: object = None,
+        auto_crop: object = None,
+        garments: int = 1,
     ) -> TryOnParams:
-        """Check and complete the fields of a request (strings from a form are accepted)."""
-        description = (description or "").strip()
-        if len(description) > 500:
-            raise ParameterError(f"description: at most 500 characters, got {len(description)}")
-        # The enum's values or names, in any case, spaces around them ignored.
-        category = (category or config.default_category).strip().lower()
-        category = GarmentCategory.parse(category, "category", ParameterError).value
+        """Check and complete the fields of a request (strings from a form are accepted).
+
+        ``garments`` garments were sent; ``description`` and ``category`` are one value for all
+        (a list of one) or one per garment. A description ``auto`` (any case) is read from the
+        garment photo; a category left out is then read too, else it is the server's default
+        (for one garment; an outfit needs them).
+        """
+        if not 1 <= garments <= MAX_GARMENTS:
+            raise ParameterError(
+                f"garment: 1 to {MAX_GARMENTS} garments (an upper- and a lower-body garment, or "
+                f"a dress), got {garments}"
+            )
+        descriptions = [_description(d) for d in _per_garment("description", description, garments)]
+        categories = _per_garment("category", category, garments)
+        parsed = []
+        for text, given in zip(descriptions, categories, strict=True):
+            if given is not None and str(given).strip():
+                # The enum's values or names, in any case, spaces around them ignored.
+                name = str(given).strip().lower()
+                parsed.append(GarmentCategory.parse(name, "category", ParameterError).value)
+            elif text == AUTO:
+                parsed.append(None)
+            elif garments > 1:
+                raise ParameterError(
+                    "category: give one per garment, in the order of the garments (or "
+                    "description=auto to read them from the photos)"
+                )
+            else:
+                parsed.append(config.default_category)
         steps = _number("steps", steps, config.default_steps, 1, config.max_steps, integer=True)
         guidance = _number("guidance", guidance, config.default_guidance, 0, 30)
         seed = _number("seed", seed, -1, -1, SEED_RANGE - 1, integer=True)
         if seed == -1:
             seed = secrets.randbelow(SEED_RANGE)
         num_images = _number("num_images", num_images, 1, 1, config.max_images, integer=True)
-        return cls(
-            description=description,
-            category=category,
+        params = cls(
+            garments=tuple(
+                GarmentParams(category=c, description=d)
+                for c, d in zip(parsed, descriptions, strict=True)
+            ),
             steps=steps,
             guidance=guidance,
             seed=seed,
             num_images=num_images,
             paste_back=_boolean("paste_back", paste_back, True),
+            auto_crop=_boolean("auto_crop", auto_crop, False),
         )
+        if params.is_outfit:
+            _check_outfit(params)
+        return params
 
     @property
     def seeds(self) -> list[int]:
         """The seed of each image of this request."""
         return [(self.seed + j) % SEED_RANGE for j in range(self.num_images)]
+
+
+def _description(text: str | None) -> str:
+    text = (text or "").strip()
+    if len(text) > 500:
+        raise ParameterError(f"description: at most 500 characters, got {len(text)}")
+    return AUTO if text.lower() == AUTO else text
+
+
+def _per_garment(name: str, value, garments: int) -> list:
+    """``value`` (absent, one value, or a list) as one value per garment: a single value is
+    every garment's; a list must have one per garment."""
+    if value is None or isinstance(value, str):
+        return [value] * garments
+    values = list(value)
+    if len(values) == 1:
+        return values * garments
+    if len(values) != garments:
+        raise ParameterError(
+            f"{name}: got {len(values)} values for {garments} garments; give one per garment, "
+            "in the order of the garments"
+        )
+    return values
+
+
+def _check_outfit(params: TryOnParams) -> None:
+    """An outfit must be rendered whole: the categories it has must make one (the others are
+    read from the photos, and checked then), and the raw render is not a photo to go on from."""
+    from ..pipelines.outfit import plan_outfit
+
+    known = [g.category for g in params.garments if g.category is not None]
+    try:
+        names = [f"garment {i + 1}" for i, g in enumerate(params.garments) if g.category]
+        plan_outfit(known, names)
+    except UsageError as err:
+        raise ParameterError(f"category: {err}") from None
+    if not params.paste_back:
+        raise ParameterError(
+            "paste_back: an outfit pastes each pass into the photo (the next pass starts from "
+            "it); paste_back=false takes one garment"
+        )
 
 
 def _number(name: str, value: object, default, low, high, *, integer: bool = False):

@@ -77,6 +77,8 @@ def item_to_data(item: WorkItem) -> dict:
         "id": item.id,
         "params": asdict(item.params),
         "garment_hash": item.garment_hash,
+        "task": item.task,
+        "more_garments": [_image_data(image) for image in item.more_garments],
         **{
             name: _image_data(getattr(item, name))
             for name in ("person", "garment", "mask", "pose", "extra_mask")
@@ -89,6 +91,8 @@ def item_from_data(data: dict) -> WorkItem:
         id=data["id"],
         params=TryOnParams(**data["params"]),
         garment_hash=data["garment_hash"],
+        task=data["task"],
+        more_garments=tuple(_image(image) for image in data["more_garments"]),
         **{
             name: _image(data[name]) for name in ("person", "garment", "mask", "pose", "extra_mask")
         },
@@ -300,10 +304,11 @@ def app(args: dict[str, str]):
 
     Keys: ``model`` (default yisol/IDM-VTON), ``device``, ``dtype``, ``replicas``,
     ``max_replicas``, ``max_batch``, ``max_queue``, ``api_key`` (default
-    ``$IDM_VTON_API_KEY``), ``preprocess_models``, ``ui`` (true/false).
+    ``$IDM_VTON_API_KEY``), ``preprocess_models``, ``annotator``, ``ui`` (true/false).
     """
     device, dtype = args.get("device", "auto"), args.get("dtype", "auto")
-    fields = {key: args[key] for key in ("model", "preprocess_models") if key in args}
+    names = ("model", "preprocess_models", "annotator")
+    fields = {key: args[key] for key in names if key in args}
     fields.update({key: int(args[key]) for key in ("max_batch", "max_queue") if key in args})
     config = ServeConfig(
         device=device, dtype=dtype, api_key=api_key_or_environment(args.get("api_key")), **fields
