@@ -64,7 +64,7 @@ def test_gradio_client_gets_the_image(ui_server, tmp_path):
         "layers": [handle_file(str(mask_layer_file(tmp_path)))],
         "composite": None,
     }
-    gallery, slider, seed, files, mask, pose = client.predict(
+    gallery, slider, seed, files, mask, pose, description, _ = client.predict(
         editor,
         handle_file(str(EXAMPLES / "garment.jpg")),
         "short sleeve t-shirt",  # description
@@ -77,7 +77,7 @@ def test_gradio_client_gets_the_image(ui_server, tmp_path):
         21,  # seed
         1,  # samples
         True,  # keep the original size
-        api_name="/tryon",
+        api_name="/tryon_full",
     )
     assert seed == "21" and gallery[0]["caption"] == "seed 21"
     result = Image.open(gallery[0]["image"])
@@ -119,7 +119,7 @@ def test_gradio_client_reports_errors_as_messages(ui_server, tmp_path):
             1,
             1,
             True,
-            api_name="/tryon",
+            api_name="/tryon_full",
         )
     message = str(info.value)
     assert "Paint the area" in message and "Traceback" not in message
@@ -166,7 +166,7 @@ def test_ui_needs_the_key(tmp_path):
             1,
             1,
             True,
-            api_name="/tryon",
+            api_name="/tryon_full",
         )
         assert Image.open(gallery[0]["image"]).size == (512, 512)
 

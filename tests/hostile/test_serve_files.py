@@ -51,6 +51,13 @@ def tryon_payload(person, garment, pose=None, layers=()) -> list:
     return [editor, garment, "", "upper_body", False, pose is None, pose, 1, 2.0, 1, 1, True]
 
 
+def space_payload(person, garment, layers=()) -> list:
+    """The official demo's /tryon inputs: editor, garment, description, auto mask, auto-crop,
+    steps, seed."""
+    editor = {"background": person, "layers": list(layers), "composite": None}
+    return [editor, garment, "", not layers, False, 20, 42]
+
+
 def outside_files(tmp_path: Path) -> dict[str, str]:
     """Files of the server's machine a caller must never get: an image, a text file, a FIFO,
     a device, the examples' folder itself."""
@@ -107,7 +114,7 @@ def test_the_ui_api_reads_only_this_servers_uploads(ui, tmp_path):
             tryon_payload(file_data(uploaded), file_data(garment), pose=ref),  # as the pose
             tryon_payload(file_data(uploaded), file_data(garment), layers=[ref]),  # a layer
         ):
-            for endpoint in ("/gradio_api/call/tryon", "/gradio_api/run/tryon"):
+            for endpoint in ("/gradio_api/call/tryon_full", "/gradio_api/run/tryon_full"):
                 response = client.post(endpoint, json={"data": payload})
                 assert response.status_code == 400, (endpoint, ref, response.text)
                 assert "not uploaded to this server" in response.json()["error"]
@@ -116,6 +123,16 @@ def test_the_ui_api_reads_only_this_servers_uploads(ui, tmp_path):
                 json={"data": payload, "fn_index": 0, "session_hash": "abc", "trigger_id": 1},
             )
             assert joined.status_code == 400, (ref, joined.text)
+        # the official demo's drop-in endpoint (/tryon) and the describe button likewise
+        for endpoint, payload in (
+            ("/gradio_api/call/tryon", space_payload(ref, file_data(garment))),
+            ("/gradio_api/call/tryon", space_payload(file_data(uploaded), ref)),
+            ("/gradio_api/call/tryon", space_payload(file_data(uploaded), ref, layers=[ref])),
+            ("/gradio_api/call/describe", [ref]),
+        ):
+            response = client.post(endpoint, json={"data": payload})
+            assert response.status_code == 400, (endpoint, ref, response.text)
+            assert "not uploaded to this server" in response.json()["error"]
         checked = client.post("/gradio_api/call/check_garment", json={"data": [ref]})
         assert checked.status_code == 400, (ref, checked.text)
         assert client.get("/healthz", timeout=5).status_code == 200
@@ -124,7 +141,7 @@ def test_the_ui_api_reads_only_this_servers_uploads(ui, tmp_path):
     assert after == before
     # the same requests with this server's own uploads are taken (the guard is not a wall)
     ok = client.post(
-        "/gradio_api/call/tryon",
+        "/gradio_api/call/tryon_full",
         json={"data": tryon_payload(file_data(uploaded), file_data(garment))},
     )
     assert ok.status_code == 200 and "event_id" in ok.json()
@@ -137,7 +154,8 @@ def test_a_special_file_never_hangs_the_server(ui, tmp_path):
     for path in ("/dev/zero", "/dev/urandom", str(fifo)):
         started = time.monotonic()
         response = client.post(
-            "/gradio_api/call/tryon", json={"data": tryon_payload(file_data(path), file_data(path))}
+            "/gradio_api/call/tryon_full",
+            json={"data": tryon_payload(file_data(path), file_data(path))},
         )
         assert response.status_code == 400
         assert client.get("/healthz", timeout=5).status_code == 200

@@ -62,6 +62,7 @@ def close_app(app: FastAPI) -> None:
 def _mount_ui(app: FastAPI, service: TryOnService) -> FastAPI:
     import gradio as gr
 
+    from .space_api import add_space_api
     from .ui import EXAMPLE_FILES, EXAMPLES_DIR, build_ui
     from .ui_files import GradioFileGuard, UiFiles
 
@@ -81,6 +82,7 @@ def _mount_ui(app: FastAPI, service: TryOnService) -> FastAPI:
     stray_folders = [folder for folder in (stray, stray.parent) if not folder.exists()]
     files.environment = _own_environment("GRADIO_TEMP_DIR", str(files.gradio))
     demo = build_ui(service, files)
+    add_space_api(demo, service, files)  # the official demo's /tryon, for its API's scripts
     app = gr.mount_gradio_app(
         app,
         demo,

@@ -1,7 +1,9 @@
 """The web UI (Gradio): the official demo's controls plus what its peers lack.
 
 Person photo in an image editor: with "Automatic mask" on, the mask is computed from the photo
-and whatever is painted is added to it; with it off, the painted strokes alone are the mask
+and whatever is painted is added to it; an optional second garment makes an outfit (one pass per
+garment, :mod:`idm_vton.pipelines.outfit`); "Describe from the photo" fills a garment's
+description box with the V the garment annotator reads (editable before the run); with it off, the painted strokes alone are the mask
 (the opaque part of every layer; transparent = not painted). "Edit this mask" puts the mask of
 the last run into the editor as a layer, to erase from or paint over. Results: a gallery, a
 before/after slider, the seed used, full-size PNG downloads, and the mask and DensePose used.
@@ -28,7 +30,14 @@ from ..models.tiny import TINY_MODEL_NOTE
 from .config import ServeConfig
 from .images import decode_image, image_pixels, png_bytes
 from .job_queue import JobState
-from .requests import Refusal, check_size, editor_mask, prepare_request, refusal
+from .requests import (
+    Refusal,
+    check_size,
+    editor_mask,
+    prepare_describe,
+    prepare_request,
+    refusal,
+)
 from .service import TryOnService
 from .ui_files import UiFiles
 
@@ -38,8 +47,10 @@ logger = logging.getLogger("idm_vton.serving")
 
 #: The repository's example images (present in a source checkout; the UI shows them if found).
 EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "examples"
+#: The example garment photos offered under the garment input.
+GARMENT_EXAMPLES = ("garment.jpg",)
 #: The example images offered under the person and garment inputs.
-EXAMPLE_FILES = ("person.jpg", "garment.jpg")
+EXAMPLE_FILES = ("person.jpg", *GARMENT_EXAMPLES)
 
 CATEGORY_LABELS = {"upper_body": "Upper body", "lower_body": "Lower body", "dresses": "Dresses"}
 #: Colour of the mask layer put into the editor by "Edit this mask" (half transparent red).
@@ -126,10 +137,20 @@ def build_ui(service: TryOnService, files: UiFiles):
                 used["mask_used"],
                 used["pose_used"],
                 last,
+                garment["description"],
+                garment["description2"],
             ],
-            api_name="tryon",
+            # The official demo's endpoint name, /tryon, is its drop-in (.space_api).
+            api_name="tryon_full",
             concurrency_limit=None,
         )
+        describe = _describe_handler(service, files)
+        for image, box, name in (
+            (garment["garment"], garment["description"], "describe"),
+            (garment["garment2"], garment["description2"], "describe_second"),
+        ):
+            button = garment["describe"] if name == "describe" else garment["describe2"]
+            button.click(describe, inputs=[image], outputs=[box], api_name=name)
         used["edit"].click(
             _edit_mask_handler(files),
             inputs=[last],
@@ -142,6 +163,7 @@ def build_ui(service: TryOnService, files: UiFiles):
         for name, component, what in (
             ("check_person", person["editor"], "person"),
             ("check_garment", garment["garment"], "garment"),
+            ("check_second_garment", garment["garment2"], "garment"),
             ("check_pose", settings["pose"], "pose"),
         ):
             checked = component.upload(
@@ -206,12 +228,13 @@ def _person_column(config: ServeConfig) -> dict:
             value=config.default_category,
             label="Garment category",
         )
-        _example("person.jpg", editor, "Person")
+        _examples(("person.jpg",), editor, "Person")
     return {"editor": editor, "auto_mask": auto_mask, "auto_pose": auto_pose, "category": category}
 
 
 def _garment_column() -> dict:
-    """The garment photo, its description and the "Try on" button."""
+    """The garment photo, its description (and "Describe from the photo"), an optional second
+    garment for an outfit, and the "Try on" button."""
     import gradio as gr
 
     with gr.Column(min_width=280):
@@ -223,13 +246,53 @@ def _garment_column() -> dict:
             elem_id="garment",
         )
         _raw_image_value(garment)
-        description = gr.Textbox(
-            label="Garment description (optional)",
-            placeholder="short sleeve round neck t-shirt",
-        )
+        with gr.Row(equal_height=True):
+            description = gr.Textbox(
+                label="Garment description (optional; 'auto' reads it at the run)",
+                placeholder="short sleeve round neck t-shirt",
+                elem_id="description",
+                scale=3,
+            )
+            describe = gr.Button("Describe from the photo", elem_id="describe", scale=1)
         run = gr.Button("Try on", variant="primary", elem_id="run")
-        _example("garment.jpg", garment, "Garment")
-    return {"garment": garment, "description": description, "run": run}
+        _examples(GARMENT_EXAMPLES, garment, "Garment")
+        with gr.Accordion("Second garment (a whole outfit)", open=False, elem_id="outfit"):
+            gr.Markdown(
+                "An upper- and a lower-body garment, rendered one after the other (lower body "
+                "first), each on the previous result with its own automatic mask. A dress is "
+                "worn alone."
+            )
+            garment2 = gr.Image(
+                label="Second garment",
+                type="filepath",
+                sources=["upload", "clipboard"],
+                height=240,
+                elem_id="garment2",
+            )
+            _raw_image_value(garment2)
+            category2 = gr.Radio(
+                [(CATEGORY_LABELS[c], c) for c in GarmentCategory.values()],
+                value=GarmentCategory.LOWER_BODY.value,
+                label="Second garment's category",
+                elem_id="category2",
+            )
+            with gr.Row(equal_height=True):
+                description2 = gr.Textbox(
+                    label="Second garment's description (optional)",
+                    elem_id="description2",
+                    scale=3,
+                )
+                describe2 = gr.Button("Describe from the photo", elem_id="describe2", scale=1)
+    return {
+        "garment": garment,
+        "description": description,
+        "describe": describe,
+        "run": run,
+        "garment2": garment2,
+        "category2": category2,
+        "description2": description2,
+        "describe2": describe2,
+    }
 
 
 def _results_column() -> dict:
@@ -263,6 +326,12 @@ def _settings(config: ServeConfig) -> dict:
         keep_size = gr.Checkbox(
             True, label="Keep the original size (paste the result into the full photo)"
         )
+        auto_crop = gr.Checkbox(
+            False,
+            label="Auto-crop as the official demo (render the centred 3:4 box, paste all of it "
+            "back; off: a box around the mask, pasted back inside the mask)",
+            elem_id="auto-crop",
+        )
         pose = gr.Image(
             label="DensePose picture (used when automatic DensePose is off)",
             type="filepath",
@@ -275,6 +344,7 @@ def _settings(config: ServeConfig) -> dict:
         "seed": seed,
         "num_images": num_images,
         "keep_size": keep_size,
+        "auto_crop": auto_crop,
         "pose": pose,
     }
 
@@ -293,12 +363,13 @@ def _used_inputs() -> dict:
     return {"mask_used": mask_used, "pose_used": pose_used, "edit": edit}
 
 
-def _example(name: str, component, label: str) -> None:
-    """The repository's example image ``name`` under ``component``, when it is there."""
+def _examples(names: tuple[str, ...], component, label: str) -> None:
+    """The repository's example images ``names`` under ``component``, those that are there."""
     import gradio as gr
 
-    if (EXAMPLES_DIR / name).is_file():
-        gr.Examples([[str(EXAMPLES_DIR / name)]], [component], label=label)
+    found = [[str(EXAMPLES_DIR / name)] for name in names if (EXAMPLES_DIR / name).is_file()]
+    if found:
+        gr.Examples(found, [component], label=label)
 
 
 # ---------------------------------------------------------------------------- try-on steps
@@ -360,22 +431,29 @@ def _tryon_handler(service: TryOnService, files: UiFiles):
         seed,
         num_images,
         keep_size,
+        auto_crop=False,
+        garment2=None,
+        description2="",
+        category2=GarmentCategory.LOWER_BODY.value,
         progress=gr.Progress(),  # noqa: B008 - Gradio finds its progress tracker this way
     ):
         if not service.ready:
             raise gr.Error(service.not_ready_reason())
+        outfit = garment2 is not None
         fields = {
-            "description": description,
-            "category": category,
+            "description": [description, description2] if outfit else description,
+            "category": [category, category2] if outfit else category,
             "steps": steps,
             "guidance": guidance,
             "seed": seed,
             "num_images": num_images,
             "paste_back": keep_size,
+            "auto_crop": auto_crop,
         }
+        garments = [garment, garment2] if outfit else [garment]
         try:
             item, reservation = await asyncio.to_thread(
-                _read_request, service, files, editor, garment, pose, auto_mask, auto_pose, fields
+                _read_request, service, files, editor, garments, pose, auto_mask, auto_pose, fields
             )
             job = service.submit(item, reservation)
         except Exception as err:  # noqa: BLE001 - refusals become their sentence
@@ -385,16 +463,52 @@ def _tryon_handler(service: TryOnService, files: UiFiles):
         service.jobs.forget(job.id)  # shown here: nothing to fetch later
         if job.state is not JobState.DONE or outcome is None:
             raise gr.Error(job.error or "the result has expired", print_exception=False)
-        return await asyncio.to_thread(_present, files, item.person, outcome, keep_size, editor)
+        shown = await asyncio.to_thread(_present, files, item.person, outcome, keep_size, editor)
+        # A description read at the run ('auto') is shown in its box: the V it was rendered with.
+        boxes = [
+            outcome.descriptions[i] if g.reads_description else gr.skip()
+            for i, g in enumerate(item.params.garments)
+        ]
+        return (*shown, *boxes, *([gr.skip()] * (2 - len(boxes))))
 
     return tryon
 
 
-def _read_request(service, files: UiFiles, editor, garment, pose, auto_mask, auto_pose, fields):
+def _describe_handler(service: TryOnService, files: UiFiles):
+    """ "Describe from the photo": the garment annotator reads the photo's description V (on
+    the model's queue, as the API's ``/v1/describe``), which fills the description box."""
+    import gradio as gr
+
+    async def describe(garment, progress=gr.Progress()):  # noqa: B008 - Gradio's tracker
+        if garment is None:
+            raise gr.Error("Add a photo of the garment first.")
+        if not service.ready:
+            raise gr.Error(service.not_ready_reason())
+        try:
+            data = _read(files, garment, "garment", service.config.max_upload_bytes)
+            item, reservation = await asyncio.to_thread(prepare_describe, service, [data])
+            job = service.submit(item, reservation)
+        except Exception as err:  # noqa: BLE001 - refusals become their sentence
+            raise _ui_error(err) from None
+        await _follow(service, job, progress)
+        outcome = job.outcome
+        service.jobs.forget(job.id)
+        if job.state is not JobState.DONE or outcome is None:
+            raise gr.Error(job.error or "the result has expired", print_exception=False)
+        return outcome.descriptions[0]
+
+    return describe
+
+
+def _read_request(
+    service, files: UiFiles, editor, garments, pose, auto_mask, auto_pose, fields, demo_layers=False
+):
     """The request of the UI's inputs, through the API's checks (:func:`prepare_request`).
 
     With the automatic mask on, what is painted is added to it; with it off, what is painted is
-    the mask. Raises ``gr.Error`` for what is missing and :class:`Refusal` for the rest.
+    the mask (``demo_layers``: as the official demo reads its layers, see
+    :func:`~.requests.editor_mask`). Raises ``gr.Error`` for what is missing and
+    :class:`Refusal` for the rest.
     """
     import gradio as gr
 
@@ -402,19 +516,24 @@ def _read_request(service, files: UiFiles, editor, garment, pose, auto_mask, aut
     background = editor.get("background") if isinstance(editor, dict) else None
     if background is None:
         raise gr.Error("Add a photo of the person first.")
-    if garment is None:
+    if garments[0] is None:
         raise gr.Error("Add a photo of the garment.")
     if not auto_pose and pose is None:
         raise gr.Error("Add a DensePose picture, or switch on automatic DensePose.")
     data = {
         "person": _read(files, background, "person", limit),
-        "garment": _read(files, garment, "garment", limit),
+        "garment": [_read(files, garment, "garment", limit) for garment in garments],
         "mask": None,
         "pose": _read(files, pose, "pose", limit) if not auto_pose else None,
     }
     layers = [_read(files, layer, "mask", limit) for layer in editor.get("layers") or [] if layer]
     item, reservation = prepare_request(
-        service, data, fields, layers=layers, layers_are="extra_mask" if auto_mask else "mask"
+        service,
+        data,
+        fields,
+        layers=layers,
+        layers_are="extra_mask" if auto_mask else "mask",
+        black_is_unpainted=demo_layers,
     )
     if not auto_mask and item.mask is None:
         reservation.release()
