@@ -16,10 +16,19 @@ import errno
 import importlib
 import logging
 import os
+import re
 import sys
 import warnings
 
-__all__ = ["COMMANDS", "OneLineParser", "build_parser", "describe_os_error", "main", "run_command"]
+__all__ = [
+    "COMMANDS",
+    "OneLineParser",
+    "build_parser",
+    "describe_command",
+    "describe_os_error",
+    "main",
+    "run_command",
+]
 
 #: The command modules, in the order ``--help`` lists them. Each defines ``HELP``,
 #: ``add_arguments(parser)`` and ``run(args) -> int``.
@@ -67,10 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"{__package__}.{module_name}")
-        command = sub.add_parser(name, help=module.HELP, description=module.__doc__.split("\n")[0])
+        command = sub.add_parser(name, help=module.HELP, description=describe_command(module))
         module.add_arguments(command)
         command.set_defaults(func=module.run, command_parser=command)
     return parser
+
+
+def describe_command(module) -> str:
+    """The ``--help`` description of a command module: its docstring's first paragraph, on one
+    line, as plain text (reStructuredText markup such as double backticks and roles removed)."""
+    paragraph = (module.__doc__ or module.HELP).strip().split("\n\n")[0]
+    text = " ".join(paragraph.split())
+    text = re.sub(r":\w+:`~?([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], text)
+    return text.replace("``", "")
 
 
 def quiet_libraries() -> None:
