@@ -59,7 +59,7 @@ def test_every_flag_has_help_a_user_can_act_on(name):
         assert action.help and action.help != argparse.SUPPRESS, f"{name} {flag}: no help"
         assert len(action.help) >= 12, f"{name} {flag}: {action.help!r}"
     text = " ".join(parser.format_help().split())  # wrapped lines joined
-    for leftover in ("``", ":class:", ":func:", "(default None)", "(default (", "SPEC", "%("):
+    for leftover in ("``", ":class:", ":func:", "(default None)", "(default (", "%("):
         assert leftover not in text, f"{name}: {leftover!r} in its help"
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import importlib.abc
+import importlib.util
 import logging
 import os
 import re
@@ -26,6 +28,8 @@ __all__ = [
     "build_parser",
     "describe_command",
     "describe_os_error",
+    "quiet_libraries",
+    "when_imported",
     "main",
     "run_command",
 ]
@@ -93,18 +97,55 @@ def describe_command(module) -> str:
 
 def quiet_libraries() -> None:
     """Only errors from the libraries underneath (diffusers, transformers, warnings), and none
-    of their progress bars."""
+    of their progress bars.
+
+    diffusers and transformers are not imported for this: the verbosity goes through their
+    environment variables, and their progress bars are turned off when (if ever) a command
+    imports them, so a command that fails early, or prints help, never pays for loading them.
+    """
     logging.basicConfig(level=logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore")
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
     # Their "Loading weights" bars would put lines of their own around a one-line error.
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
+    for name in ("diffusers.utils.logging", "transformers.utils.logging"):
+        when_imported(name, _quiet_library_logging)
+
+
+def _quiet_library_logging(module) -> None:
+    module.set_verbosity_error()
+    module.disable_progress_bar()
+
+
+def when_imported(name: str, callback) -> None:
+    """Call ``callback(module)`` once the module ``name`` is imported (now, if it already is)."""
+    if name in sys.modules:
+        callback(sys.modules[name])
+        return
+    sys.meta_path.insert(0, _AfterImport(name, callback))
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: wraps the real loader of one module to run a callback after it."""
+
+    def __init__(self, name: str, callback) -> None:
+        self.name, self.callback = name, callback
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # once; and so the lookup below finds the real spec
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        execute, callback = spec.loader.exec_module, self.callback
+
+        def exec_module(module) -> None:
+            execute(module)
+            callback(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,12 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    import torch
-
     from ..devices import check_dtype_on_device, resolve_device, resolve_dtype
     from ..images import save_image_atomic
-    from ..models.tiny import TINY_MODEL_NOTE
-    from ..pipelines.loading import load_model
     from ..pipelines.memory import apply_memory_options
     from ..progress import progress_bars_shown
 
@@ -103,6 +99,12 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(args.preprocess_device, "--preprocess-device")
     photo, garment, mask, pose = _load_inputs(args)
     mask, pose = _mask_and_pose(args, photo, mask, pose)
+    # diffusers and transformers load only now: a missing weight file above fails at once.
+    import torch
+
+    from ..models.tiny import TINY_MODEL_NOTE
+    from ..pipelines.loading import load_model
+
     if args.model == "tiny":
         print(f"note: {TINY_MODEL_NOTE}")  # stdout: stderr is for errors
     pipe = load_model(args.model, dtype, device, args.scheduler)
@@ -165,7 +167,7 @@ def _check_arguments(args: argparse.Namespace) -> Path:
     from ..errors import UsageError
     from ..files import check_writable_output
     from ..images import check_work_size
-    from ..pipelines.tryon import check_strength
+    from ..pipelines.checks import check_strength
 
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")

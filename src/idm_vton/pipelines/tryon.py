@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +34,6 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import (
-    CLIPImageProcessor,
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
@@ -52,7 +50,9 @@ from ..models.garment_attention import (
     GarmentCaptureProcessor,
     GarmentFeatureStore,
 )
+from ..models.processors import clip_image_processor
 from ..models.tryon_net import ImageProjection, install_garment_attention
+from .checks import check_strength
 from .garment_branch import (
     GarmentBranch,
     GarmentInputs,
@@ -87,22 +87,6 @@ _COMPONENT_NAMES = {
 }
 # Past this, a non-finite result in fp32/bf16 is blamed on the guidance scale.
 _USEFUL_GUIDANCE = 50.0
-
-
-def check_strength(num_inference_steps: int, strength: float) -> None:
-    """Refuse a strength outside (0, 1], or one so small that no step runs.
-
-    Denoising runs the last ``int(num_inference_steps * strength)`` steps of the schedule
-    (diffusers' img2img rule); at 0 there would be nothing to run.
-    """
-    if not 0.0 < strength <= 1.0:
-        raise UsageError(f"strength must be in (0, 1], got {strength}")
-    if int(num_inference_steps * strength) < 1:
-        raise UsageError(
-            f"strength {strength:g} with {num_inference_steps} steps runs no denoising step "
-            f"(it runs int(steps x strength) of them): use a strength of at least "
-            f"{math.ceil(1000 / num_inference_steps) / 1000:g}, or more steps"
-        )
 
 
 StepCallback = Callable[["TryOnPipeline", int, torch.Tensor, dict], "dict | None"]
@@ -246,7 +230,7 @@ class TryOnPipeline(DiffusionPipeline):
         text_encoder_2: CLIPTextModelWithProjection | None = None,
         tokenizer: CLIPTokenizer | None = None,
         tokenizer_2: CLIPTokenizer | None = None,
-        feature_extractor: CLIPImageProcessor | None = None,
+        feature_extractor=None,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -441,7 +425,9 @@ class TryOnPipeline(DiffusionPipeline):
 
     def clip_preprocess(self, garments: list[Image.Image], device) -> torch.Tensor:
         """Garment photos -> CLIP-normalised pixels for the image encoder (:attr:`feature_extractor`)."""
-        processor = self.feature_extractor or CLIPImageProcessor()
+        processor = self.feature_extractor
+        if processor is None:  # CLIP's preprocessing at the encoder's own input size
+            processor = clip_image_processor(self.image_encoder.config.image_size)
         pixels = processor(images=garments, return_tensors="pt").pixel_values
         return pixels.to(device=device, dtype=self.image_encoder.dtype)
 
