@@ -533,10 +533,23 @@ def load_components(
     parts["scheduler"] = _load_scheduler(root, scheduler)
     if "feature_extractor" not in parts:
         parts["feature_extractor"] = load_feature_extractor(root)
-    if load_text_encoders:
+    if load_text_encoders and not _saved_without_text_encoders(root):
         missing = [name for name in _TEXT_COMPONENTS if name not in parts]
         parts.update(_load_text_components(root, dtype, missing, **files))
     return parts
+
+
+def _saved_without_text_encoders(root: Path) -> bool:
+    """Whether ``root`` is a pipeline saved without its text encoders: its ``model_index.json``
+    names them as None (diffusers writes ``[null, null]``) and their folders are absent."""
+    index_path = root / "model_index.json"
+    if not index_path.is_file():
+        return False
+    index = _read_json(index_path)
+    return all(
+        index.get(name) in (None, [None, None]) and not (root / name).is_dir()
+        for name in _TEXT_COMPONENTS
+    )
 
 
 def _load_vae(root: Path, dtype: torch.dtype, **files):
