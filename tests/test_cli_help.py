@@ -78,3 +78,25 @@ def test_description_is_the_whole_first_paragraph():
         "Score results (``idm-vton evaluate``): LPIPS,\nSSIM and :class:`~a.b.Config`.\n\nMore."
     )
     assert describe_command(module) == "Score results (idm-vton evaluate): LPIPS, SSIM and Config."
+
+
+_LATE_INTERRUPT = """
+import atexit, os, signal, sys, time
+from idm_vton.commands.main import cli
+
+def interrupt_while_exiting():  # as a Ctrl-C while a library's exit handler runs
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+
+atexit.register(interrupt_while_exiting)
+sys.exit(cli(["--help"]))
+"""
+
+
+def test_ctrl_c_while_exiting_is_one_line_and_code_130():
+    run = subprocess.run(
+        [sys.executable, "-c", _LATE_INTERRUPT], capture_output=True, text=True, timeout=120
+    )
+    assert run.stderr == "idm-vton: interrupted\n", run.stderr
+    assert run.returncode == 130
+    assert run.stdout.startswith("usage: idm-vton")  # the command's own output was not lost

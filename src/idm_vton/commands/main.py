@@ -27,7 +27,9 @@ __all__ = [
     "OneLineParser",
     "build_parser",
     "describe_command",
+    "cli",
     "describe_os_error",
+    "exit_quietly_on_interrupt",
     "quiet_libraries",
     "when_imported",
     "main",
@@ -165,6 +167,34 @@ def main(argv: list[str] | None = None) -> int:
         verbose = any(a in ("--verbose", "-v") for a in (sys.argv[1:] if argv is None else argv))
         return _failed(err, prog, verbose)
     return run_command(args.func, args, prog, verbose=args.verbose)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """The ``idm-vton`` program: :func:`main`, then a Ctrl-C while the process is exiting (its
+    libraries' exit handlers, threads being joined) ends it at once with one line and exit code
+    130, instead of a traceback and the command's own exit code."""
+    code = main(argv)
+    exit_quietly_on_interrupt("idm-vton")
+    return code
+
+
+def exit_quietly_on_interrupt(prog: str) -> None:
+    """From now on, Ctrl-C prints ``PROG: interrupted`` and ends the process with code 130 at
+    once (for the end of a program: the work is done, what is left is the interpreter's exit)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum, frame) -> None:
+        try:
+            sys.stdout.flush()
+        finally:
+            os.write(2, f"{prog}: interrupted\n".encode())
+            os._exit(130)
+
+    signal.signal(signal.SIGINT, stop)
 
 
 def run_command(func, args, prog: str, verbose: bool = False) -> int:

@@ -417,6 +417,10 @@ def resolve_checkpoint(
 def _file_kwargs(folder: Path, variant: str | None, use_safetensors: bool | None) -> dict:
     """``variant`` / ``use_safetensors`` for a diffusers or transformers loader: the variant only
     where the folder has its files (those loaders refuse a variant they cannot find)."""
+    if use_safetensors is None and not any(folder.glob("*.safetensors")):
+        # Only pickles here: say so, or diffusers first looks for safetensors and logs an
+        # error line of its own ahead of any refusal of the pickle.
+        use_safetensors = False if any(folder.glob("*.bin")) else None
     kwargs = {} if use_safetensors is None else {"use_safetensors": use_safetensors}
     if variant and any(folder.glob(f"*.{variant}.*")):
         kwargs["variant"] = variant
