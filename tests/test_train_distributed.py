@@ -224,7 +224,9 @@ def test_the_launchers_world_size_and_accelerates_must_agree(vitonhd, tmp_path):
     result = launch("ddp.yaml", *train_args(vitonhd, out, "--max-steps", "1"), processes=2)
     assert result.returncode != 0
     lines = own_lines(result.stderr)
-    assert len(lines) == 2, result.stderr[-3000:]  # one line from each process
+    # One whole line from each process that got as far as the check (torchrun stops the other
+    # process when the first one exits, so under load only one may have spoken).
+    assert 1 <= len(lines) <= 2, result.stderr[-3000:]
     for line in lines:
         assert line.startswith("idm_vton.train: error: the launcher started 2 processes"), line
         assert "ACCELERATE_USE_CPU=true" in line

@@ -219,17 +219,16 @@ def _failed(err: Exception, prog: str, verbose: bool) -> int:
     if verbose:
         raise err
     if isinstance(err, IdmVtonError):
-        print(f"{prog}: error: {_one_line(str(err))}", file=sys.stderr)
+        _say(f"{prog}: error: {_one_line(str(err))}")
         return 2
     io_error = as_write_error(err, None)  # OSError, or an I/O failure in a library's type
     if io_error is not None:
-        print(f"{prog}: error: {_one_line(describe_os_error(io_error))}", file=sys.stderr)
+        _say(f"{prog}: error: {_one_line(describe_os_error(io_error))}")
         return 2
     message = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    print(
+    _say(
         f"{prog}: internal error: {type(err).__name__}: {message} (run with --verbose for "
-        "the traceback; please report it)",
-        file=sys.stderr,
+        "the traceback; please report it)"
     )
     return 1
 
@@ -248,8 +247,15 @@ def describe_os_error(err: OSError) -> str:
     return f"{reason}: {where}"
 
 
+def _say(line: str) -> None:
+    """Write one line to stderr in a single write, so that processes sharing the stream (the
+    processes of one ``accelerate launch``) never interleave inside a line."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _interrupted(prog: str) -> int:
-    print(f"{prog}: interrupted", file=sys.stderr)
+    _say(f"{prog}: interrupted")
     return 130
 
 
