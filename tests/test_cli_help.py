@@ -100,3 +100,51 @@ def test_ctrl_c_while_exiting_is_one_line_and_code_130():
     assert run.stderr == "idm-vton: interrupted\n", run.stderr
     assert run.returncode == 130
     assert run.stdout.startswith("usage: idm-vton")  # the command's own output was not lost
+
+
+def _numeric_actions():
+    for name, parser in _subparsers().items():
+        for action in parser._actions:
+            default = action.default
+            numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+            numeric = numeric or (
+                isinstance(default, tuple) and default and isinstance(default[0], (int, float))
+            )
+            if action.type is not None and numeric:
+                yield name, action
+
+
+def test_every_numeric_flag_refuses_non_finite_and_huge_values():
+    """NaN, infinities and (for counts) integers past any sensible count are refused where they
+    are parsed,
+    in one argparse line, rather than reaching a library (an "internal error")."""
+    checked = 0
+    for name, action in _numeric_actions():
+        default = action.default[0] if action.nargs == 2 else action.default
+        try:  # an integer option read as the integer written (not MB turned into bytes)
+            value = action.type(str(default))
+            counts = type(value) is int and value == default
+        except (argparse.ArgumentTypeError, ValueError):  # a value in another form ("HxW")
+            counts = False
+        huge = (str(2**64), str(-(2**64))) if counts else ()
+        for text in ("nan", "inf", "-inf", *huge):
+            with pytest.raises((argparse.ArgumentTypeError, ValueError)):
+                action.type(text)
+                pytest.fail(f"{name} {action.option_strings} took {text}")
+        checked += 1
+    assert checked >= 40  # steps, seeds, sizes, rates... of every command
+
+
+def test_steps_beyond_the_noise_schedule_and_seeds_beyond_generators_are_refused():
+    for name in ("tryon", "infer-dataset"):
+        parser = _subparsers()[name]
+        steps = next(a for a in parser._actions if a.dest == "steps")
+        seed = next(a for a in parser._actions if a.dest == "seed")
+        assert steps.type("1000") == 1000
+        for bad in ("1001", "0", "-5"):
+            with pytest.raises(argparse.ArgumentTypeError, match="steps must be from 1 to 1000"):
+                steps.type(bad)
+        assert seed.type(str(2**32 - 1)) == 2**32 - 1
+        for bad in ("-1", str(2**32)):
+            with pytest.raises(argparse.ArgumentTypeError, match="seed must be from 0"):
+                seed.type(bad)

@@ -17,6 +17,7 @@ from ..enums import DType, GarmentCategory, SchedulerName
 from ..options import MAX_SEED, parse_seed
 
 __all__ = [
+    "MAX_INT",
     "SHARED",
     "add_preprocess_model_arguments",
     "add_shared",
@@ -29,12 +30,20 @@ __all__ = [
 ]
 
 
+#: The largest integer an option takes (counts, sizes, steps): past it, a number is a typo, and
+#: the libraries underneath would overflow on it.
+MAX_INT = 2**31 - 1
+
+
 def parse_int(text: str) -> int:
-    """An integer (``ValueError`` naming the text otherwise)."""
+    """An integer within +-:data:`MAX_INT` (``ValueError`` naming the text otherwise)."""
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise ValueError(f"invalid integer {text!r}") from None
+    if abs(value) > MAX_INT:
+        raise ValueError(f"{text} is too large (at most {MAX_INT})")
+    return value
 
 
 def parse_float(text: str) -> float:

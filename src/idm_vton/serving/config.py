@@ -46,8 +46,8 @@ class ParameterError(IdmVtonError, ValueError):
 def _megabytes(text: str) -> int:
     """A size given in MB on the command line, in bytes."""
     size = float(text)
-    if not math.isfinite(size):
-        raise ValueError(f"expected a number of MB, got {text!r}")
+    if not math.isfinite(size) or abs(size) > 2**31:
+        raise ValueError(f"expected a number of MB up to {2**31}, got {text!r}")
     return int(size * _MIB)
 
 
