@@ -23,6 +23,7 @@ from PIL import Image
 
 from ..enums import GarmentCategory
 from ..errors import ImageInputError
+from ..examples import EXAMPLES_DIR  # package data: there in an installed copy too
 from ..images import load_image
 from ..models.tiny import TINY_MODEL_NOTE
 from .config import ParameterError, ServeConfig, TryOnParams
@@ -34,9 +35,6 @@ from .service import TryOnService
 __all__ = ["EXAMPLES_DIR", "build_ui", "editor_mask"]
 
 logger = logging.getLogger("idm_vton.serving")
-
-#: The repository's example images (present in a source checkout; the UI shows them if found).
-EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "examples"
 
 CATEGORY_LABELS = {"upper_body": "Upper body", "lower_body": "Lower body", "dresses": "Dresses"}
 #: Colour of the mask layer put into the editor by "Edit this mask" (half transparent red).
