@@ -79,25 +79,26 @@ def load(url: str, requests: int, concurrency: int, steps: int, what: str = "") 
 class LocalServer:
     """``idm-vton serve --model tiny`` in a background thread on a free loopback port."""
 
-    def __init__(self, max_batch: int) -> None:
-        import uvicorn
-
+    def __init__(self, max_batch: int, **settings) -> None:
         from idm_vton.serving.app import create_app
         from idm_vton.serving.config import ServeConfig
+        from idm_vton.serving.server import make_server
         from idm_vton.serving.service import TryOnService, load_local_model
 
         config = ServeConfig(
-            model="tiny", device="cpu", dtype="fp32", max_batch=max_batch, max_queue=256
+            model="tiny",
+            device="cpu",
+            dtype="fp32",
+            max_batch=max_batch,
+            max_queue=256,
+            shutdown_grace_s=1.0,
+            **settings,
         )
         self.service = TryOnService(config, lambda: load_local_model(config))
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(self.service, ui=False), log_level="warning", timeout_graceful_shutdown=1
-            )
-        )
+        self.server = make_server(create_app(self.service, ui=False), self.service, config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
         )
@@ -110,12 +111,53 @@ class LocalServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.service.close()
         self.server.should_exit = True
         self.thread.join(30)
-        self.service.close()
 
     def batch_sizes(self) -> list[int]:
-        return list(self.service.scheduler.batch_sizes)
+        return list(self.service.jobs.batch_sizes)
+
+
+def memory_figures(jobs: int = 40) -> dict:
+    """What ``jobs`` big cheap requests (a uniform 4000 x 4000 PNG photo, mask and DensePose,
+    about 150 KB on the wire, 48 MP decoded) cost the server: accepted and refused jobs, the
+    pixels the queue holds at most (its budget is the default 256 MP), and the growth of the
+    process's peak RSS (the tiny model's load included)."""
+    import io
+    import resource
+
+    import httpx
+    from PIL import Image
+
+    def uniform(color) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (4000, 4000), color).save(buffer, format="PNG", compress_level=9)
+        return buffer.getvalue()
+
+    files = {
+        "person": ("p.png", uniform((120, 80, 60))),
+        "garment": ("g.jpg", (EXAMPLES / "garment.jpg").read_bytes()),
+        "mask": ("m.png", uniform((255, 255, 255))),
+        "pose": ("d.png", uniform((20, 20, 90))),
+    }
+    codes: dict[int, int] = {}
+    peak_pixels = 0
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with LocalServer(max_batch=1) as server, httpx.Client(base_url=server.url, timeout=600) as c:
+        for seed in range(jobs):
+            response = c.post("/v1/jobs", files=files, data={"steps": "30", "seed": str(seed)})
+            codes[response.status_code] = codes.get(response.status_code, 0) + 1
+            peak_pixels = max(peak_pixels, server.service.jobs.usage()["pixels"])
+    return {
+        "requests": jobs,
+        "answers": codes,
+        "upload_bytes_each": sum(len(data) for _, data in files.values()),
+        "queue_pixels_peak_mp": round(peak_pixels / 1e6, 1),
+        "peak_rss_growth_mb": round(
+            (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024, 1
+        ),
+    }
 
 
 def ray_figures(args, concurrency: int) -> dict:
@@ -162,9 +204,15 @@ def main() -> None:
     parser.add_argument("--ray-replicas", type=int, default=2)
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default all)")
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only the memory figures of big cheap uploads"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(json.dumps({"path": "memory", **memory_figures()}), flush=True)
+    if args.memory_only:
+        return
     levels = [int(c) for c in args.concurrency.split(",")]
     common = {
         "model": "tiny",

@@ -50,21 +50,20 @@ def running_server(
     wait_ready: bool = True,
     **overrides,
 ):
-    """Serve the tiny model on 127.0.0.1; yields ``(base_url, service)``."""
-    import uvicorn
-
-    from idm_vton.serving.app import create_app
+    """Serve the tiny model on 127.0.0.1 as ``idm-vton serve`` does (the same uvicorn settings:
+    :func:`idm_vton.serving.server.make_server`); yields ``(base_url, service)``."""
+    from idm_vton.serving.app import close_app, create_app
     from idm_vton.serving.config import ServeConfig
+    from idm_vton.serving.server import make_server
     from idm_vton.serving.service import TryOnService
 
+    overrides.setdefault("shutdown_grace_s", 0.5)
     config = config or ServeConfig(model="tiny", device="cpu", dtype="fp32", **overrides)
     service = TryOnService(config, tiny_loader(config, gate))
     app = create_app(service, ui=ui)
     sock = free_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
-    )
+    server = make_server(app, service, config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     service.start()
@@ -78,9 +77,10 @@ def running_server(
             assert service.ready, service.load_error
         yield url, service
     finally:
+        service.close()  # every open request is answered, so the server stops at once
         server.should_exit = True
         thread.join(30)
-        service.close()
+        close_app(app)
         sock.close()
 
 

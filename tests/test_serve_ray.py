@@ -91,3 +91,53 @@ def test_two_replicas_answer_concurrent_requests(ray_url):
             local, _ = call(spec, url)
             largest, share = image_difference(image, local)
             assert largest <= 1 and share < 1e-3
+
+
+# ---------------------------------------------------------------------------- deployment options
+def deployment_options(application) -> tuple[dict, dict, dict]:
+    """(ingress actor options, model actor options, model config) of a built application."""
+    ingress = application._bound_deployment
+    model_app = ingress.init_args[0]
+    model = model_app._bound_deployment
+    return ingress.ray_actor_options, model.ray_actor_options, model.init_args[0]
+
+
+def test_replicas_get_the_servers_settings_and_resolve_their_device(monkeypatch):
+    from idm_vton.serving.config import ServeConfig
+    from idm_vton.serving.ray_app import HEAD_NODE, build_application, resolved_on_this_node
+
+    monkeypatch.setenv("IDM_VTON_PREPROCESS_MODELS", "/shared/ckpt")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = ServeConfig(model="tiny", device="auto", dtype="auto")
+    ingress, model, model_config = deployment_options(build_application(config, ui=False))
+    for options in (ingress, model):
+        assert options["runtime_env"]["env_vars"] == {
+            "IDM_VTON_PREPROCESS_MODELS": "/shared/ckpt",
+            "HF_HUB_OFFLINE": "1",
+        }
+    # the ingress is placed on the head node unless told otherwise
+    assert ingress["resources"] == HEAD_NODE and ingress["num_cpus"] == 0
+    placed = build_application(config, ui=False, ingress_resources={"ingress": 1})
+    assert deployment_options(placed)[0]["resources"] == {"ingress": 1}
+    # the device is not resolved by the driver: each replica resolves it on its own node
+    assert (model_config["device"], model_config["dtype"]) == ("auto", "auto")
+    assert model["num_gpus"] == 0  # no Ray cluster with GPUs here
+    gpu = deployment_options(build_application(config, ui=False, gpus_per_replica=1))[1]
+    assert gpu["num_gpus"] == 1
+    here = resolved_on_this_node(ServeConfig(**model_config))
+    assert (here.device, here.dtype) == ("cpu", "fp32")  # this machine has no GPU
+    cuda = ServeConfig(model="tiny", device="cuda", dtype="bf16")
+    assert deployment_options(build_application(cuda, ui=False))[1]["num_gpus"] == 1
+
+
+def test_serve_ray_options_are_checked(monkeypatch):
+    from idm_vton.commands.main import build_parser
+    from idm_vton.commands.serve import config_from_args
+    from idm_vton.errors import UsageError
+    from idm_vton.serving.config import RayOptions
+
+    with pytest.raises(UsageError, match="--ingress-resources"):
+        RayOptions(ingress_resources="[1]")
+    args = build_parser().parse_args(["serve", "--ray", "--device", "cuda", "--model", "tiny"])
+    # --device cuda is not refused on a machine without a GPU: the replicas' nodes have them
+    assert config_from_args(args).device == "cuda"

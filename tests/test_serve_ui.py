@@ -3,6 +3,7 @@ and a real browser (Debian's Chromium driven by Playwright) doing a try-on."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -170,6 +171,31 @@ def test_ui_needs_the_key(tmp_path):
         assert Image.open(gallery[0]["image"]).size == (512, 512)
 
 
+def launch(playwright):
+    return playwright.chromium.launch(
+        executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+    )
+
+
+def add_file(page, selector: str, path: Path, sent: str) -> None:
+    """Put ``path`` into the input ``selector`` and wait until the page has it: the upload has
+    landed and the input's upload event has sent the value (whose JSON contains ``sent``)."""
+    with page.expect_request(
+        lambda r: "/queue/join" in r.url and sent in (r.post_data or ""), timeout=60_000
+    ):
+        page.locator(f"{selector} input[type=file]").set_input_files(str(path))
+
+
+def fetch_image(page, selector: str) -> np.ndarray:
+    src = page.locator(selector).first.get_attribute("src")
+    data = page.request.get(src).body()
+    return np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+
+
+def toast_texts(page) -> list[str]:
+    return page.locator(".toast-body").all_inner_texts()
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
 def test_browser_try_on(ui_server, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -177,22 +203,25 @@ def test_browser_try_on(ui_server, tmp_path):
     shots = Path(os.environ.get("IDM_VTON_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
+        browser = launch(playwright)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(url + "/", wait_until="load")
             page.locator("#run").wait_for(state="visible", timeout=30_000)
-            banner = page.locator("#tiny-banner")
-            assert "noise" in banner.inner_text()
-            page.locator("#person input[type=file]").set_input_files(str(EXAMPLES / "person.jpg"))
-            page.locator("#garment input[type=file]").set_input_files(str(EXAMPLES / "garment.jpg"))
-            page.wait_for_timeout(500)
+            assert "noise" in page.locator("#tiny-banner").inner_text()
+            # "Try on" is on the first screen at 1280 x 800
+            box = page.locator("#run").bounding_box()
+            assert box["y"] + box["height"] <= 800, box
+            add_file(page, "#person", EXAMPLES / "person.jpg", "background")
+            add_file(page, "#garment", EXAMPLES / "garment.jpg", "garment.jpg")
             page.locator("#run").click()
             result = page.locator("#results img").first
             result.wait_for(state="visible", timeout=60_000)
-            page.wait_for_timeout(500)
+            page.wait_for_function(
+                "() => { const i = document.querySelector('#results img');"
+                " return i && i.complete && i.naturalWidth > 0; }",
+                timeout=30_000,
+            )
             page.screenshot(path=str(shots / "ui_result.png"), full_page=True)
             size = result.evaluate("img => [img.naturalWidth, img.naturalHeight]")
             assert size == [512, 512]
@@ -201,11 +230,115 @@ def test_browser_try_on(ui_server, tmp_path):
             # the mask and DensePose used, then that mask loaded into the editor for editing
             page.get_by_text("Mask and DensePose used").click()
             page.locator("#mask-used img").wait_for(state="visible", timeout=10_000)
-            page.get_by_role("button", name="Edit this mask").click()
+            first_mask = fetch_image(page, "#mask-used img") >= 128
+            assert 0 < first_mask.mean() < 1
+            page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+            # What the editor receives: the photo of the run as its background, and a layer
+            # painted exactly where the mask used was (half-transparent red), nothing else.
+            with page.expect_response(lambda r: "mask_layer.png" in r.url, timeout=30_000) as got:
+                page.get_by_role("button", name="Edit this mask").click()
+            layer_png = page.request.get(got.value.url).body()
+            layer = np.asarray(Image.open(io.BytesIO(layer_png)).convert("RGBA"))
+            assert np.array_equal(layer[..., 3] > 0, first_mask)
+            assert (layer[first_mask] == (255, 0, 0, 128)).all()
             page.wait_for_function(
                 "() => !document.querySelector('#auto-mask input').checked", timeout=10_000
             )
-            page.wait_for_timeout(500)
+            # the editor is brought into view for the user scrolled to the bottom
+            page.wait_for_function(
+                "() => { const r = document.querySelector('#person').getBoundingClientRect();"
+                " return r.top >= -5 && r.top < window.innerHeight / 2; }",
+                timeout=10_000,
+            )
             page.screenshot(path=str(shots / "ui_mask_edit.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
+def test_browser_shows_each_refusal_as_the_apis_sentence(ui_server, tmp_path):
+    from .helpers.images import huge_png_header
+    from .serve_support import multipart
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, _ = ui_server
+    text = tmp_path / "shirt.png"  # a text file named like an image
+    text.write_bytes(b"this is not an image " * 500)
+    bomb = tmp_path / "bomb.png"  # a header claiming 10000 x 9000 pixels
+    bomb.write_bytes(huge_png_header(10_000, 9_000))
+    good = {name: (EXAMPLES / f"{name}.jpg").read_bytes() for name in ("person", "garment")}
+
+    def api_sentence(field: str, data: bytes) -> str:
+        files = {**good, field: data}
+        answer = httpx.post(url + "/v1/tryon", timeout=60, **multipart(files, steps=1))
+        assert answer.status_code in (400, 413), answer.text
+        return answer.json()["error"]
+
+    with sync_api.sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(url + "/", wait_until="load")
+            page.locator("#run").wait_for(state="visible", timeout=30_000)
+            page.get_by_text("Settings").click()  # the DensePose picture is in there
+            for selector, field, path, sent in (
+                ("#garment", "garment", text, "shirt.png"),
+                ("#garment", "garment", bomb, "bomb.png"),
+                ("#pose", "pose", bomb, "bomb.png"),
+            ):
+                sentence = api_sentence(field, path.read_bytes())
+                add_file(page, selector, path, sent)
+                page.wait_for_function(
+                    "s => Array.from(document.querySelectorAll('.toast-body'))"
+                    ".some(t => t.innerText.includes(s))",
+                    arg=sentence,
+                    timeout=30_000,
+                )
+                page.locator(".toast-close").first.click()
+                page.wait_for_function("() => !document.querySelector('.toast-body')")
+            # the refused garment was taken out again (no broken picture left)
+            assert page.locator("#garment img").count() == 0
+            # "Try on" with nothing usable: the refusal shows, and marks the results...
+            page.locator("#run").click()
+            page.wait_for_function(
+                "() => Array.from(document.querySelectorAll('.toast-body'))"
+                ".some(t => t.innerText.includes('Add a photo of the person first.'))",
+                timeout=30_000,
+            )
+            page.wait_for_selector("#results .error", timeout=10_000)
+            # ...until the inputs are fixed: the marks go, and the next run shows its result
+            add_file(page, "#person", EXAMPLES / "person.jpg", "background")
+            add_file(page, "#garment", EXAMPLES / "garment.jpg", "garment.jpg")
+            page.wait_for_function("() => !document.querySelector('#results .error')")
+            page.locator("#run").click()
+            page.locator("#results img").first.wait_for(state="visible", timeout=60_000)
+            assert page.locator("#results .error, #slider .error, #seed-used .error").count() == 0
+            page.screenshot(path=str(tmp_path / "ui_after_errors.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
+def test_browser_phone_width_shows_the_person_label(ui_server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, _ = ui_server
+    with sync_api.sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 375, "height": 740})
+            page.goto(url + "/", wait_until="load")
+            page.locator("#run").wait_for(state="attached", timeout=30_000)
+            label = page.locator("#person [data-testid='block-label']").first
+            fits = label.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
+            assert fits, label.inner_text()
+            # ...and no button of the editor's toolbar lies over it
+            covered = label.evaluate(
+                "l => { const a = l.getBoundingClientRect();"
+                " return Array.from(document.querySelectorAll('#person button'))"
+                ".map(b => b.getBoundingClientRect())"
+                ".filter(r => r.width > 0 && r.top < a.bottom && r.bottom > a.top)"
+                ".filter(r => r.left < a.right && r.right > a.left).length; }"
+            )
+            assert covered == 0, f"{covered} toolbar buttons cover {label.inner_text()!r}"
         finally:
             browser.close()

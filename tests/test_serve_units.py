@@ -22,7 +22,7 @@ from idm_vton.serving.images import (  # noqa: E402
     image_digest,
     png_bytes,
 )
-from idm_vton.serving.scheduler import JobState, QueueFullError, Scheduler  # noqa: E402
+from idm_vton.serving.job_queue import JobQueue, JobState, QueueFullError  # noqa: E402
 
 from .conftest import EXAMPLES  # noqa: E402
 from .helpers.images import huge_png_header  # noqa: E402
@@ -184,7 +184,7 @@ class FakeBackend:
             progress(ids, step + 1, self.steps)
             if stopped(ids):
                 return [Outcome(i.id, status=499, error="cancelled") for i in items]
-        return [Outcome(i.id, images=[i.person], seeds=i.params.seeds) for i in items]
+        return [Outcome(i.id, images=[b"png"], seeds=i.params.seeds) for i in items]
 
 
 def wait_final(job, timeout=10):
@@ -197,21 +197,21 @@ def wait_final(job, timeout=10):
 def test_batches_group_same_garment_and_settings_in_queue_order():
     gate = threading.Event()
     backend = FakeBackend(gate=gate)
-    scheduler = Scheduler(max_queue=20, max_batch=3)
-    scheduler.start(backend)
+    jobs = JobQueue(max_queue=20, max_batch=3)
+    jobs.start(backend)
     try:
-        first = scheduler.submit(item())  # taken alone while the gate is closed
+        first = jobs.submit(item())  # taken alone while the gate is closed
         time.sleep(0.05)
-        red = [scheduler.submit(item()) for _ in range(4)]
-        blue = [scheduler.submit(item((0, 0, 200))) for _ in range(2)]
-        other_steps = scheduler.submit(item(steps=5))
-        two_images = scheduler.submit(item(n=2))
+        red = [jobs.submit(item()) for _ in range(4)]
+        blue = [jobs.submit(item((0, 0, 200))) for _ in range(2)]
+        other_steps = jobs.submit(item(steps=5))
+        two_images = jobs.submit(item(n=2))
         gate.set()
         for job in [first, *red, *blue, other_steps, two_images]:
             wait_final(job)
             assert job.state is JobState.DONE
     finally:
-        scheduler.close()
+        jobs.close()
     ids = lambda jobs: [j.id for j in jobs]  # noqa: E731
     assert backend.batches[0] == [first.id]
     assert backend.batches[1] == ids(red[:3])  # max_batch images
@@ -223,52 +223,118 @@ def test_batches_group_same_garment_and_settings_in_queue_order():
 
 def test_queue_limit_and_cancel_of_a_queued_job():
     gate = threading.Event()
-    scheduler = Scheduler(max_queue=2, max_batch=1)
-    scheduler.start(FakeBackend(gate=gate))
+    jobs = JobQueue(max_queue=2, max_batch=1)
+    jobs.start(FakeBackend(gate=gate))
     try:
-        running = scheduler.submit(item())
+        running = jobs.submit(item())
         time.sleep(0.05)
-        queued = [scheduler.submit(item(steps=s)) for s in (3, 4)]
+        queued = [jobs.submit(item(steps=s)) for s in (3, 4)]
         with pytest.raises(QueueFullError):
-            scheduler.submit(item(steps=5))
-        assert scheduler.status(queued[1])["queue_position"] == 2
-        scheduler.cancel(queued[0].id)
+            jobs.submit(item(steps=5))
+        assert jobs.status(queued[1])["queue_position"] == 2
+        jobs.cancel(queued[0].id)
         assert queued[0].state is JobState.CANCELLED
-        assert scheduler.status(queued[1])["queue_position"] == 1
-        scheduler.submit(item(steps=6))  # room again
+        assert jobs.status(queued[1])["queue_position"] == 1
+        jobs.submit(item(steps=6))  # room again
         gate.set()
         wait_final(running)
         wait_final(queued[1])
         assert queued[1].state is JobState.DONE
     finally:
-        scheduler.close()
+        jobs.close()
 
 
-def test_running_job_cancelled_stops_its_batch_and_timeouts_fail_alone():
-    backend = FakeBackend(delay=2.0, steps=200)
-    scheduler = Scheduler(max_queue=5, max_batch=1, timeout_s=0.3)
-    scheduler.start(backend)
+class SteppingBackend:
+    """Runs ``steps`` steps of ``step_s`` each, stopping as soon as ``stopped`` says so; records
+    the steps it ran per batch and the items it was given."""
+
+    def __init__(self, steps=400, step_s=0.01):
+        self.steps, self.step_s = steps, step_s
+        self.ran: list[int] = []
+        self.started = threading.Event()
+
+    def __call__(self, items, progress, stopped):
+        ids = [i.id for i in items]
+        self.started.set()
+        for step in range(self.steps):
+            time.sleep(self.step_s)
+            progress(ids, step + 1, self.steps)
+            if stopped(ids):
+                self.ran.append(step + 1)
+                return [Outcome(i.id, status=499, error="cancelled") for i in items]
+        self.ran.append(self.steps)
+        return [Outcome(i.id, images=[b"png"], seeds=i.params.seeds) for i in items]
+
+
+def wait_step(job, step):
+    deadline = time.monotonic() + 30
+    while job.step < step:
+        assert time.monotonic() < deadline, "the job made no progress"
+        time.sleep(0.002)
+
+
+def test_cancelling_a_running_job_stops_its_call_at_the_next_step():
+    backend = SteppingBackend()
+    jobs = JobQueue(max_queue=5, max_batch=1)
+    jobs.start(backend)
     try:
-        job = scheduler.submit(item())
-        while job.step < 2:
-            time.sleep(0.005)
-        wait_final(job, timeout=5)
-        assert job.state is JobState.FAILED and job.status == 504 and job.step < 200
-    finally:
-        scheduler.close()
-    scheduler = Scheduler(max_queue=5, max_batch=1)
-    scheduler.start(FakeBackend(delay=2.0, steps=200))
-    try:
-        job = scheduler.submit(item())
-        while job.step < 2:
-            time.sleep(0.005)
-        scheduler.cancel(job.id)
-        assert job.state is JobState.CANCELLED
-        follow = scheduler.submit(item())
-        wait_final(follow, timeout=5)  # the worker left the cancelled batch early
+        job = jobs.submit(item())
+        wait_step(job, 2)
+        jobs.cancel(job.id)
+        cancelled_at = job.step
+        assert job.state is JobState.CANCELLED  # at once
+        follow = jobs.submit(item())
+        wait_final(follow, timeout=30)
         assert follow.state is JobState.DONE
+        # the cancelled call ran one more step (the one under way), not its 400
+        assert backend.ran[0] <= cancelled_at + 2, backend.ran
     finally:
-        scheduler.close()
+        jobs.close()
+
+
+def test_a_cancelled_or_timed_out_job_fails_alone_in_a_shared_call():
+    gate = threading.Event()
+    backend = SteppingBackend(steps=60)
+    jobs = JobQueue(max_queue=5, max_batch=3)
+
+    def gated(items, progress, stopped):
+        gate.wait(10)
+        return backend(items, progress, stopped)
+
+    jobs.start(gated)
+    try:
+        blocker = jobs.submit(item((1, 2, 3)))  # holds the worker until the gate opens
+        shared = [jobs.submit(item()) for _ in range(3)]  # one batch of three
+        gate.set()
+        wait_final(blocker, timeout=30)
+        wait_step(shared[0], 2)
+        jobs.cancel(shared[0].id)
+        shared[1].deadline = time.monotonic() - 1  # its time is up
+        wait_final(shared[2], timeout=30)
+        assert shared[0].state is JobState.CANCELLED
+        assert (shared[1].state, shared[1].status, shared[1].error) == (
+            JobState.FAILED,
+            504,
+            "timed out",
+        )
+        # the third still wanted its result: the call went on to the end for it
+        assert shared[2].state is JobState.DONE and shared[2].outcome.images == [b"png"]
+        assert backend.ran == [60, 60]
+    finally:
+        jobs.close()
+
+
+def test_a_job_past_its_deadline_fails_with_504_and_stops_its_call():
+    backend = SteppingBackend()
+    jobs = JobQueue(max_queue=5, max_batch=1, timeout_s=0.3)
+    jobs.start(backend)
+    try:
+        job = jobs.submit(item())
+        wait_final(job, timeout=30)
+        assert job.state is JobState.FAILED and job.status == 504
+        assert backend.ran and backend.ran[0] < 400
+    finally:
+        jobs.close()
 
 
 def test_batch_key_ignores_the_category_and_the_seed():
@@ -317,7 +383,9 @@ def test_a_failing_request_fails_alone():
     assert outcomes[2].status == 400 and "empty" in outcomes[2].error
     # one batched call of the three with a valid mask, then one call per request
     assert pipe.calls == [3, 1, 1, 1]
-    assert outcomes[0].images[0].size == (32, 32)
+    assert outcomes[0].size == (32, 32)
+    assert Image.open(io.BytesIO(outcomes[0].images[0])).size == (32, 32)
+    assert outcomes[1].images == [] and outcomes[1].mask is None
 
 
 def test_requests_larger_than_a_batch_run_in_several_calls():
@@ -465,10 +533,16 @@ def test_serve_options_refused_in_one_line(monkeypatch, capsys, argv, words):
     assert words in capsys.readouterr().err
 
 
-def test_serve_sizes_in_mb_must_be_numbers():
-    for value in ("inf", "nan", "big"):
-        with pytest.raises(SystemExit):
-            serve_args("--max-upload-mb", value)
+@pytest.mark.parametrize("flag", ["--max-upload-mb", "--garment-cache-mb", "--max-temp-mb"])
+@pytest.mark.parametrize("value", ["inf", "nan", "big", "-1"])
+def test_serve_sizes_in_mb_must_be_numbers(capsys, flag, value):
+    with pytest.raises(SystemExit) as info:
+        serve_args(flag, value)
+    assert info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    # argparse's one line, naming the flag and what came in (after the usage line)
+    assert lines[-1].startswith("idm-vton serve: error: argument ") and flag in lines[-1], lines
+    assert repr(value) in lines[-1] or value in lines[-1], lines
 
 
 def test_building_the_parser_imports_no_server_library():

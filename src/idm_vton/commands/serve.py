@@ -37,10 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`~idm_vton.serving.config.ServeConfig` the parsed options describe (device
-    and dtype resolved, the API key from the environment when not given)."""
+    and dtype resolved, the API key from the environment when not given). With ``--ray`` the
+    device and dtype are resolved where each model replica runs, not here: ``auto`` unless
+    given."""
     from ..serving.config import ServeConfig, api_key_or_environment, resolve_device_and_dtype
 
-    device, dtype = resolve_device_and_dtype(args.device, args.dtype)
+    if getattr(args, "ray", False):
+        device, dtype = args.device or "auto", args.dtype or "auto"
+        if hasattr(dtype, "value"):
+            dtype = dtype.value
+    else:
+        device, dtype = resolve_device_and_dtype(args.device, args.dtype)
     return _config_from_args(
         ServeConfig,
         args,

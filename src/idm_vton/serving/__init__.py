@@ -3,10 +3,12 @@
 - :mod:`.config`: server settings and request parameters, validated at the boundary;
 - :mod:`.images`: uploaded bytes to verified images, images to metadata-free PNGs;
 - :mod:`.engine`: the model side (automatic mask/pose, batched pipeline calls);
-- :mod:`.scheduler`: jobs, the bounded queue, same-garment batching, worker threads;
+- :mod:`.job_queue`: jobs, the bounded queue (requests and pixels), same-garment batching,
+  worker threads;
 - :mod:`.service`: one server's state and background model loading;
-- :mod:`.api`, :mod:`.ui`, :mod:`.security`, :mod:`.app`: HTTP routes, the Gradio UI, the body
-  limit and API key, the combined ASGI app;
+- :mod:`.requests`: from what a client sent to a queued job, shared by the API and the UI;
+- :mod:`.api`, :mod:`.ui`, :mod:`.ui_files`, :mod:`.security`, :mod:`.app`: HTTP routes, the
+  Gradio UI and its files, the body limit, read timeout and API key, the combined ASGI app;
 - :mod:`.server`: running it for a config, in this process or on Ray Serve (:mod:`.ray_app`);
   the ``idm-vton serve`` options are parsed by :mod:`idm_vton.commands.serve`.
 

@@ -1,5 +1,10 @@
 """The HTTP API (FastAPI): ``/v1/tryon``, ``/v1/jobs``, ``/v1/info``, ``/healthz``, ``/readyz``.
 
+The routes live in three :class:`~fastapi.APIRouter` s (:data:`status_router`,
+:data:`tryon_router`, :data:`jobs_router`) and reach the server's state through one typed
+dependency, :data:`Service` (``Annotated[TryOnService, Depends(get_service)]``): a test can
+import a route and override :func:`get_service` (``app.dependency_overrides``).
+
 Every error is JSON ``{"error": "..."}`` with a status that says whose fault it is: 400 (bad
 image, empty mask, bad parameter; FastAPI's own validation errors included), 401 (API key), 404
 (unknown job), 409 (job not finished / already finished), 410 (job cancelled), 413 (over the byte
@@ -10,13 +15,12 @@ of the server itself. See docs/serving.md.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
-import secrets
 from dataclasses import dataclass
 from typing import Annotated
 
-import numpy as np
-from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -25,23 +29,26 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..defaults import GUIDANCE_SCALE, NUM_INFERENCE_STEPS
 from ..enums import GarmentCategory
-from ..errors import ImageInputError
 from ..images import MAX_PIXELS
 from ..models.tiny import TINY_MODEL_NOTE
-from .config import ParameterError, TryOnParams
 from .engine import WorkItem
-from .images import ImageTooLargeError, decode_image, png_bytes
-from .scheduler import Job, JobState, NotReadyError, QueueFullError, Scheduler
+from .job_queue import Job, JobQueue, JobState
+from .requests import IMAGE_FIELDS, Refusal, check_size, prepare_request, refusal
 from .service import TryOnService
 
 __all__ = [
     "ApiError",
+    "Service",
     "TryOnFields",
     "TryOnUploads",
     "build_item",
     "create_api",
+    "get_service",
+    "jobs_router",
     "read_upload",
     "server_info",
+    "status_router",
+    "tryon_router",
     "wait_for",
 ]
 
@@ -49,13 +56,17 @@ __all__ = [
 _CHUNK = 1 << 20
 
 
-class ApiError(Exception):
-    """An HTTP error answered as ``{"error": message}``."""
+#: An HTTP error answered as ``{"error": message}`` (the web UI shows the same message).
+ApiError = Refusal
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+
+def get_service(request: Request) -> TryOnService:
+    """The server's :class:`TryOnService` (set by :func:`create_api`; override it in tests)."""
+    return request.app.state.service
+
+
+#: The dependency every route takes its service from.
+Service = Annotated[TryOnService, Depends(get_service)]
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -109,15 +120,20 @@ class TryOnFields:
 
 Uploads = Annotated[TryOnUploads, Depends()]
 Fields = Annotated[TryOnFields, Depends()]
+#: Every field a try-on form may have; any other is refused (400), not ignored.
+FORM_FIELDS = frozenset(
+    [f.name for f in dataclasses.fields(TryOnUploads)]
+    + [f.name for f in dataclasses.fields(TryOnFields)]
+)
 
 #: What the try-on routes answer, for the OpenAPI page.
 TRYON_RESPONSES = {
     200: {"content": {"image/png": {}, "application/json": {}}, "description": "the image(s)"},
-    400: {"description": "bad image, empty mask or bad parameter"},
+    400: {"description": "bad image, empty mask, bad or unknown field"},
     401: {"description": "missing or wrong API key"},
-    413: {"description": "upload over the byte or pixel limit"},
-    429: {"description": "queue full"},
-    503: {"description": "model not ready"},
+    413: {"description": "upload over the byte or pixel limit (per file or per request)"},
+    429: {"description": "queue full (requests or pixels)"},
+    503: {"description": "model not ready, or the server is shutting down"},
 }
 
 
@@ -126,8 +142,8 @@ async def read_upload(upload: UploadFile | None, what: str, max_bytes: int) -> b
     """The bytes of an uploaded file, refusing more than ``max_bytes`` (413) while reading."""
     if upload is None or (not upload.filename and not upload.size):
         return None
-    if upload.size is not None and upload.size > max_bytes:
-        raise ApiError(413, f"{what}: {upload.size} bytes is over the limit of {max_bytes} bytes")
+    if upload.size is not None:
+        check_size(what, upload.size, max_bytes)
     chunks, total = [], 0
     while chunk := await upload.read(_CHUNK):
         total += len(chunk)
@@ -137,51 +153,34 @@ async def read_upload(upload: UploadFile | None, what: str, max_bytes: int) -> b
     return b"".join(chunks)
 
 
-def _decode_all(person: bytes, garment: bytes, mask: bytes | None, pose: bytes | None):
-    images = {
-        "person": decode_image(person, "person"),
-        "garment": decode_image(garment, "garment"),
-        "mask": decode_image(mask, "mask", as_mask=True) if mask is not None else None,
-        "pose": decode_image(pose, "pose") if pose is not None else None,
-    }
-    if images["mask"] is not None and not (np.asarray(images["mask"]) >= 128).any():
-        raise ImageInputError("mask: it is empty (white = the area to re-generate)")
-    return images
-
-
-async def build_item(service: TryOnService, uploads: TryOnUploads, fields: TryOnFields) -> WorkItem:
-    """Validate fields, read and decode the uploads (in a worker thread): one :class:`WorkItem`."""
-    config = service.config
-    try:
-        params = TryOnParams.parse(config, **vars(fields))
-    except ParameterError as err:
-        raise ApiError(400, str(err)) from None
-    data = {
-        name: await read_upload(upload, name, config.max_upload_bytes)
-        for name, upload in vars(uploads).items()
-    }
-    for required in ("person", "garment"):
-        if data[required] is None:
-            raise ApiError(400, f"{required}: an image file is required")
-    try:
-        images = await run_in_threadpool(
-            _decode_all, data["person"], data["garment"], data["mask"], data["pose"]
+async def build_item(
+    service: TryOnService, request: Request, uploads: TryOnUploads, fields: TryOnFields
+):
+    """Read the uploads and check everything (:func:`~.requests.prepare_request`, in a worker
+    thread): the :class:`WorkItem` and its room in the queue."""
+    form = await request.form()
+    unknown = sorted(set(form.keys()) - FORM_FIELDS)
+    if unknown:
+        raise ApiError(
+            400,
+            f"unknown field {unknown[0]!r}; the fields are: {', '.join(sorted(FORM_FIELDS))}",
         )
-    except ImageTooLargeError as err:
-        raise ApiError(413, str(err)) from None
-    except ImageInputError as err:
-        raise ApiError(400, str(err)) from None
-    return WorkItem(id=secrets.token_urlsafe(12), params=params, **images)
+    data = {
+        name: await read_upload(getattr(uploads, name), name, service.config.max_upload_bytes)
+        for name in IMAGE_FIELDS
+    }
+    return await run_in_threadpool(prepare_request, service, data, vars(fields))
 
 
-def submit(service: TryOnService, item: WorkItem) -> Job:
+def submit(service: TryOnService, item: WorkItem, reservation=None) -> Job:
     """Queue ``item``, turning a refusal into its HTTP error."""
     try:
-        return service.submit(item)
-    except QueueFullError as err:
-        raise ApiError(429, str(err)) from None
-    except NotReadyError as err:
-        raise ApiError(503, str(err)) from None
+        return service.submit(item, reservation)
+    except Exception as err:
+        found = refusal(err)
+        if found is None:
+            raise
+        raise found from None
 
 
 async def wait_for(service: TryOnService, job: Job, request: Request | None = None) -> None:
@@ -189,7 +188,7 @@ async def wait_for(service: TryOnService, job: Job, request: Request | None = No
     while not job.state.final:
         await job.changed(job.version, timeout=0.5)
         if request is not None and not job.state.final and await request.is_disconnected():
-            service.scheduler.cancel(job.id)
+            service.jobs.cancel(job.id)
             return
 
 
@@ -197,7 +196,7 @@ def _wants_json(request: Request) -> bool:
     return "application/json" in request.headers.get("accept", "").lower()
 
 
-async def result_response(request: Request, job: Job) -> Response:
+def result_response(request: Request, job: Job) -> Response:
     """The answer for a finished job: PNG (one image) or JSON with base64 PNGs."""
     if job.state is JobState.CANCELLED:
         return _error(410, "the job was cancelled")
@@ -206,23 +205,22 @@ async def result_response(request: Request, job: Job) -> Response:
     if not job.state.final:
         return _error(409, f"the job is {job.state.value}; poll GET /v1/jobs/{job.id}")
     outcome = job.outcome
-    assert outcome is not None
-    encoded = await run_in_threadpool(lambda: [png_bytes(image) for image in outcome.images])
+    if outcome is None:
+        return _error(404, "no such job (unknown id, or its result has expired)")
     headers = {"X-Job-Id": job.id, "X-Seed": ",".join(str(s) for s in outcome.seeds)}
     if outcome.worker:
         headers["X-Worker"] = outcome.worker
-    if len(encoded) == 1 and not _wants_json(request):
-        return Response(encoded[0], media_type="image/png", headers=headers)
-    width, height = outcome.images[0].size
-    mask_png = await run_in_threadpool(png_bytes, outcome.mask) if outcome.mask else None
+    if len(outcome.images) == 1 and not _wants_json(request):
+        return Response(outcome.images[0], media_type="image/png", headers=headers)
+    width, height = outcome.size
     payload = {
         "id": job.id,
         "seeds": outcome.seeds,
         "width": width,
         "height": height,
         "media_type": "image/png",
-        "images": [base64.b64encode(data).decode("ascii") for data in encoded],
-        "mask": base64.b64encode(mask_png).decode("ascii") if mask_png else None,
+        "images": [base64.b64encode(data).decode("ascii") for data in outcome.images],
+        "mask": base64.b64encode(outcome.mask).decode("ascii") if outcome.mask else None,
     }
     return JSONResponse(payload, headers=headers)
 
@@ -237,18 +235,18 @@ def create_api(service: TryOnService) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
     )
+    app.state.service = service
     _add_error_handlers(app)
-    _add_status_routes(app, service)
-    _add_tryon_routes(app, service)
-    _add_job_routes(app, service)
+    for router in (status_router, tryon_router, jobs_router):
+        app.include_router(router)
     return app
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     """Every error as ``{"error": "one line"}``; FastAPI's 422 validation errors as 400."""
 
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, err: ApiError) -> JSONResponse:
+    @app.exception_handler(Refusal)
+    async def api_error(request: Request, err: Refusal) -> JSONResponse:
         return _error(err.status, err.message)
 
     @app.exception_handler(RequestValidationError)
@@ -265,31 +263,34 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(status, str(err.detail), headers=getattr(err, "headers", None))
 
 
-def _add_status_routes(app: FastAPI, service: TryOnService) -> None:
-    """``/healthz``, ``/readyz`` and ``/v1/info``."""
+# ---------------------------------------------------------------------------- status
+status_router = APIRouter(tags=["status"])
 
-    @app.get("/healthz", tags=["status"])
-    async def healthz() -> dict:
-        """The process is up."""
-        return {"status": "ok"}
 
-    @app.get("/readyz", tags=["status"], responses={503: {"description": "not ready"}})
-    async def readyz() -> Response:
-        """The model is loaded and warmed up (200), or not yet / failed (503)."""
-        if service.ready:
-            return JSONResponse({"status": "ready"})
-        return _error(503, service.load_error or "the model is loading")
+@status_router.get("/healthz")
+async def healthz() -> dict:
+    """The process is up."""
+    return {"status": "ok"}
 
-    @app.get("/v1/info", tags=["status"])
-    async def info() -> dict:
-        """Model, device, defaults and limits."""
-        return server_info(service)
+
+@status_router.get("/readyz", responses={503: {"description": "not ready"}})
+async def readyz(service: Service) -> Response:
+    """The model is loaded and warmed up (200), or not yet / failed / stopping (503)."""
+    if service.ready:
+        return JSONResponse({"status": "ready"})
+    return _error(503, service.not_ready_reason())
+
+
+@status_router.get("/v1/info")
+async def info(service: Service) -> dict:
+    """Model, device, defaults and limits."""
+    return server_info(service)
 
 
 def server_info(service: TryOnService) -> dict:
     """What ``GET /v1/info`` answers: model, device, defaults, limits, queue length."""
     config = service.config
-    scheduler = service.scheduler
+    jobs = service.jobs
     return {
         "version": __version__,
         "ready": service.ready,
@@ -309,6 +310,9 @@ def server_info(service: TryOnService) -> dict:
         "limits": {
             "max_upload_bytes": config.max_upload_bytes,
             "max_pixels": MAX_PIXELS,
+            "max_request_pixels": config.max_request_pixels,
+            "max_queue_pixels": config.max_queue_pixels,
+            "max_result_bytes": config.max_result_bytes,
             "max_queue": config.max_queue,
             "max_batch": config.max_batch,
             "max_images": config.max_images,
@@ -316,93 +320,106 @@ def server_info(service: TryOnService) -> dict:
             "timeout_s": config.timeout_s,
         },
         "categories": GarmentCategory.values(),
-        "queued": scheduler.queued if scheduler is not None else 0,
+        "queued": jobs.queued if jobs is not None else 0,
         "auth": config.api_key is not None,
     }
 
 
-def _add_tryon_routes(app: FastAPI, service: TryOnService) -> None:
-    """``POST /v1/tryon`` (render and wait) and ``POST /v1/jobs`` (queue and return)."""
-
-    async def queue(uploads: TryOnUploads, fields: TryOnFields) -> tuple[Job, WorkItem]:
-        if not service.ready:
-            raise ApiError(503, service.load_error or "the model is loading; retry shortly")
-        item = await build_item(service, uploads, fields)
-        return submit(service, item), item
-
-    @app.post("/v1/tryon", tags=["try-on"], responses=TRYON_RESPONSES, response_class=Response)
-    async def tryon(request: Request, uploads: Uploads, fields: Fields) -> Response:
-        """Render and wait. One image: ``image/png`` (seed in ``X-Seed``); several images or
-        ``Accept: application/json``: JSON with base64 PNGs and their seeds."""
-        job, _ = await queue(uploads, fields)
-        await wait_for(service, job, request)
-        try:
-            return await result_response(request, job)
-        finally:
-            service.scheduler.forget(job.id)  # answered: nothing to fetch later
-
-    @app.post("/v1/jobs", tags=["jobs"], status_code=202, responses=TRYON_RESPONSES)
-    async def create_job(uploads: Uploads, fields: Fields) -> JSONResponse:
-        """Queue a try-on and return at once: ``{"id", "seed", ...}`` (202)."""
-        job, item = await queue(uploads, fields)
-        return JSONResponse(
-            {**public_status(service, job), "seeds": item.params.seeds},
-            status_code=202,
-            headers={"Location": f"/v1/jobs/{job.id}"},
-        )
+# ---------------------------------------------------------------------------- try-on
+tryon_router = APIRouter(tags=["try-on"])
 
 
-def _add_job_routes(app: FastAPI, service: TryOnService) -> None:
-    """``/v1/jobs/{id}``: status, result, cancel, progress events."""
+async def queue_request(
+    service: TryOnService, request: Request, uploads: TryOnUploads, fields: TryOnFields
+) -> tuple[Job, WorkItem]:
+    """Check, decode and queue one request."""
+    if not service.ready:
+        raise ApiError(503, service.not_ready_reason())
+    item, reservation = await build_item(service, request, uploads, fields)
+    return submit(service, item, reservation), item
 
-    def find(job_id: str) -> Job:
-        job = service.scheduler.get(job_id) if service.scheduler is not None else None
-        if job is None:
-            raise ApiError(404, "no such job (unknown id, or its result has expired)")
-        return job
 
-    @app.get("/v1/jobs/{job_id}", tags=["jobs"])
-    async def job_status(job_id: str) -> dict:
-        """State (queued, running, done, failed, cancelled), queue position, step i of n."""
-        return public_status(service, find(job_id))
+@tryon_router.post("/v1/tryon", responses=TRYON_RESPONSES, response_class=Response)
+async def tryon(request: Request, service: Service, uploads: Uploads, fields: Fields) -> Response:
+    """Render and wait. One image: ``image/png`` (seed in ``X-Seed``); several images or
+    ``Accept: application/json``: JSON with base64 PNGs and their seeds."""
+    job, _ = await queue_request(service, request, uploads, fields)
+    await wait_for(service, job, request)
+    try:
+        return result_response(request, job)
+    finally:
+        service.jobs.forget(job.id)  # answered: nothing to fetch later
 
-    @app.get("/v1/jobs/{job_id}/result", tags=["jobs"], response_class=Response)
-    async def job_result(request: Request, job_id: str) -> Response:
-        """The result, as ``POST /v1/tryon`` answers it; 409 while the job is not finished."""
-        return await result_response(request, find(job_id))
 
-    @app.delete("/v1/jobs/{job_id}", tags=["jobs"])
-    async def cancel_job(job_id: str) -> Response:
-        """Cancel: a queued job leaves the queue, a running one stops at its next step."""
-        job = find(job_id)
-        if job.state in (JobState.DONE, JobState.FAILED):
-            return _error(409, f"the job is already {job.state.value}")
-        service.scheduler.cancel(job_id)
-        return JSONResponse({"id": job.id, "state": job.state.value})
+# ---------------------------------------------------------------------------- jobs
+jobs_router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-    @app.get("/v1/jobs/{job_id}/events", tags=["jobs"])
-    async def job_events(request: Request, job_id: str) -> StreamingResponse:
-        """Server-sent events: ``queued`` (with the position), ``step`` (i of n), then one of
-        ``done``, ``failed`` or ``cancelled``; the stream ends after that."""
-        events = job_event_stream(request, service.scheduler, find(job_id))
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+@jobs_router.post("", status_code=202, responses=TRYON_RESPONSES)
+async def create_job(
+    request: Request, service: Service, uploads: Uploads, fields: Fields
+) -> JSONResponse:
+    """Queue a try-on and return at once: ``{"id", "seeds", ...}`` (202)."""
+    job, item = await queue_request(service, request, uploads, fields)
+    return JSONResponse(
+        {**public_status(service, job), "seeds": item.params.seeds},
+        status_code=202,
+        headers={"Location": f"/v1/jobs/{job.id}"},
+    )
+
+
+def find_job(service: TryOnService, job_id: str) -> Job:
+    job = service.jobs.get(job_id) if service.jobs is not None else None
+    if job is None:
+        raise ApiError(404, "no such job (unknown id, or its result has expired)")
+    return job
+
+
+@jobs_router.get("/{job_id}")
+async def job_status(service: Service, job_id: str) -> dict:
+    """State (queued, running, done, failed, cancelled), queue position, step i of n."""
+    return public_status(service, find_job(service, job_id))
+
+
+@jobs_router.get("/{job_id}/result", response_class=Response)
+async def job_result(request: Request, service: Service, job_id: str) -> Response:
+    """The result, as ``POST /v1/tryon`` answers it; 409 while the job is not finished."""
+    return result_response(request, find_job(service, job_id))
+
+
+@jobs_router.delete("/{job_id}")
+async def cancel_job(service: Service, job_id: str) -> Response:
+    """Cancel: a queued job leaves the queue, a running one stops at its next step."""
+    job = find_job(service, job_id)
+    if job.state in (JobState.DONE, JobState.FAILED):
+        return _error(409, f"the job is already {job.state.value}")
+    service.jobs.cancel(job_id)
+    return JSONResponse({"id": job.id, "state": job.state.value})
+
+
+@jobs_router.get("/{job_id}/events")
+async def job_events(request: Request, service: Service, job_id: str) -> StreamingResponse:
+    """Server-sent events: ``queued`` (with the position), ``step`` (i of n), then one of
+    ``done``, ``failed`` or ``cancelled``; the stream ends after that."""
+    events = job_event_stream(request, service.jobs, find_job(service, job_id))
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
 def public_status(service: TryOnService, job: Job) -> dict:
     """A job's public status (what ``GET /v1/jobs/{id}`` answers)."""
-    status = service.scheduler.status(job)
+    status = service.jobs.status(job)
     status.pop("version")
     return status
 
 
-async def job_event_stream(request: Request, scheduler: Scheduler, job: Job):
+async def job_event_stream(request: Request, jobs: JobQueue, job: Job):
     """The server-sent events of ``job`` until it is final or the client leaves; a keep-alive
     comment after 15 s without news."""
     seen = -1
     while True:
         if job.version != seen:
-            status = scheduler.status(job)
+            status = jobs.status(job)
             seen = status.pop("version")
             state = status["state"]
             name = "step" if state == JobState.RUNNING.value else state

@@ -43,12 +43,27 @@ class ParameterError(IdmVtonError, ValueError):
     """A request parameter outside its allowed values (HTTP 400)."""
 
 
+def _positive(text: str, unit: str) -> float:
+    value = float(text)
+    # Past 2**31 units a number is a typo, and would overflow where it is used as a count.
+    if not math.isfinite(value) or not 0 <= value <= 2**31:
+        raise ValueError(f"expected a number of {unit} from 0 to {2**31}, got {text!r}")
+    return value
+
+
 def _megabytes(text: str) -> int:
     """A size given in MB on the command line, in bytes."""
-    size = float(text)
-    if not math.isfinite(size) or abs(size) > 2**31:
-        raise ValueError(f"expected a number of MB up to {2**31}, got {text!r}")
-    return int(size * _MIB)
+    return int(_positive(text, "MB") * _MIB)
+
+
+def _megapixels(text: str) -> int:
+    """A pixel count given in megapixels on the command line."""
+    return int(_positive(text, "megapixels") * 1_000_000)
+
+
+def _hours(text: str) -> float:
+    """A duration given in hours on the command line, in seconds."""
+    return _positive(text, "hours") * 3600.0
 
 
 @dataclass
@@ -97,6 +112,55 @@ class ServeConfig:
         parse=_megabytes,
         metavar="GARMENT_CACHE_MB",
     )
+    max_request_pixels: int = option(
+        64_000_000,
+        "megapixels of images in one request at most (default 64)",
+        flag="--max-request-mp",
+        parse=_megapixels,
+        metavar="MAX_REQUEST_MP",
+    )
+    max_queue_pixels: int = option(
+        256_000_000,
+        "megapixels of images held by waiting and running requests at most (default 256)",
+        flag="--max-queue-mp",
+        parse=_megapixels,
+        metavar="MAX_QUEUE_MP",
+    )
+    max_result_bytes: int = option(
+        512 * _MIB,
+        "MB of finished results (PNG) kept for clients to fetch (default 512)",
+        flag="--max-results-mb",
+        parse=_megabytes,
+        metavar="MAX_RESULTS_MB",
+    )
+    max_temp_bytes: int = option(
+        1024 * _MIB,
+        "MB of the web UI's uploads and results on disk (default 1024)",
+        flag="--max-temp-mb",
+        parse=_megabytes,
+        metavar="MAX_TEMP_MB",
+    )
+    shutdown_grace_s: float = option(
+        15.0,
+        "seconds running requests get to finish after SIGTERM/Ctrl-C (default 15)",
+        flag="--shutdown-grace",
+        metavar="SECONDS",
+    )
+    read_timeout_s: float = option(
+        30.0,
+        "seconds a client may take to send a request's headers; its body must then keep "
+        "coming at 50 KB/s (default 30)",
+        flag="--read-timeout",
+        metavar="SECONDS",
+    )
+    max_connections: int = option(256, "open connections at most (default 256)")
+    session_ttl_s: float = option(
+        12 * 3600.0,
+        "hours a web UI sign-in lasts (default 12)",
+        flag="--session-hours",
+        parse=_hours,
+        metavar="HOURS",
+    )
     max_steps: int = 100
     job_ttl_s: float = 600.0
     default_steps: int = NUM_INFERENCE_STEPS
@@ -113,6 +177,20 @@ class ServeConfig:
                 raise UsageError(f"--{flag} must be >= {least}, got {getattr(self, name)}")
         if self.max_upload_bytes <= 0 or self.timeout_s <= 0:
             raise UsageError("--max-upload-mb and --timeout must be > 0")
+        for name, flag in (
+            ("max_request_pixels", "--max-request-mp"),
+            ("max_queue_pixels", "--max-queue-mp"),
+            ("max_temp_bytes", "--max-temp-mb"),
+            ("read_timeout_s", "--read-timeout"),
+            ("max_connections", "--max-connections"),
+            ("session_ttl_s", "--session-hours"),
+        ):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"{flag} must be > 0, got {getattr(self, name)}")
+        if self.max_queue_pixels < self.max_request_pixels:
+            raise UsageError("--max-queue-mp must be at least --max-request-mp")
+        if not 0 <= self.shutdown_grace_s < math.inf:
+            raise UsageError(f"--shutdown-grace must be >= 0, got {self.shutdown_grace_s}")
         if not 0 < self.port < 65536:
             raise UsageError(f"--port must be 1..65535, got {self.port}")
 
@@ -132,14 +210,42 @@ class RayOptions:
     )
     address: str | None = option(
         None,
-        "join this Ray cluster (default: $RAY_ADDRESS, else a local Ray instance)",
+        "join this Ray cluster (default: $RAY_ADDRESS, else a local Ray instance: see --ray-local)",
         flag="--ray-address",
         metavar="RAY_ADDRESS",
+    )
+    local: bool = option(
+        False,
+        "start a local Ray instance for --ray without --ray-address. Ray's own services then "
+        "listen on every network interface (Ray cannot bind them to 127.0.0.1): use it behind "
+        "a firewall only",
+        flag="--ray-local",
+    )
+    ingress_resources: str | None = option(
+        None,
+        "JSON of Ray resources placing the ingress (jobs, queue, UI), e.g. '{\"ingress\": 1}' "
+        "(default: the head node)",
     )
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
             raise UsageError(f"--replicas must be >= 1, got {self.replicas}")
+        if self.ingress_resources is not None:
+            import json
+
+            try:
+                resources = json.loads(self.ingress_resources)
+            except ValueError:
+                resources = None
+            valid = isinstance(resources, dict) and all(
+                isinstance(k, str) and isinstance(v, (int, float)) and v >= 0
+                for k, v in resources.items()
+            )
+            if not valid:
+                raise UsageError(
+                    "--ingress-resources: expected a JSON object of resource amounts, got "
+                    f"{self.ingress_resources!r}"
+                )
 
 
 def base_url(config: ServeConfig) -> str:
@@ -196,7 +302,8 @@ class TryOnParams:
         description = (description or "").strip()
         if len(description) > 500:
             raise ParameterError(f"description: at most 500 characters, got {len(description)}")
-        category = (category or config.default_category).strip()
+        # The enum's values or names, in any case, spaces around them ignored.
+        category = (category or config.default_category).strip().lower()
         category = GarmentCategory.parse(category, "category", ParameterError).value
         steps = _number("steps", steps, config.default_steps, 1, config.max_steps, integer=True)
         guidance = _number("guidance", guidance, config.default_guidance, 0, 30)

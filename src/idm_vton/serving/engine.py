@@ -1,6 +1,6 @@
 """The model side of the server: one pipeline, the automatic mask/pose, and batched calls.
 
-:class:`TryOnEngine` is used by exactly one thread (the GPU worker of :mod:`.scheduler`, or a
+:class:`TryOnEngine` is used by exactly one thread (the GPU worker of :mod:`.job_queue`, or a
 Ray replica). It receives a batch of requests that share the garment and the settings
 (:func:`batch_key`), computes the automatic mask and DensePose of each person that needs them,
 and renders all of them in pipeline calls of at most ``max_batch`` people with ONE shared garment
@@ -9,7 +9,9 @@ request's seed and the garment latent's draw comes from a fixed generator, so a 
 same image whether it ran alone or in a batch (up to floating-point rounding of batched kernels).
 
 A request that fails (unreadable input, no person found, out of memory, non-finite output) fails
-alone: when a batched call raises, its requests are retried one by one.
+alone: when a batched call raises, its requests are retried one by one. The engine never changes
+the :class:`WorkItem` s it is given (the automatic mask and DensePose live beside them), and
+returns results as PNG bytes: what a finished job keeps is compact.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ from ..pipelines.garment_cache import GarmentCache
 from ..pipelines.tryon import TryOnPipeline
 from ..preprocess.preprocessor import Preprocessor
 from .config import ServeConfig, TryOnParams
-from .images import ImageTooLargeError, image_digest
+from .images import ImageTooLargeError, image_digest, png_bytes
 
 __all__ = [
     "GARMENT_SEED",
     "BatchStopped",
     "Outcome",
+    "ProgressFn",
+    "StoppedFn",
     "TryOnEngine",
     "WorkItem",
     "batch_key",
@@ -76,16 +80,27 @@ class WorkItem:
         if not self.garment_hash:
             self.garment_hash = image_digest(self.garment)
 
+    @property
+    def pixels(self) -> int:
+        """Pixels of the request's images (what its place in the queue costs)."""
+        images = (self.person, self.garment, self.mask, self.pose, self.extra_mask)
+        return sum(image.width * image.height for image in images if image is not None)
+
 
 @dataclass
 class Outcome:
-    """A request's result: images (or an HTTP status and a one-line error) and what was used."""
+    """A request's result: PNG images (or an HTTP status and a one-line error) and what was used.
+
+    ``images``, ``mask`` and ``pose`` are PNG bytes (pixels only, :func:`~.images.png_bytes`);
+    ``size`` is the images' (width, height).
+    """
 
     id: str
-    images: list[Image.Image] = field(default_factory=list)
+    images: list[bytes] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
-    mask: Image.Image | None = None
-    pose: Image.Image | None = None
+    size: tuple[int, int] = (0, 0)
+    mask: bytes | None = None
+    pose: bytes | None = None
     status: int = 200
     error: str | None = None
     seconds: float = 0.0
@@ -94,6 +109,19 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this result holds."""
+        return sum(map(len, self.images)) + len(self.mask or b"") + len(self.pose or b"")
+
+
+@dataclass
+class _Inputs:
+    """The mask and DensePose a request is rendered with (its own, or computed)."""
+
+    mask: Image.Image
+    pose: Image.Image
 
 
 def batch_key(item: WorkItem) -> tuple:
@@ -199,13 +227,14 @@ class TryOnEngine:
         stopped = stopped or (lambda ids: False)
         started = time.perf_counter()
         outcomes = {item.id: Outcome(item.id, seeds=item.params.seeds) for item in items}
+        inputs: dict[str, _Inputs] = {}
         ready: list[WorkItem] = []
         for item in items:
             if stopped([item.id]):
                 outcomes[item.id].status, outcomes[item.id].error = 499, "cancelled"
                 continue
             try:
-                self._complete_inputs(item, outcomes[item.id])
+                inputs[item.id] = self._complete_inputs(item, outcomes[item.id])
                 ready.append(item)
             except Exception as err:  # noqa: BLE001 - one request fails alone
                 self._fail(outcomes[item.id], err)
@@ -224,37 +253,40 @@ class TryOnEngine:
             def report(done: int, ids=ids, index=index) -> None:
                 progress(ids, index * steps + done, len(chunks) * steps)
 
-            self._render_rows(live, outcomes, report, lambda ids=ids: stopped(ids))
+            self._render_rows(live, inputs, outcomes, report, lambda ids=ids: stopped(ids))
         elapsed = time.perf_counter() - started
         for outcome in outcomes.values():
             outcome.seconds = elapsed
             if not outcome.ok:
-                outcome.images = []
+                outcome.images, outcome.mask, outcome.pose = [], None, None
         return [outcomes[item.id] for item in items]
 
-    def _complete_inputs(self, item: WorkItem, outcome: Outcome) -> None:
-        """Automatic mask/DensePose where the request has none; records what is used."""
+    def _complete_inputs(self, item: WorkItem, outcome: Outcome) -> _Inputs:
+        """The mask and DensePose ``item`` is rendered with: automatic where it has none, its
+        painted ``extra_mask`` added; records them (as PNG) in ``outcome``. ``item`` is left as
+        it came."""
         if item.mask is None:
             mask = self.preprocessor.mask(item.person, item.params.category)
-            item.mask = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255)
-        elif item.mask.size != item.person.size:
-            item.mask = item.mask.resize(item.person.size, Image.Resampling.NEAREST)
-        binary = np.asarray(item.mask.convert("L")) >= 128
+            binary = np.asarray(mask, dtype=bool)
+        else:
+            mask = item.mask
+            if mask.size != item.person.size:
+                mask = mask.resize(item.person.size, Image.Resampling.NEAREST)
+            binary = np.asarray(mask.convert("L")) >= 128
         if item.extra_mask is not None:
             extra = item.extra_mask.convert("L").resize(item.person.size, Image.Resampling.NEAREST)
             binary = binary | (np.asarray(extra) >= 128)
-            item.mask = Image.fromarray(binary.astype(np.uint8) * 255)
         if not binary.any():
             raise ImageInputError("the mask is empty: mark the garment area to re-generate")
-        if item.pose is None:
-            item.pose = self.preprocessor.densepose(item.person)
-        outcome.mask = Image.fromarray(binary.astype(np.uint8) * 255)
-        outcome.pose = item.pose
+        pose = item.pose if item.pose is not None else self.preprocessor.densepose(item.person)
+        used = _Inputs(mask=Image.fromarray(binary.astype(np.uint8) * 255), pose=pose)
+        outcome.mask, outcome.pose = png_bytes(used.mask), png_bytes(used.pose)
+        return used
 
-    def _render_rows(self, rows, outcomes, report, is_stopped) -> None:
+    def _render_rows(self, rows, inputs, outcomes, report, is_stopped) -> None:
         """One pipeline call for ``rows`` ((item, image index) pairs); on failure, per item."""
         try:
-            images = self._call(rows, report, is_stopped)
+            images = self._call(rows, inputs, report, is_stopped)
         except BatchStopped:
             for item_id in dict.fromkeys(item.id for item, _ in rows):
                 outcomes[item_id].status, outcomes[item_id].error = 499, "cancelled"
@@ -270,15 +302,17 @@ class TryOnEngine:
                 type(err).__name__,
             )
             for item in items:
-                self._render_rows([r for r in rows if r[0] is item], outcomes, report, is_stopped)
+                rest = [r for r in rows if r[0] is item]
+                self._render_rows(rest, inputs, outcomes, report, is_stopped)
             return
         for (item, j), image in zip(rows, images, strict=True):
             outcome = outcomes[item.id]
             while len(outcome.images) <= j:
-                outcome.images.append(None)
-            outcome.images[j] = image
+                outcome.images.append(b"")
+            outcome.images[j] = png_bytes(image)
+            outcome.size = image.size
 
-    def _call(self, rows, report, is_stopped) -> list[Image.Image]:
+    def _call(self, rows, inputs, report, is_stopped) -> list[Image.Image]:
         first = rows[0][0]
         params = first.params
 
@@ -293,8 +327,8 @@ class TryOnEngine:
             garment_generator=torch.Generator().manual_seed(GARMENT_SEED),
             person_image=[item.person for item, _ in rows],
             garment_image=first.garment,
-            mask_image=[item.mask for item, _ in rows],
-            pose_image=[item.pose for item, _ in rows],
+            mask_image=[inputs[item.id].mask for item, _ in rows],
+            pose_image=[inputs[item.id].pose for item, _ in rows],
             garment_description=params.description,
             num_inference_steps=params.steps,
             guidance_scale=params.guidance,

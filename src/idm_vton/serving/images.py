@@ -23,7 +23,9 @@ __all__ = [
     "ALLOWED_FORMATS",
     "ImageTooLargeError",
     "decode_image",
+    "decode_layer",
     "image_digest",
+    "image_pixels",
     "png_bytes",
 ]
 
@@ -57,6 +59,41 @@ def decode_image(
     )
     # The library's conversions: RGBA composited on white, 16-bit scaled, palette, CMYK...
     return load_mask(image, what) if as_mask else load_image(image, what, mode=mode)
+
+
+def decode_layer(data: bytes, what: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A painted layer (the web UI's editor) as RGBA, its transparency kept: verified and
+    bounded as :func:`decode_image` does."""
+    if not data:
+        raise ImageInputError(f"{what}: the file is empty")
+    image = open_image(
+        io.BytesIO(data),
+        what,
+        formats=ALLOWED_FORMATS,
+        max_pixels=max_pixels,
+        too_large=ImageTooLargeError,
+    )
+    try:
+        return image.convert("RGBA")
+    except ValueError as err:
+        raise ImageInputError(f"{what}: images of mode {image.mode} are not supported") from err
+
+
+def image_pixels(data: bytes, what: str, max_pixels: int = MAX_PIXELS) -> int:
+    """The pixel count of an uploaded image, read from its header only (nothing is decoded).
+
+    A file that is not an image of :data:`ALLOWED_FORMATS` (or is over ``max_pixels``) raises
+    the error :func:`decode_image` raises for it, with the same message.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as opened:
+            width, height = opened.size
+    except Exception:  # noqa: BLE001 - decode_image says what is wrong, in its own words
+        decode_image(data, what, max_pixels=max_pixels)
+        raise ImageInputError(f"{what}: not a readable image") from None
+    if width * height > max_pixels:
+        decode_image(data, what, max_pixels=max_pixels)  # raises ImageTooLargeError
+    return width * height
 
 
 def image_digest(image: Image.Image) -> str:

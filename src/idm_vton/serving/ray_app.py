@@ -4,7 +4,7 @@ Two deployments:
 
 - ``TryOnIngress`` (one replica, no GPU) is the same ASGI application as ``idm-vton serve``
   (FastAPI API + Gradio UI, :func:`~.app.create_app`), with the same work queue
-  (:class:`~.scheduler.Scheduler`): uploads are checked there, jobs live there and same-garment
+  (:class:`~.job_queue.JobQueue`): uploads are checked there, jobs live there and same-garment
   requests are batched there. Its workers (one per model replica) send each batch to:
 - ``TryOnModel`` (``num_replicas`` or autoscaled, ``num_gpus=1`` each on CUDA), which holds a
   pipeline and a :class:`~.engine.TryOnEngine` and streams the batch's step events back, then its
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import threading
 import time
@@ -95,25 +96,33 @@ def item_from_data(data: dict) -> WorkItem:
 
 
 def outcome_to_data(outcome: Outcome) -> dict:
-    data = asdict(outcome)
-    data["images"] = [_image_data(image) for image in outcome.images]
-    data["mask"], data["pose"] = _image_data(outcome.mask), _image_data(outcome.pose)
-    return data
+    """An :class:`Outcome` (PNG bytes and numbers) as plain data."""
+    return asdict(outcome)
 
 
 def outcome_from_data(data: dict) -> Outcome:
     data = dict(data)
-    data["images"] = [_image(image) for image in data["images"]]
-    data["mask"], data["pose"] = _image(data["mask"]), _image(data["pose"])
+    data["size"] = tuple(data["size"])
     return Outcome(**data)
 
 
 # ---------------------------------------------------------------------------- model replicas
+def resolved_on_this_node(config: ServeConfig) -> ServeConfig:
+    """``config`` with ``auto`` device and dtype resolved on the machine this runs on (a model
+    replica's node, not the driver's: a GPU-less head still makes CUDA replicas)."""
+    device = None if config.device == "auto" else config.device
+    dtype = None if config.dtype == "auto" else config.dtype
+    if device is None or dtype is None:
+        device, dtype = resolve_device_and_dtype(device, dtype)
+        config = replace(config, device=device, dtype=dtype)
+    return config
+
+
 class TryOnModel:
     """One pipeline on one device; renders batches sent by the ingress (a Ray Serve replica)."""
 
     def __init__(self, config: dict) -> None:
-        self.config = ServeConfig(**config)
+        self.config = resolved_on_this_node(ServeConfig(**config))
         self.engine = load_engine(self.config)
         self.name = serve.get_replica_context().replica_tag
         # One pipeline call at a time on this replica's device.
@@ -121,7 +130,12 @@ class TryOnModel:
 
     def info(self) -> dict:
         height, width = self.engine.work_size
-        return {"work_height": height, "work_width": width}
+        return {
+            "work_height": height,
+            "work_width": width,
+            "device": self.config.device,
+            "dtype": self.config.dtype,
+        }
 
     async def run(self, batch: dict):
         """Stream ``{"step": ...}`` events, then ``{"outcomes": [...]}`` for one batch."""
@@ -200,22 +214,51 @@ class TryOnIngress:
         return create_app(self.service, ui=self.ui)
 
 
+#: Environment variables every replica gets from the process that deploys (``idm-vton serve
+#: --ray``): where the preprocessing weights and the hub cache are, and how the hub is reached.
+FORWARDED_ENVIRONMENT = (
+    "IDM_VTON_PREPROCESS_MODELS",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "HF_HUB_OFFLINE",
+    "HF_ENDPOINT",
+    "HF_TOKEN",
+)
+#: Where the ingress goes by default: the head node (Ray gives each node a ``node:...`` resource
+#: and the head this one), so it is not lost with a worker node.
+HEAD_NODE = {"node:__internal_head__": 0.001}
+
+
+def runtime_environment() -> dict:
+    """The runtime environment of every deployment: :data:`FORWARDED_ENVIRONMENT` as set here."""
+    env = {name: os.environ[name] for name in FORWARDED_ENVIRONMENT if os.environ.get(name)}
+    return {"env_vars": env} if env else {}
+
+
 def build_application(
     config: ServeConfig,
     replicas: int = 1,
     max_replicas: int | None = None,
     ui: bool = True,
+    ingress_resources: dict | None = None,
+    gpus_per_replica: float | None = None,
 ):
     """The Ray Serve application: ingress + model deployment for ``config``.
 
-    ``replicas`` model replicas (one GPU each when the device is CUDA, none on the CPU); with
-    ``max_replicas``, autoscaled between the two by the number of batches in flight.
+    ``replicas`` model replicas (one GPU each when the device is CUDA, or ``auto`` on a cluster
+    with GPUs: ``gpus_per_replica``, by default decided from ``ray.cluster_resources()``); with
+    ``max_replicas``, autoscaled between the two by the number of batches in flight. The ingress
+    is placed by ``ingress_resources`` (default: the head node). The device and dtype are
+    resolved by each replica on its own node.
     """
-    on_gpu = config.device.startswith("cuda")
-    model_options: dict = {
-        "ray_actor_options": {"num_gpus": 1 if on_gpu else 0, "num_cpus": 1},
-        "max_ongoing_requests": 1,
-    }
+    if gpus_per_replica is None:
+        gpus_per_replica = 1 if _wants_gpu(config.device) else 0
+    runtime_env = runtime_environment()
+    model_actor = {"num_gpus": gpus_per_replica, "num_cpus": 1}
+    if runtime_env:
+        model_actor["runtime_env"] = runtime_env
+    model_options: dict = {"ray_actor_options": model_actor, "max_ongoing_requests": 1}
     if max_replicas and max_replicas > replicas:
         model_options["autoscaling_config"] = {
             "min_replicas": replicas,
@@ -224,18 +267,32 @@ def build_application(
         }
     else:
         model_options["num_replicas"] = replicas
-    if on_gpu:
+    if gpus_per_replica and config.device.startswith("cuda"):
         config = replace(config, device="cuda")  # a replica sees only its own GPU, as cuda:0
+    ingress_actor = {"num_cpus": 0, "resources": dict(ingress_resources or HEAD_NODE)}
+    if runtime_env:
+        ingress_actor["runtime_env"] = runtime_env
     model = serve.deployment(TryOnModel, name="TryOnModel").options(**model_options)
     ingress = serve.deployment(
         serve.ingress()(TryOnIngress),
         name="TryOnIngress",
         num_replicas=1,
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options=ingress_actor,
         max_ongoing_requests=max(100, 2 * config.max_queue),
     )
     workers = max_replicas if max_replicas and max_replicas > replicas else replicas
     return ingress.bind(model.bind(asdict(config)), asdict(config), workers, ui)
+
+
+def _wants_gpu(device: str) -> bool:
+    """A CUDA device, or ``auto`` on a cluster that has GPUs."""
+    if device.startswith("cuda"):
+        return True
+    if device != "auto":
+        return False
+    import ray
+
+    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
 
 
 def app(args: dict[str, str]):
@@ -245,7 +302,7 @@ def app(args: dict[str, str]):
     ``max_replicas``, ``max_batch``, ``max_queue``, ``api_key`` (default
     ``$IDM_VTON_API_KEY``), ``preprocess_models``, ``ui`` (true/false).
     """
-    device, dtype = resolve_device_and_dtype(args.get("device"), args.get("dtype"))
+    device, dtype = args.get("device", "auto"), args.get("dtype", "auto")
     fields = {key: args[key] for key in ("model", "preprocess_models") if key in args}
     fields.update({key: int(args[key]) for key in ("max_batch", "max_queue") if key in args})
     config = ServeConfig(
@@ -261,29 +318,91 @@ def app(args: dict[str, str]):
 
 
 def serve_on_ray(config: ServeConfig, options: RayOptions, ui: bool = True) -> int:
-    """``idm-vton serve --ray``: deploy on Ray Serve and block until interrupted."""
-    import os
+    """``idm-vton serve --ray``: deploy on Ray Serve and block until interrupted (SIGTERM or
+    Ctrl-C); then the application is deleted and a local Ray instance started here is stopped
+    with every process it started."""
+    import json
+    import signal
 
     import ray
 
+    from ..errors import UsageError
+
+    address = options.address or os.environ.get("RAY_ADDRESS")
+    if not address and not options.local:
+        raise UsageError(
+            "--ray needs a cluster: start one (ray start --head, behind a firewall) and pass "
+            "--ray-address auto, or pass --ray-local to start a local Ray instance here (Ray "
+            "listens on every network interface; it cannot be bound to 127.0.0.1)"
+        )
+    started_here = False
+
+    def stop(signum, frame):
+        raise _Terminated()
+
     if not ray.is_initialized():
-        if options.address or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=options.address)  # join the cluster
+        started_here = not address
+        if address:
+            ray.init(address=address, runtime_env=runtime_environment() or None)
         else:
-            # A local instance: Ray's own services listen on the loopback interface only.
-            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
-    serve.start(http_options={"host": config.host, "port": config.port})
-    print(f"deploying {options.replicas} replica(s) of {config.model} on Ray ...", file=sys.stderr)
-    application = build_application(config, options.replicas, options.max_replicas, ui)
-    serve.run(application, name="idm-vton", route_prefix="/")
-    url = base_url(config)
-    print(f"ready: {url} (API docs: {url}docs)", file=sys.stderr, flush=True)
+            ray.init(
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                runtime_env=runtime_environment() or None,
+            )
+    # After ray.init, which arms Ray's native fatal-signal handlers (they would abort the
+    # process on SIGTERM): from here SIGTERM is this function's clean stop.
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
+        _check_serve_port(config.port)
+        serve.start(http_options={"host": config.host, "port": config.port})
+        print(
+            f"deploying {options.replicas} replica(s) of {config.model} on Ray ...",
+            file=sys.stderr,
+        )
+        resources = json.loads(options.ingress_resources) if options.ingress_resources else None
+        application = build_application(
+            config, options.replicas, options.max_replicas, ui, ingress_resources=resources
+        )
+        serve.run(application, name="idm-vton", route_prefix="/")
+        url = base_url(config)
+        print(f"ready: {url} (API docs: {url}docs)", file=sys.stderr, flush=True)
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+    except _Terminated:
+        pass  # SIGTERM: a clean stop
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the cleanup is not cut short
+        try:
+            if ray.is_initialized():
+                serve.delete("idm-vton")
+                if started_here:
+                    serve.shutdown()
+        finally:
+            ray.shutdown()
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived."""
+
+
+def _check_serve_port(port: int) -> None:
+    """Refuse to deploy when Ray Serve already runs on this cluster on another port (a detached
+    instance left by an earlier driver): the new port would never listen."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    from ..errors import UsageError
+
+    try:
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return  # no Serve instance yet
+    running = ray.get(controller.get_http_config.remote()).port
+    if running != port:
+        raise UsageError(
+            f"Ray Serve already runs on this cluster on port {running}: use --port {running}, "
+            "or stop it first (serve shutdown)"
+        )

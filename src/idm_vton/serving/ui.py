@@ -5,56 +5,50 @@ and whatever is painted is added to it; with it off, the painted strokes alone a
 (the opaque part of every layer; transparent = not painted). "Edit this mask" puts the mask of
 the last run into the editor as a layer, to erase from or paint over. Results: a gallery, a
 before/after slider, the seed used, full-size PNG downloads, and the mask and DensePose used.
-Requests go through the same work queue as the HTTP API; progress shows the queue position and
-the denoising steps, and errors are one-line messages.
+Requests go through the same checks and work queue as the HTTP API (:mod:`.requests`), so a
+refusal is the API's sentence; progress shows the queue position and the denoising steps. The
+UI reads only files uploaded to this server (:mod:`.ui_files`) and decodes nothing on the event
+loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import io
 import logging
-import secrets
-import tempfile
-import time
-from pathlib import Path
+from collections import OrderedDict
 
 import numpy as np
 from PIL import Image
 
 from ..enums import GarmentCategory
-from ..errors import ImageInputError
-from ..examples import EXAMPLES_DIR  # package data: there in an installed copy too
-from ..images import load_image
+from ..examples import EXAMPLES_DIR, example_garments, example_people
 from ..models.tiny import TINY_MODEL_NOTE
-from .config import ParameterError, ServeConfig, TryOnParams
-from .engine import WorkItem
-from .images import png_bytes
-from .scheduler import JobState, NotReadyError, QueueFullError
+from .config import ServeConfig
+from .images import decode_image, image_pixels, png_bytes
+from .job_queue import JobState
+from .requests import Refusal, check_size, editor_mask, prepare_request, refusal
 from .service import TryOnService
+from .ui_files import UiFiles
 
-__all__ = ["EXAMPLES_DIR", "build_ui", "editor_mask"]
+__all__ = ["EXAMPLES_DIR", "EXAMPLE_FILES", "build_ui", "editor_mask", "mask_layer"]
 
 logger = logging.getLogger("idm_vton.serving")
+
+#: The example photos offered under the person and garment inputs: package data
+#: (``idm_vton.examples``), so an installed copy has them too.
+EXAMPLE_FILES = tuple(
+    str(e.path.relative_to(EXAMPLES_DIR)) for e in (*example_people(), *example_garments())
+)
 
 CATEGORY_LABELS = {"upper_body": "Upper body", "lower_body": "Lower body", "dresses": "Dresses"}
 #: Colour of the mask layer put into the editor by "Edit this mask" (half transparent red).
 MASK_LAYER_RGBA = (255, 0, 0, 128)
-
-
-def editor_mask(layers: list[Image.Image] | None, size: tuple[int, int]) -> Image.Image | None:
-    """The painted area of the editor's layers as an L mask at ``size`` (None if nothing)."""
-    painted = np.zeros((size[1], size[0]), dtype=bool)
-    for layer in layers or []:
-        if layer is None:
-            continue
-        alpha = np.asarray(layer.convert("RGBA").getchannel("A"))
-        if alpha.shape != painted.shape:
-            resized = Image.fromarray(alpha).resize(size, Image.Resampling.NEAREST)
-            alpha = np.asarray(resized)
-        painted |= alpha > 0
-    if not painted.any():
-        return None
-    return Image.fromarray(painted.astype(np.uint8) * 255)
+#: After "Edit this mask": bring the editor into view (the user may be scrolled to the bottom).
+_SCROLL_TO_EDITOR = (
+    "() => document.querySelector('#person')?.scrollIntoView({behavior: 'smooth', block: 'start'})"
+)
 
 
 def mask_layer(mask: Image.Image) -> Image.Image:
@@ -65,28 +59,52 @@ def mask_layer(mask: Image.Image) -> Image.Image:
     return Image.fromarray(layer, mode="RGBA")
 
 
-class _Downloads:
-    """PNG files for the download box, in a private folder; files older than an hour go."""
+class _RecentBlobs(OrderedDict):
+    """The editor's in-memory uploads (Gradio keeps them until the next event), at most
+    ``limit`` editors' worth: the oldest go first, so they cannot pile up."""
 
-    def __init__(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="idm-vton-ui-"))
+    limit = 8
 
-    def write(self, images: list[Image.Image], seeds: list[int]) -> list[str]:
-        cutoff = time.time() - 3600
-        for old in self.folder.glob("*.png"):
-            if old.stat().st_mtime < cutoff:
-                old.unlink(missing_ok=True)
-        paths = []
-        tag = secrets.token_hex(4)
-        for image, seed in zip(images, seeds, strict=True):
-            path = self.folder / f"tryon_{seed}_{tag}.png"
-            path.write_bytes(png_bytes(image))
-            paths.append(str(path))
-        return paths
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
 
 
-def build_ui(service: TryOnService):
-    """The Gradio Blocks of the web UI, bound to ``service``'s queue (mount with ``app.py``)."""
+def _raw_editor_values(editor) -> None:
+    """Make ``editor`` hand its images to the event as they came (bytes, or the path of an
+    upload), decoding nothing: they are checked and decoded by :func:`prepare_request`."""
+    editor.blob_storage = _RecentBlobs()
+
+    def preprocess(payload):
+        if payload is None:
+            return None
+        blobs = editor.blob_storage.pop(payload.id, None) if payload.id else None
+
+        def pick(blob, data):
+            if blob is not None:
+                return bytes(blob)
+            return data.path if data is not None else None
+
+        if blobs is not None:
+            layers = [pick(b, None) for b in blobs.layers]
+            return {"background": pick(blobs.background, payload.background), "layers": layers}
+        layers = [pick(None, layer) for layer in payload.layers or []]
+        return {"background": pick(None, payload.background), "layers": layers}
+
+    editor.preprocess = preprocess
+
+
+def _raw_image_value(image) -> None:
+    """Make a ``gr.Image`` hand the event its upload's path without opening it (Gradio would
+    read the header, failing on a non-image with no message for the user)."""
+    image.preprocess = lambda payload: None if payload is None else payload.path
+
+
+def build_ui(service: TryOnService, files: UiFiles):
+    """The Gradio Blocks of the web UI, bound to ``service``'s queue; the files it reads and
+    writes are ``files``' (mount it with ``app.py``)."""
     import gradio as gr
 
     config = service.config
@@ -94,12 +112,12 @@ def build_ui(service: TryOnService):
         _header(config)
         with gr.Row():
             person = _person_column(config)
-            garment = _garment_column()
+            garment = _garment_column(person["category"])
             results = _results_column()
         settings = _settings(config)
         used = _used_inputs()
         last = gr.State(None)  # the last run's photo and mask, for "Edit this mask"
-        tryon = _tryon_handler(service)
+        tryon = _tryon_handler(service, files)
         controls = {**person, **garment, **settings}
         garment["run"].click(
             tryon,
@@ -114,11 +132,30 @@ def build_ui(service: TryOnService):
             concurrency_limit=None,
         )
         used["edit"].click(
-            _edit_mask,
+            _edit_mask_handler(files),
             inputs=[last],
             outputs=[person["editor"], person["auto_mask"]],
             api_name=False,
-        )
+        ).then(None, js=_SCROLL_TO_EDITOR)
+        # A file that is not a usable image is refused as soon as it is added, with the
+        # sentence the API gives for it, and taken out of the input again.
+        shown = [results[name] for name in ("gallery", "slider", "seed_used", "files")]
+        for name, component, what in (
+            ("check_person", person["editor"], "person"),
+            ("check_garment", garment["garment"], "garment"),
+            ("check_pose", settings["pose"], "pose"),
+        ):
+            checked = component.upload(
+                _upload_check(service, files, what), inputs=[component], api_name=name
+            )
+            checked.failure(lambda: None, outputs=[component], api_name=False)
+            # A fixed input clears the error marks a refused run left on the results.
+            checked.success(
+                lambda: tuple(gr.skip() for _ in shown),
+                outputs=shown,
+                api_name=False,
+                show_progress="hidden",
+            )
     demo.queue(max_size=max(config.max_queue * 2, 16))
     return demo
 
@@ -132,7 +169,8 @@ def _parameters(handler) -> list[str]:
 def _header(config: ServeConfig) -> None:
     import gradio as gr
 
-    gr.Markdown("# idm-vton: virtual try-on\nIDM-VTON (Choi et al., ECCV 2024).")
+    signed = " [Sign out](/logout)" if config.api_key else ""
+    gr.Markdown(f"## idm-vton: virtual try-on\nIDM-VTON (Choi et al., ECCV 2024).{signed}")
     if config.is_tiny:
         gr.Markdown(
             f"**Note: {TINY_MODEL_NOTE}.** Start the server with `--model yisol/IDM-VTON` "
@@ -145,10 +183,10 @@ def _person_column(config: ServeConfig) -> dict:
     """The photo in an image editor (paint the area), the automatic switches, the category."""
     import gradio as gr
 
-    with gr.Column():
+    with gr.Column(min_width=280):
         editor = gr.ImageEditor(
-            label="Person: paint the area to re-generate",
-            type="pil",
+            label="Person",
+            type="filepath",
             image_mode="RGBA",
             sources=["upload", "clipboard"],
             format="png",
@@ -156,9 +194,11 @@ def _person_column(config: ServeConfig) -> dict:
             brush=gr.Brush(colors=["#ff0000"], color_mode="fixed", default_size=24),
             eraser=gr.Eraser(default_size=24),
             layers=False,
-            height=520,
+            height=440,
             elem_id="person",
         )
+        _raw_editor_values(editor)
+        gr.Markdown("Paint the area to re-generate (added to the automatic mask when it is on).")
         with gr.Row():
             auto_mask = gr.Checkbox(True, label="Automatic mask", elem_id="auto-mask")
             auto_pose = gr.Checkbox(True, label="Automatic DensePose", elem_id="auto-pose")
@@ -167,28 +207,40 @@ def _person_column(config: ServeConfig) -> dict:
             value=config.default_category,
             label="Garment category",
         )
-        _example("person.jpg", editor, "Person")
+        gr.Examples(
+            [[str(p.path)] for p in example_people()],
+            [editor],
+            label="Example people (public domain or drawn for this project)",
+            examples_per_page=8,
+        )
     return {"editor": editor, "auto_mask": auto_mask, "auto_pose": auto_pose, "category": category}
 
 
-def _garment_column() -> dict:
-    """The garment photo, its description and the "Try on" button."""
+def _garment_column(category) -> dict:
+    """The garment photo, its description and the "Try on" button; an example garment also
+    fills in its description and sets ``category`` (the person column's radio)."""
     import gradio as gr
 
-    with gr.Column():
+    with gr.Column(min_width=280):
         garment = gr.Image(
             label="Garment",
-            type="pil",
+            type="filepath",
             sources=["upload", "clipboard"],
-            height=400,
+            height=320,
             elem_id="garment",
         )
+        _raw_image_value(garment)
         description = gr.Textbox(
             label="Garment description (optional)",
             placeholder="short sleeve round neck t-shirt",
         )
-        _example("garment.jpg", garment, "Garment")
         run = gr.Button("Try on", variant="primary", elem_id="run")
+        gr.Examples(
+            [[str(g.path), g.description, g.category] for g in example_garments()],
+            [garment, description, category],
+            label="Example garments (with their description and category)",
+            examples_per_page=8,
+        )
     return {"garment": garment, "description": description, "run": run}
 
 
@@ -196,8 +248,8 @@ def _results_column() -> dict:
     """Before/after slider, gallery, seed used and downloads."""
     import gradio as gr
 
-    with gr.Column():
-        slider = gr.ImageSlider(label="Before / after", type="pil", format="png", elem_id="slider")
+    with gr.Column(min_width=280):
+        slider = gr.ImageSlider(label="Before / after", type="filepath", elem_id="slider")
         gallery = gr.Gallery(
             label="Results", format="png", columns=2, height=260, elem_id="results"
         )
@@ -224,8 +276,11 @@ def _settings(config: ServeConfig) -> dict:
             True, label="Keep the original size (paste the result into the full photo)"
         )
         pose = gr.Image(
-            label="DensePose picture (used when automatic DensePose is off)", type="pil"
+            label="DensePose picture (used when automatic DensePose is off)",
+            type="filepath",
+            elem_id="pose",
         )
+        _raw_image_value(pose)
     return {
         "steps": steps,
         "guidance": guidance,
@@ -243,27 +298,58 @@ def _used_inputs() -> dict:
     with gr.Accordion("Mask and DensePose used", open=False):
         with gr.Row():
             mask_used = gr.Image(
-                label="Mask", type="pil", format="png", interactive=False, elem_id="mask-used"
+                label="Mask", type="filepath", interactive=False, elem_id="mask-used"
             )
-            pose_used = gr.Image(label="DensePose", type="pil", format="png", interactive=False)
-        edit = gr.Button("Edit this mask")
+            pose_used = gr.Image(label="DensePose", type="filepath", interactive=False)
+        edit = gr.Button("Edit this mask", elem_id="edit-mask")
     return {"mask_used": mask_used, "pose_used": pose_used, "edit": edit}
 
 
-def _example(name: str, component, label: str) -> None:
-    """The repository's example image ``name`` under ``component``, when it is there."""
+# ---------------------------------------------------------------------------- try-on steps
+def _ui_error(err: Exception):
+    """A refusal as the UI shows it: the API's sentence, in a ``gr.Error``."""
     import gradio as gr
 
-    if (EXAMPLES_DIR / name).is_file():
-        gr.Examples([[str(EXAMPLES_DIR / name)]], [component], label=label)
+    found = refusal(err)
+    if found is None:
+        raise err
+    return gr.Error(found.message, print_exception=False)
 
 
-# ---------------------------------------------------------------------------- try-on steps
-def _tryon_handler(service: TryOnService):
+def _upload_check(service: TryOnService, files: UiFiles, what: str):
+    """The check of a file added to the ``what`` input: a readable image within the limits."""
+
+    def check(value) -> None:
+        path = value.get("background") if isinstance(value, dict) else value
+        if path is None:
+            return
+        try:
+            image_pixels(_read(files, path, what, service.config.max_upload_bytes), what)
+        except Exception as err:  # noqa: BLE001 - a refusal, shown as its sentence
+            _forget(files, path)
+            raise _ui_error(err) from None
+
+    return check
+
+
+def _read(files: UiFiles, value, what: str, max_bytes: int) -> bytes:
+    """The bytes of an input: sent with the event (the editor's), or an upload's path."""
+    if isinstance(value, bytes):
+        check_size(what, len(value), max_bytes)
+        return value
+    return files.read(value, what, max_bytes)
+
+
+def _forget(files: UiFiles, path: object) -> None:
+    """Delete a refused upload now (it is in this server's folder, or it is left alone)."""
+    accepted = files.accepted(path)
+    if accepted is not None and accepted.is_relative_to(files.gradio):
+        accepted.unlink(missing_ok=True)
+
+
+def _tryon_handler(service: TryOnService, files: UiFiles):
     """The "Try on" event: read the inputs, queue the request, follow it, show the results."""
     import gradio as gr
-
-    downloads = _Downloads()
 
     async def tryon(
         editor,
@@ -281,74 +367,74 @@ def _tryon_handler(service: TryOnService):
         progress=gr.Progress(),  # noqa: B008 - Gradio finds its progress tracker this way
     ):
         if not service.ready:
-            raise gr.Error(service.load_error or "The model is still loading; try again shortly.")
+            raise gr.Error(service.not_ready_reason())
+        fields = {
+            "description": description,
+            "category": category,
+            "steps": steps,
+            "guidance": guidance,
+            "seed": seed,
+            "num_images": num_images,
+            "paste_back": keep_size,
+        }
         try:
-            images = _read_inputs(editor, garment, pose, auto_mask, auto_pose)
-            params = TryOnParams.parse(
-                service.config,
-                description=description,
-                category=category,
-                steps=steps,
-                guidance=guidance,
-                seed=seed,
-                num_images=num_images,
-                paste_back=keep_size,
+            item, reservation = await asyncio.to_thread(
+                _read_request, service, files, editor, garment, pose, auto_mask, auto_pose, fields
             )
-        except (ImageInputError, ParameterError) as err:
-            raise gr.Error(str(err)) from None
-        try:
-            job = service.submit(WorkItem(id=secrets.token_urlsafe(12), params=params, **images))
-        except (QueueFullError, NotReadyError) as err:
-            raise gr.Error(str(err)) from None
+            job = service.submit(item, reservation)
+        except Exception as err:  # noqa: BLE001 - refusals become their sentence
+            raise _ui_error(err) from None
         await _follow(service, job, progress)
-        if job.state is not JobState.DONE:
-            raise gr.Error(job.error or job.state.value)
-        return _present(images["person"], job.outcome, keep_size, downloads)
+        outcome = job.outcome
+        service.jobs.forget(job.id)  # shown here: nothing to fetch later
+        if job.state is not JobState.DONE or outcome is None:
+            raise gr.Error(job.error or "the result has expired", print_exception=False)
+        return await asyncio.to_thread(_present, files, item.person, outcome, keep_size, editor)
 
     return tryon
 
 
-def _read_inputs(editor, garment, pose, auto_mask: bool, auto_pose: bool) -> dict:
-    """The images of a request (:class:`WorkItem` fields) from the UI's inputs.
+def _read_request(service, files: UiFiles, editor, garment, pose, auto_mask, auto_pose, fields):
+    """The request of the UI's inputs, through the API's checks (:func:`prepare_request`).
 
-    With the automatic mask on, what is painted is added to it (``extra_mask``); with it off,
-    what is painted is the mask. Raises ``gr.Error`` for what is missing and
-    :class:`ImageInputError` for an unreadable image.
+    With the automatic mask on, what is painted is added to it; with it off, what is painted is
+    the mask. Raises ``gr.Error`` for what is missing and :class:`Refusal` for the rest.
     """
     import gradio as gr
 
+    limit = service.config.max_upload_bytes
     background = editor.get("background") if isinstance(editor, dict) else None
     if background is None:
         raise gr.Error("Add a photo of the person first.")
     if garment is None:
         raise gr.Error("Add a photo of the garment.")
-    person = load_image(background, "person photo")
-    garment_image = load_image(garment, "garment photo")
-    painted = editor_mask(editor.get("layers"), person.size)
-    pose_image = None
-    if not auto_pose:
-        if pose is None:
-            raise gr.Error("Add a DensePose picture, or switch on automatic DensePose.")
-        pose_image = load_image(pose, "DensePose picture")
-    if not auto_mask and painted is None:
+    if not auto_pose and pose is None:
+        raise gr.Error("Add a DensePose picture, or switch on automatic DensePose.")
+    data = {
+        "person": _read(files, background, "person", limit),
+        "garment": _read(files, garment, "garment", limit),
+        "mask": None,
+        "pose": _read(files, pose, "pose", limit) if not auto_pose else None,
+    }
+    layers = [_read(files, layer, "mask", limit) for layer in editor.get("layers") or [] if layer]
+    item, reservation = prepare_request(
+        service, data, fields, layers=layers, layers_are="extra_mask" if auto_mask else "mask"
+    )
+    if not auto_mask and item.mask is None:
+        reservation.release()
         raise gr.Error(
             "Paint the area to re-generate on the photo, or switch on the automatic mask."
         )
-    return {
-        "person": person,
-        "garment": garment_image,
-        "mask": None if auto_mask else painted,
-        "extra_mask": painted if auto_mask else None,
-        "pose": pose_image,
-    }
+    return item, reservation
 
 
 async def _follow(service: TryOnService, job, progress) -> None:
     """Wait for ``job``, showing its queue position, then its denoising steps; cancel it if the
     browser leaves (or the event is stopped) first."""
+    jobs = service.jobs
     try:
         while not job.state.final:
-            status = service.scheduler.status(job)
+            status = jobs.status(job)
             if status["state"] == JobState.QUEUED.value:
                 progress(0.0, desc=f"In the queue: position {status['queue_position']}")
             elif status["step"]:
@@ -357,35 +443,56 @@ async def _follow(service: TryOnService, job, progress) -> None:
                 progress(0.0, desc="Preparing (mask, DensePose)")
             await job.changed(status["version"], timeout=1.0)
     except BaseException:
-        service.scheduler.cancel(job.id)
+        jobs.cancel(job.id)
+        jobs.forget(job.id)
         raise
-    service.scheduler.forget(job.id)
 
 
-def _present(person: Image.Image, outcome, keep_size: bool, downloads: _Downloads) -> tuple:
-    """The try-on outputs: gallery, before/after, seeds, download files, mask and DensePose
-    used, and the state "Edit this mask" reads."""
-    images = outcome.images
-    before = person if keep_size else person.resize(images[0].size, Image.Resampling.BICUBIC)
-    gallery = [(image, f"seed {s}") for image, s in zip(images, outcome.seeds, strict=True)]
+def _present(files: UiFiles, person: Image.Image, outcome, keep_size: bool, editor) -> tuple:
+    """The try-on outputs (files in this server's folder): gallery, before/after, seeds,
+    downloads, mask and DensePose used, and the state "Edit this mask" reads."""
+    paths = [
+        files.write(data, f"tryon_{seed}.png")
+        for data, seed in zip(outcome.images, outcome.seeds, strict=True)
+    ]
+    background = editor["background"]
+    if isinstance(background, bytes):
+        background = files.write(png_bytes(person), "person.png")
+    if keep_size and person.size == outcome.size:
+        before = background
+    else:
+        resized = person.resize(outcome.size, Image.Resampling.BICUBIC)
+        before = files.write(png_bytes(resized), "before.png")
+    mask = files.write(outcome.mask, "mask.png") if outcome.mask else None
+    pose = files.write(outcome.pose, "densepose.png") if outcome.pose else None
+    gallery = [(path, f"seed {s}") for path, s in zip(paths, outcome.seeds, strict=True)]
     return (
         gallery,
-        (before, images[0]),
+        (before, paths[0]),
         ", ".join(str(s) for s in outcome.seeds),
-        downloads.write(images, outcome.seeds),
-        outcome.mask,
-        outcome.pose,
-        {"person": person, "mask": outcome.mask},
+        paths,
+        mask,
+        pose,
+        {"person": background, "mask": mask, "size": list(person.size)},
     )
 
 
-def _edit_mask(last):
+def _edit_mask_handler(files: UiFiles):
     """ "Edit this mask": the last run's mask as a layer over its photo, automatic mask off."""
     import gradio as gr
 
-    if not last or last.get("mask") is None:
-        raise gr.Error("Run a try-on first: its mask is then loaded here for editing.")
-    person = last["person"]
-    value = {"background": person, "layers": [mask_layer(last["mask"])], "composite": None}
-    # The canvas takes the photo's size, so the layer lands on the photo pixel for pixel.
-    return gr.ImageEditor(value=value, canvas_size=person.size), False
+    def edit_mask(last):
+        if not last or last.get("mask") is None:
+            raise gr.Error("Run a try-on first: its mask is then loaded here for editing.")
+        try:
+            mask = decode_image(files.read(last["mask"], "mask", 1 << 30), "mask", mode="L")
+        except Refusal as err:
+            raise gr.Error(err.message) from None
+        buffer = io.BytesIO()
+        mask_layer(mask).save(buffer, format="PNG")  # with its transparency
+        layer = files.write(buffer.getvalue(), "mask_layer.png")
+        value = {"background": last["person"], "layers": [layer], "composite": None}
+        # The canvas takes the photo's size, so the layer lands on the photo pixel for pixel.
+        return gr.ImageEditor(value=value, canvas_size=tuple(last["size"])), False
+
+    return edit_mask
