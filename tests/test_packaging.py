@@ -41,6 +41,24 @@ def wheel(tmp_path_factory) -> Path:
     return build("wheel", tmp_path_factory.mktemp("wheel"))
 
 
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> Path:
+    """The wheel installed (without dependencies: the test's environment has them) into a
+    folder of its own, put first on ``PYTHONPATH`` by :func:`from_the_wheel`."""
+    target = tmp_path_factory.mktemp("site")
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+         "--target", str(target), str(wheel)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr
+    return target
+
+
+def from_the_wheel(target: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(target)}
+
+
 def test_the_sdist_holds_what_its_tests_need(tmp_path):
     sdist = build("sdist", tmp_path)
     with tarfile.open(sdist) as archive:
@@ -79,14 +97,8 @@ def test_the_wheel_ships_the_examples_and_the_licence(wheel):
     assert all(e["licence"] for kind in ("people", "garments") for e in metadata[kind])
 
 
-def test_an_installed_wheel_finds_its_examples(wheel, tmp_path):
-    target = tmp_path / "site"
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-         "--target", str(target), str(wheel)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert install.returncode == 0, install.stderr
+def test_an_installed_wheel_finds_its_examples(installed, tmp_path):
+    target = installed
     code = (
         "import json, idm_vton\n"
         "from idm_vton.examples import example_garments, example_people\n"
@@ -96,12 +108,66 @@ def test_an_installed_wheel_finds_its_examples(wheel, tmp_path):
         "print(json.dumps({'module': idm_vton.__file__, 'files': [str(f) for f in files],\n"
         "                  'exist': all(f.is_file() for f in files)}))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(target)}
     run = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=from_the_wheel(target),
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["module"].startswith(str(target))  # the installed copy, not the clone
     assert report["exist"] and all(f.startswith(str(target)) for f in report["files"])
     assert len(report["files"]) >= 9
+
+
+def test_the_installed_wheel_serves_its_ui_with_the_example_photos(installed, tmp_path):
+    """``idm-vton serve`` from the wheel (the environment of the test above, which checks that
+    ``idm_vton`` is the installed copy), run outside the clone: the UI's example galleries
+    list every example person and garment (a garment with its description and category), and
+    the example files are served."""
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [sys.executable, "-m", "idm_vton", "serve", "--model", "tiny", "--device", "cpu"]
+    log = tmp_path / "server.log"
+    with open(log, "w") as stream:
+        server = subprocess.Popen(
+            [*argv, "--port", str(port)],
+            cwd=tmp_path,
+            env=from_the_wheel(installed),
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)  # polling a condition (the server ready), not a fixed wait
+        config = httpx.get(f"{url}/config", timeout=30).json()
+        galleries = [c["props"]["samples"] for c in config["components"] if c["type"] == "dataset"]
+        people, garments = galleries
+        metadata = json.loads((installed / "idm_vton" / "examples" / "examples.json").read_text())
+        shown = [Path(row[0]["background"]["path"]).name for row in people]
+        assert shown == [p["file"] for p in metadata["people"]]
+        rows = [(Path(row[0]["path"]).name, row[1], row[2]) for row in garments]
+        assert rows == [(g["file"], g["description"], g["category"]) for g in metadata["garments"]]
+        served = httpx.get(garments[-1][0]["url"], timeout=30)
+        assert served.status_code == 200
+        assert served.content == (installed / "idm_vton" / "examples" / "dress.jpg").read_bytes()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
