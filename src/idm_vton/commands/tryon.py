@@ -6,15 +6,22 @@ import argparse
 from pathlib import Path
 
 from ._dataclass_flags import add_memory_arguments, memory_options
-from ._flags import add_preprocess_model_arguments, add_shared
+from ._flags import add_preprocess_model_arguments, add_shared, argparse_type, parse_float
 
 HELP = "render a person wearing a garment"
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--person", required=True, help="photo of the person (any size)")
-    parser.add_argument("--garment", required=True, help="in-shop photo of the garment")
+    parser.add_argument(
+        "--person", required=True, metavar="IMG", help="photo of the person (any size)"
+    )
+    parser.add_argument(
+        "--garment",
+        required=True,
+        metavar="IMG",
+        help="photo of the garment alone, e.g. a shop picture on a plain background",
+    )
     parser.add_argument(
         "--mask",
         default="auto",
@@ -33,13 +40,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "as in the official demo); 'auto' reads it from the garment photo with --annotator",
     )
     add_shared(parser, "annotator", "min_score", "negative_prompt", "model")
-    parser.add_argument("--out", required=True, help="output image (.png/.jpg), written atomically")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output image: .png, .jpg/.jpeg or .webp (written whole or not at all)",
+    )
     add_shared(parser, "steps", "guidance")
     parser.add_argument(
         "--strength",
-        type=float,
+        type=argparse_type(parse_float),
         default=1.0,
-        help="denoising strength in (0, 1] (default %(default)s)",
+        help="denoising strength in (0, 1]: below 1 keeps some of the photo's original garment "
+        "area; steps x strength must be at least 1 (default %(default)s)",
     )
     add_shared(
         parser,
@@ -58,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--customization",
         default=None,
+        metavar="FILE",
         help="customization file (.safetensors, full delta or LoRA) from `idm-vton customize`",
     )
     parser.add_argument(
@@ -72,12 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    import torch
-
     from ..devices import check_dtype_on_device, resolve_device, resolve_dtype
     from ..images import save_image_atomic
-    from ..models.tiny import TINY_MODEL_NOTE
-    from ..pipelines.loading import load_model
     from ..pipelines.memory import apply_memory_options
     from ..progress import progress_bars_shown
 
@@ -90,6 +99,12 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(args.preprocess_device, "--preprocess-device")
     photo, garment, mask, pose = _load_inputs(args)
     mask, pose = _mask_and_pose(args, photo, mask, pose)
+    # diffusers and transformers load only now: a missing weight file above fails at once.
+    import torch
+
+    from ..models.tiny import TINY_MODEL_NOTE
+    from ..pipelines.loading import load_model
+
     if args.model == "tiny":
         print(f"note: {TINY_MODEL_NOTE}")  # stdout: stderr is for errors
     pipe = load_model(args.model, dtype, device, args.scheduler)
@@ -152,7 +167,7 @@ def _check_arguments(args: argparse.Namespace) -> Path:
     from ..errors import UsageError
     from ..files import check_writable_output
     from ..images import check_work_size
-    from ..pipelines.tryon import check_strength
+    from ..pipelines.checks import check_strength
 
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")

@@ -18,12 +18,12 @@ import inspect
 import io
 import logging
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..enums import GarmentCategory
+from ..examples import EXAMPLES_DIR, example_garments, example_people
 from ..models.tiny import TINY_MODEL_NOTE
 from .config import ServeConfig
 from .images import decode_image, image_pixels, png_bytes
@@ -36,10 +36,11 @@ __all__ = ["EXAMPLES_DIR", "EXAMPLE_FILES", "build_ui", "editor_mask", "mask_lay
 
 logger = logging.getLogger("idm_vton.serving")
 
-#: The repository's example images (present in a source checkout; the UI shows them if found).
-EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "examples"
-#: The example images offered under the person and garment inputs.
-EXAMPLE_FILES = ("person.jpg", "garment.jpg")
+#: The example photos offered under the person and garment inputs: package data
+#: (``idm_vton.examples``), so an installed copy has them too.
+EXAMPLE_FILES = tuple(
+    str(e.path.relative_to(EXAMPLES_DIR)) for e in (*example_people(), *example_garments())
+)
 
 CATEGORY_LABELS = {"upper_body": "Upper body", "lower_body": "Lower body", "dresses": "Dresses"}
 #: Colour of the mask layer put into the editor by "Edit this mask" (half transparent red).
@@ -111,7 +112,7 @@ def build_ui(service: TryOnService, files: UiFiles):
         _header(config)
         with gr.Row():
             person = _person_column(config)
-            garment = _garment_column()
+            garment = _garment_column(person["category"])
             results = _results_column()
         settings = _settings(config)
         used = _used_inputs()
@@ -206,12 +207,18 @@ def _person_column(config: ServeConfig) -> dict:
             value=config.default_category,
             label="Garment category",
         )
-        _example("person.jpg", editor, "Person")
+        gr.Examples(
+            [[str(p.path)] for p in example_people()],
+            [editor],
+            label="Example people (public domain or drawn for this project)",
+            examples_per_page=8,
+        )
     return {"editor": editor, "auto_mask": auto_mask, "auto_pose": auto_pose, "category": category}
 
 
-def _garment_column() -> dict:
-    """The garment photo, its description and the "Try on" button."""
+def _garment_column(category) -> dict:
+    """The garment photo, its description and the "Try on" button; an example garment also
+    fills in its description and sets ``category`` (the person column's radio)."""
     import gradio as gr
 
     with gr.Column(min_width=280):
@@ -228,7 +235,12 @@ def _garment_column() -> dict:
             placeholder="short sleeve round neck t-shirt",
         )
         run = gr.Button("Try on", variant="primary", elem_id="run")
-        _example("garment.jpg", garment, "Garment")
+        gr.Examples(
+            [[str(g.path), g.description, g.category] for g in example_garments()],
+            [garment, description, category],
+            label="Example garments (with their description and category)",
+            examples_per_page=8,
+        )
     return {"garment": garment, "description": description, "run": run}
 
 
@@ -291,14 +303,6 @@ def _used_inputs() -> dict:
             pose_used = gr.Image(label="DensePose", type="filepath", interactive=False)
         edit = gr.Button("Edit this mask", elem_id="edit-mask")
     return {"mask_used": mask_used, "pose_used": pose_used, "edit": edit}
-
-
-def _example(name: str, component, label: str) -> None:
-    """The repository's example image ``name`` under ``component``, when it is there."""
-    import gradio as gr
-
-    if (EXAMPLES_DIR / name).is_file():
-        gr.Examples([[str(EXAMPLES_DIR / name)]], [component], label=label)
 
 
 # ---------------------------------------------------------------------------- try-on steps
