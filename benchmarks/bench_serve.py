@@ -10,6 +10,10 @@ PNG encoding), not IDM-VTON's speed; on a GPU with the real model the UNet domin
 
     python benchmarks/bench_serve.py [--requests 32] [--steps 10] [--concurrency 1,4,16]
         [--max-batch 4] [--ray-replicas 2] [--no-ray] [--threads N]
+
+Each setting shows a progress bar of its requests on stderr and prints its JSON line when done
+(nine settings with the defaults; ``--no-ray``, ``--requests 8`` or ``--concurrency 1,4`` make
+a quicker run).
 """
 
 from __future__ import annotations
@@ -23,12 +27,12 @@ import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import torch
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from idm_vton.examples import EXAMPLES_DIR as EXAMPLES
+from idm_vton.progress import progress_bar
 
 
 def files() -> dict:
@@ -43,8 +47,9 @@ def files() -> dict:
     }
 
 
-def load(url: str, requests: int, concurrency: int, steps: int) -> dict:
-    """Send ``requests`` try-ons, ``concurrency`` at a time; latency figures in seconds."""
+def load(url: str, requests: int, concurrency: int, steps: int, what: str = "") -> dict:
+    """Send ``requests`` try-ons, ``concurrency`` at a time; latency figures in seconds. A
+    progress bar on stderr counts the finished requests (``what`` names the setting)."""
     payload = files()
 
     def one(seed: int) -> float:
@@ -59,7 +64,8 @@ def load(url: str, requests: int, concurrency: int, steps: int) -> dict:
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(concurrency)))  # warm-up round
         started = time.perf_counter()
-        latencies = list(pool.map(one, range(1000, 1000 + requests)))
+        timed = pool.map(one, range(1000, 1000 + requests))
+        latencies = list(progress_bar(timed, total=requests, desc=what, unit="request"))
         wall = time.perf_counter() - started
     ordered = sorted(latencies)
     return {
@@ -182,7 +188,8 @@ def ray_figures(args, concurrency: int) -> dict:
             name="idm-vton",
             route_prefix="/",
         )
-        return load(f"http://127.0.0.1:{port}", args.requests, concurrency, args.steps)
+        what = f"Ray, {args.ray_replicas} replicas, concurrency {concurrency}"
+        return load(f"http://127.0.0.1:{port}", args.requests, concurrency, args.steps, what)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -218,7 +225,8 @@ def main() -> None:
         with LocalServer(max_batch) as server:
             for concurrency in levels:
                 before = len(server.batch_sizes())
-                figures = load(server.url, args.requests, concurrency, args.steps)
+                what = f"local, max batch {max_batch}, concurrency {concurrency}"
+                figures = load(server.url, args.requests, concurrency, args.steps, what)
                 sizes = server.batch_sizes()[before:]
                 line = {
                     "path": "local",

@@ -10,8 +10,8 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 GOLDEN = Path(os.environ.get("IDM_VTON_GOLDEN", FIXTURES / "golden"))
 GOLDEN_MASK = FIXTURES / "golden_mask"
-#: The repository's own example inputs (public-domain photo, drawings made here).
-EXAMPLES = REPO / "examples"
+#: The example inputs that ship with the package (public-domain photos, drawings made here).
+EXAMPLES = REPO / "src" / "idm_vton" / "examples"
 #: Optional extra: VITON-HD example photos beside the clone (non-commercial, never committed).
 SHARED = Path(os.environ.get("IDM_VTON_SHARED", REPO.parent / "shared"))
 

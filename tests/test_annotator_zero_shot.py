@@ -184,3 +184,18 @@ def test_describe_with_the_zero_shot_annotator_and_a_folder_of_one_s_own(hub, tm
         assert main(args) == 2
         err = one_line(capsys.readouterr().err)
         assert "not a safetensors file" in err and str(own) in err
+
+
+def test_download_fetches_the_zero_shot_model_for_a_model_without_a_probe(hub, tmp_path, capsys):
+    from idm_vton.pipelines.loading import tiny_pipeline
+
+    checkpoint = tmp_path / "ckpt"
+    tiny_pipeline().save_pretrained(checkpoint)  # no annotator/probe.safetensors in it
+    args = ["download", "--model", str(checkpoint), "--skip-preprocess"]
+    assert main(args) == 0
+    folder = fetch_zero_shot_model(local_files_only=True)  # now in the cache
+    assert f"garment annotator (zero-shot): {folder}" in capsys.readouterr().out
+    assert sorted(hub.gets()) == sorted(MODEL.files)
+    hub.requests.clear()
+    assert main([*args, "--skip-annotator"]) == 0
+    assert "garment annotator" not in capsys.readouterr().out and hub.requests == []

@@ -107,7 +107,7 @@ def test_same_seed_same_image(inputs, tmp_path):
         ({"--device": "cuda"}, "CUDA is not available"),
         ({"--dtype": "fp8"}, "unknown dtype"),
         ({"--dtype": "fp16"}, "fp16 is not supported on the CPU"),
-        ({"--steps": "0"}, "--steps must be >= 1"),
+        ({"--steps": "0"}, "steps must be from 1 to 1000"),
         ({"--height": "63"}, "multiple of 8"),
         ({"--model": "/no/such/folder"}, "not found"),
         ({"--out": "OUT.txt"}, "--out must end in"),

@@ -316,7 +316,8 @@ def test_download_command_converts_the_model(hub, tiny_checkpoint, tmp_path, cap
     from idm_vton.pipelines.loading import tiny_pipeline
 
     out = tmp_path / "converted"
-    args = ["download", "--model", str(tiny_checkpoint), "--skip-preprocess", "--convert", str(out)]
+    args = ["download", "--model", str(tiny_checkpoint), "--skip-preprocess", "--skip-annotator"]
+    args += ["--convert", str(out)]
     assert main([*args, "--dtype", "bf16"]) == 0
     printed = capsys.readouterr().out
     assert f"model: {tiny_checkpoint}" in printed and f"converted model: {out}" in printed
@@ -340,14 +341,14 @@ def test_download_command_fetches_the_preprocessing_weights(
     hub, tiny_checkpoint, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    assert main(["download", "--model", str(tiny_checkpoint)]) == 2
+    assert main(["download", "--model", str(tiny_checkpoint), "--skip-annotator"]) == 2
     err = one_line(capsys.readouterr().err)
     assert err.startswith("idm-vton download: error: preprocessing weights not in the")
     assert all(hub_filename(name) in err for name in MODEL_FILES)
     assert hub.requests == []
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    assert main(["download", "--model", str(tiny_checkpoint)]) == 0
+    assert main(["download", "--model", str(tiny_checkpoint), "--skip-annotator"]) == 0
     printed = capsys.readouterr().out
     folder = cache_root(tmp_path) / "snapshots" / COMMIT / "ckpt"
     assert f"preprocessing weights folder (demo ckpt/ layout): {folder}" in printed

@@ -13,23 +13,40 @@ from PIL import Image
 from .conftest import EXAMPLES, REPO
 
 
-def first_shell_block() -> list[str]:
-    """The commands of the README's first ```bash block, continuation lines joined, split on &&."""
+def shell_block(index: int) -> list[str]:
+    """The commands of the README's ``index``-th ```bash block, continuation lines joined, split
+    on &&."""
     text = (REPO / "README.md").read_text()
-    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
+    block = re.findall(r"```bash\n(.*?)```", text, re.S)[index]
     joined = re.sub(r"\\\n\s*", " ", block).strip()
     return [part.strip() for part in joined.split("&&")]
 
 
+def first_shell_block() -> list[str]:
+    """The README's first command: it installs, then runs the main job."""
+    return shell_block(0)
+
+
+def test_the_first_command_installs_lightly_and_the_second_runs_the_tests():
+    *install, run = first_shell_block()
+    assert all(part.startswith("pip install") for part in install)
+    assert not any("[test]" in part or "[serve]" in part for part in install)  # light
+    assert run.startswith("idm-vton tryon")
+    *test_install, test = shell_block(1)
+    assert test == "python -m pytest -q"
+    assert test_install == ['pip install -c constraints.txt ".[test]"']
+
+
 def test_ci_installs_exactly_as_the_readme_says():
     *install, _ = first_shell_block()
+    *test_install, test = shell_block(1)
     ci = (REPO / ".ci" / "run").read_text().splitlines()
     ci_installs = [line.strip() for line in ci if line.strip().startswith("pip install")]
     assert [" ".join(c.split()) for c in ci_installs] == [
-        " ".join(i.replace("pip install", "pip install --quiet", 1).split()) for i in install
+        " ".join(i.replace("pip install", "pip install --quiet", 1).split())
+        for i in [*install, *test_install]
     ]
-    assert "python -m pytest -q" in (REPO / "README.md").read_text()
-    assert any(line.strip().startswith("python -m pytest -q") for line in ci)
+    assert any(line.strip().startswith(test) for line in ci)
 
 
 def test_readme_and_docs_name_nothing_outside_the_clone():
@@ -55,8 +72,10 @@ def test_readme_first_command_writes_an_image(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     result = np.asarray(Image.open(argv[out]))
-    photo = np.asarray(Image.open(EXAMPLES / "person.jpg").convert("RGB"))
-    mask = np.asarray(Image.open(EXAMPLES / "mask.png").convert("L")) >= 128
+    person, mask_file = (REPO / argv[argv.index(flag) + 1] for flag in ("--person", "--mask"))
+    assert person.parent == mask_file.parent == EXAMPLES  # the examples that ship in the package
+    photo = np.asarray(Image.open(person).convert("RGB"))
+    mask = np.asarray(Image.open(mask_file).convert("L")) >= 128
     assert result.shape == photo.shape
     assert np.array_equal(result[~mask], photo[~mask])  # the photo outside the mask is kept
     assert (result[mask] != photo[mask]).mean() > 0.5

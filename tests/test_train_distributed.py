@@ -30,7 +30,7 @@ CONFIGS = REPO / "configs" / "accelerate"
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 needs_deepspeed = pytest.mark.skipif(
     not HAS_DEEPSPEED,
-    reason="DeepSpeed is not installed (pip install 'idm-vton[deepspeed]'); .ci/run installs it",
+    reason="DeepSpeed is not installed (pip install '.[deepspeed]' in the clone); .ci/run installs it",
 )
 
 #: 4 optimizer steps of batch 2 x accumulation 2 (3 samples: epochs wrap), clipping at 0.5 (it
@@ -79,7 +79,7 @@ def zero(request, vitonhd, tmp_path_factory):
     """A ZeRO-2 / ZeRO-3 run through the shipped file (fp32: --mixed_precision no), and a second
     one resumed from its checkpoint-2 in a new process."""
     if not HAS_DEEPSPEED:
-        pytest.skip("DeepSpeed is not installed (pip install 'idm-vton[deepspeed]')")
+        pytest.skip('DeepSpeed is not installed (pip install ".[deepspeed]" in the clone)')
     stage = request.param
     config = f"deepspeed_zero{stage}.yaml"
     out = tmp_path_factory.mktemp(f"zero{stage}")

@@ -3,8 +3,10 @@
 Quick start::
 
     from idm_vton import TryOnPipeline
-    pipe = TryOnPipeline.from_pretrained("yisol/IDM-VTON", torch_dtype=torch.bfloat16).to("cuda")
+    pipe = TryOnPipeline.from_pretrained("yisol/IDM-VTON", dtype=torch.bfloat16).to("cuda")
     image = pipe(person, garment, mask, densepose, garment_description="short sleeve t-shirts").images[0]
+
+``TryOnPipeline.from_pretrained("tiny")`` is the built-in tiny random model (no download).
 """
 
 from __future__ import annotations

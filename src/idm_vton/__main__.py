@@ -3,9 +3,9 @@
 import sys
 
 try:
-    from .commands.main import main
+    from .commands.main import cli
 except KeyboardInterrupt:  # Ctrl-C while the command line itself is imported
     print("idm-vton: interrupted", file=sys.stderr)
     sys.exit(130)
 
-sys.exit(main())
+sys.exit(cli())

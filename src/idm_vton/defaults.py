@@ -11,6 +11,8 @@ from __future__ import annotations
 
 __all__ = [
     "GUIDANCE_SCALE",
+    "MAX_GUIDANCE_SCALE",
+    "MAX_INFERENCE_STEPS",
     "NEGATIVE_PROMPT",
     "NUM_INFERENCE_STEPS",
     "SEED",
@@ -20,8 +22,13 @@ __all__ = [
 
 #: Denoising steps.
 NUM_INFERENCE_STEPS = 30
+#: The most denoising steps: one per training step of the noise schedule (SDXL's 1000); a
+#: scheduler cannot step more often than it was trained.
+MAX_INFERENCE_STEPS = 1000
 #: Classifier-free guidance scale (guidance runs when it is above 1).
 GUIDANCE_SCALE = 2.0
+#: The largest guidance scale the command line and the server take (the server's limit).
+MAX_GUIDANCE_SCALE = 30.0
 #: The unconditional caption.
 NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality"
 #: The work size (height, width) of the command line; the pipeline's own default follows its

@@ -11,7 +11,13 @@ from collections.abc import Callable
 from dataclasses import MISSING, field
 from typing import Any
 
-__all__ = ["option"]
+from .errors import IdmVtonError, UsageError
+
+__all__ = ["MAX_SEED", "check_seed", "option", "parse_seed"]
+
+#: The largest random seed: seeds are 0 .. 2**32 - 1 everywhere (the command line, the server,
+#: datasets' per-sample seeds), the range every generator in use (torch, numpy, Python) takes.
+MAX_SEED = 2**32 - 1
 
 
 def option(
@@ -54,3 +60,21 @@ def option(
     if flag is not MISSING:
         metadata["flag"] = flag
     return field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def check_seed(seed: object, flag: str = "--seed", error: type[IdmVtonError] = UsageError) -> int:
+    """``seed`` if it is an integer from 0 to :data:`MAX_SEED`; otherwise ``error`` in one line."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise error(f"{flag} must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+    return seed
+
+
+def parse_seed(text: str) -> int:
+    """A seed from the command line (raises ``ValueError`` for argparse's one-line error)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise ValueError(f"invalid seed {text!r}: expected an integer") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"a seed must be from 0 to {MAX_SEED}, got {seed}")
+    return seed

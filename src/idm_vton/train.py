@@ -5,7 +5,10 @@ A thin entry point kept for launch scripts; the options are :mod:`idm_vton.comma
 
 import sys
 
+from .commands.main import exit_quietly_on_interrupt
 from .commands.train import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    exit_quietly_on_interrupt("idm_vton.train")  # a Ctrl-C while exiting: one line, code 130
+    sys.exit(code)

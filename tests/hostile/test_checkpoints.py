@@ -454,3 +454,25 @@ def test_damaged_metric_weights_are_one_line(cli, tmp_path, damage):
     fragment = "refused for safety" if damage == "runs-code" else "plain pickle"
     assert_user_error(result, "evaluate", str(weights), fragment)
     assert files_under(tmp_path) == before
+
+
+def vae_pickle_runs_code(m):
+    (m / "vae" / ST).unlink()
+    payload = {"w": torch.zeros(8), "x": RunsCode(m.parent / "ran")}
+    torch.save(payload, m / "vae" / "diffusion_pytorch_model.bin")
+    return ("vae/diffusion_pytorch_model.bin", "refused for safety", "_leave_marker")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [pickle_runs_code, vae_pickle_runs_code, image_encoder_pickle_runs_code],
+    ids=lambda f: f.__name__,
+)
+def test_a_refused_pickle_is_the_only_line_in_a_real_process(model, damage):
+    """No library's own log line ahead of the refusal (diffusers logs an error when it looks for
+    safetensors in a folder of pickles): seen only outside pytest's capture, in a process."""
+    from .conftest import cli_subprocess
+
+    fragments = damage(model)
+    result = tryon(cli_subprocess, model, model.parent / "out.png")
+    assert_user_error(result, "tryon", *fragments)

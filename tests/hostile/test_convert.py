@@ -107,18 +107,36 @@ def test_existing_output_without_overwrite_is_refused(cli, workspace):
     assert snapshot(workspace) == before
 
 
-def test_overwrite_replaces_an_earlier_conversion_and_nothing_else(cli, workspace):
+def test_a_folder_of_other_files_is_refused_without_advising_overwrite(cli, workspace):
+    other = workspace / "photos"
+    other.mkdir()
+    (other / "me.jpg").write_bytes(b"not really a photo")
+    before = snapshot(workspace)
+    result = cli("convert", workspace / "anc" / "model", other)
+    assert_user_error(result, "convert", str(other), "choose a new output folder")
+    assert "pass --overwrite" not in result.stderr  # it would refuse this folder too
+    assert snapshot(workspace) == before
+
+
+def test_overwrite_replaces_an_earlier_conversion_and_keeps_the_users_files(cli, workspace):
     import json
 
     src, dst = workspace / "anc" / "model", workspace / "out"
     assert cli("convert", src, dst, "--dtype", "fp32").code == 0
-    stale = dst / "stale-extra-file.txt"
-    stale.write_text("from an older conversion\n")
+    notes = dst / "my-notes.txt"
+    notes.write_text("the user's notes beside the converted model\n")
+    (dst / "samples").mkdir()
+    (dst / "samples" / "out.png").write_bytes(b"a render of the user's")
+    kept = snapshot(dst / "samples")
     before = snapshot(workspace / "anc")
     result = cli("convert", src, dst, "--overwrite", "--dtype", "bf16")
     assert result.code == 0, result.stderr
     assert snapshot(workspace / "anc") == before
-    assert not stale.exists()  # the folder was replaced, not merged into
+    # said what goes and what stays, and kept what is not the model's
+    assert "replacing in" in result.stdout and "unet" in result.stdout
+    assert "keeping in" in result.stdout and "my-notes.txt" in result.stdout
+    assert notes.read_text() == "the user's notes beside the converted model\n"
+    assert snapshot(dst / "samples") == kept
     config = json.loads((dst / "unet" / "config.json").read_text())
     assert config["_class_name"] == "UNet2DConditionModel"
     from safetensors import safe_open

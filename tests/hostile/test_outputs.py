@@ -165,6 +165,7 @@ COMMANDS = [
             "--model",
             i["model"],
             "--skip-preprocess",
+            "--skip-annotator",
             "--convert",
             out,
             "--dtype",

@@ -164,7 +164,7 @@ def test_a_missing_serve_extra_names_the_install_command():
     assert result.returncode == 2, result.stderr
     assert lines == [
         "idm-vton serve: error: the server needs the serve extra (missing: uvicorn): "
-        'pip install "idm-vton[serve]"'
+        'pip install ".[serve]" in the idm-vton clone (with -c constraints.txt)'
     ]
 
 

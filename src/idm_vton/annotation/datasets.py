@@ -13,8 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..data.tags import ATTRIBUTES, GarmentTagRecord, LabelSets
 from ..enums import DatasetKind, DType, GarmentCategory, Split, parse_dataset_category
@@ -22,6 +21,9 @@ from ..errors import UsageError
 from ..options import option
 
 __all__ = ["AnnotatorDataOptions", "label_targets"]
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +86,8 @@ def label_targets(
     A tag whose label is not in the label sets is left out too (-1), with one warning per
     attribute naming the labels and how many garments carry them.
     """
+    import torch  # here, so that the options above are read without loading torch
+
     targets = {}
     for attribute in ATTRIBUTES:
         unknown: Counter[str] = Counter()

@@ -22,10 +22,10 @@ from PIL import Image
 
 from ..errors import CheckpointError
 from ..images import load_image
-from ..loaders.customization import _stats_match, base_fingerprint
+from ..loaders.customization import base_fingerprint, stats_match
 
 if TYPE_CHECKING:  # transformers' image processors log at first use: imported where used
-    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+    from transformers import CLIPVisionModelWithProjection
 
 __all__ = [
     "EncoderFingerprint",
@@ -61,7 +61,7 @@ class EncoderFingerprint:
         current = encoder_fingerprint(encoder)
         if current.digest == self.digest:
             return True
-        return set(self.stats) == set(current.stats) and _stats_match(
+        return set(self.stats) == set(current.stats) and stats_match(
             self.stats, _fingerprint_tensors(encoder)
         )
 
@@ -102,12 +102,14 @@ class GarmentEncoder:
     def __init__(
         self,
         image_encoder: CLIPVisionModelWithProjection,
-        feature_extractor: CLIPImageProcessor | None = None,
+        feature_extractor=None,
     ) -> None:
-        from transformers import CLIPImageProcessor
+        from ..models.processors import clip_image_processor
 
         self.image_encoder = image_encoder
-        self.feature_extractor = feature_extractor or CLIPImageProcessor()
+        if feature_extractor is None:  # CLIP's preprocessing at the encoder's input size
+            feature_extractor = clip_image_processor(image_encoder.config.image_size)
+        self.feature_extractor = feature_extractor
 
     @classmethod
     def from_pipeline(cls, pipe) -> GarmentEncoder:
@@ -145,7 +147,7 @@ def load_garment_encoder(model: str, dtype: torch.dtype, device) -> GarmentEncod
     """Only the image encoder (and its preprocessing) of ``model``: ``"tiny"`` (the tiny random
     model's), a checkpoint folder, or a hub id (only ``image_encoder/`` and
     ``feature_extractor/`` are downloaded, not the UNets)."""
-    from ..loaders.pipeline import _load_feature_extractor, _load_image_encoder
+    from ..loaders.pipeline import load_feature_extractor, load_image_encoder
 
     if model == "tiny":
         from ..models.tiny import tiny_components
@@ -154,7 +156,7 @@ def load_garment_encoder(model: str, dtype: torch.dtype, device) -> GarmentEncod
         encoder = GarmentEncoder(parts["image_encoder"], parts["feature_extractor"])
     else:
         root = _encoder_folder(model)
-        encoder = GarmentEncoder(_load_image_encoder(root, dtype), _load_feature_extractor(root))
+        encoder = GarmentEncoder(load_image_encoder(root, dtype), load_feature_extractor(root))
     encoder.image_encoder.to(device=device, dtype=dtype)
     return encoder
 
@@ -168,13 +170,20 @@ def _encoder_folder(model: str) -> Path:
         raise CheckpointError(f"checkpoint folder not found: {model}")
     from huggingface_hub import snapshot_download
 
+    from ..loaders.hub import OFFLINE_HINT, cache_only_reason
+
     patterns = ["image_encoder/*", "feature_extractor/*"]
+    offline = cache_only_reason()
     try:
-        return Path(snapshot_download(model, allow_patterns=patterns))
+        return Path(
+            snapshot_download(model, allow_patterns=patterns, local_files_only=offline is not None)
+        )
     except Exception as err:  # noqa: BLE001 - any hub failure gets the same advice
+        why = offline or f"the hub failed ({type(err).__name__})"
         raise CheckpointError(
-            f"cannot get the image encoder of '{model}' from the Hugging Face hub "
-            f"({type(err).__name__}); without network, pass a local folder: --model /path/to/model"
+            f"the image encoder of '{model}' is not in the Hugging Face cache and {why}; run "
+            f"`idm-vton download --model {model}` with network access ({OFFLINE_HINT}), or pass "
+            "a local folder: --model /path/to/model"
         ) from err
 
 

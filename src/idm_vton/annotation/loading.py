@@ -77,8 +77,11 @@ def find_model_probe(model: str) -> Path | None:
         return None
     from huggingface_hub import hf_hub_download
 
+    from ..loaders.hub import cache_only_reason
+
+    offline = cache_only_reason() is not None  # then the cache only, without retries
     try:
-        return Path(hf_hub_download(model, MODEL_PROBE_FILE))
+        return Path(hf_hub_download(model, MODEL_PROBE_FILE, local_files_only=offline))
     except Exception:  # noqa: BLE001 - not there, or not reachable: no probe to use
         return None
 

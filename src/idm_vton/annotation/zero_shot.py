@@ -30,7 +30,14 @@ import torch
 
 from ..data.tags import ATTRIBUTES, LabelSets, load_label_sets
 from ..errors import AnnotatorError, PreprocessModelError
-from ..loaders.hub import _cache_dir, _first_line, _is_disk_full, _remove_from_cache
+from ..loaders.hub import (
+    OFFLINE_HINT,
+    cache_dir,
+    cache_only_reason,
+    first_line,
+    is_disk_full,
+    remove_from_cache,
+)
 from ..loaders.json_files import read_json_object
 from ..loaders.weights import check_weight_file
 from .annotator import GarmentAnnotator, GarmentImage, rgb_images
@@ -93,12 +100,13 @@ def fetch_zero_shot_model(
     file, or a weight file that is not a model (deleted from the cache, so the next run downloads
     it again).
     """
-    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     paths: dict[str, Path] = {}
     missing: list[str] = []
-    cache_only = local_files_only
+    offline = cache_only_reason(local_files_only)
+    cache_only = offline is not None
     for filename in model.files:
         try:
             path = hf_hub_download(
@@ -109,26 +117,21 @@ def fetch_zero_shot_model(
             cache_only = True  # list the rest from the cache without waiting on the network
             continue
         except Exception as err:  # noqa: BLE001 - any other hub failure gets the same advice
-            if _is_disk_full(err):
+            if is_disk_full(err):
                 raise AnnotatorError(
                     f"no space left on the disk while downloading {filename} from {model.source} "
-                    f"into the Hugging Face cache {_cache_dir()}; free some space (or point "
+                    f"into the Hugging Face cache {cache_dir()}; free some space (or point "
                     "HF_HUB_CACHE at a larger disk) and run again"
                 ) from err
             raise AnnotatorError(
-                f"cannot download {filename} from {model.source} ({_first_line(err)}); "
+                f"cannot download {filename} from {model.source} ({first_line(err)}); "
                 f"{_OFFLINE_ADVICE}"
             ) from err
         paths[filename] = Path(path)
     if missing:
-        if local_files_only:
-            why = "local_files_only was asked"
-        elif constants.is_offline_mode():
-            why = "HF_HUB_OFFLINE is set"
-        else:
-            why = "the hub cannot be reached"
+        why = offline or "the hub cannot be reached"
         raise AnnotatorError(
-            f"the zero-shot annotator's model is not in the Hugging Face cache {_cache_dir()} "
+            f"the zero-shot annotator's model is not in the Hugging Face cache {cache_dir()} "
             f"and {why}: missing {', '.join(missing)} from {model.source}; {_OFFLINE_ADVICE}"
         )
     _checked_weights(paths[_WEIGHTS], model.source, from_cache=True)
@@ -136,7 +139,7 @@ def fetch_zero_shot_model(
 
 
 _OFFLINE_ADVICE = (
-    "run once with network access, point $IDM_VTON_ZERO_SHOT_MODEL at a folder holding the model, "
+    f"run `idm-vton download` once with network access ({OFFLINE_HINT}), point $IDM_VTON_ZERO_SHOT_MODEL at a folder holding the model, "
     "or use the probe (--annotator probe or a probe file)"
 )
 
@@ -155,7 +158,7 @@ def _checked_weights(path: Path, source: str, from_cache: bool) -> Path:
     except (AnnotatorError, PreprocessModelError) as err:
         if not from_cache:
             raise
-        problem = _remove_from_cache(path)
+        problem = remove_from_cache(path)
         if problem is None:
             raise AnnotatorError(
                 f"{err}; it was deleted from the Hugging Face cache, the next run downloads it "
@@ -265,13 +268,9 @@ def _features(output) -> torch.Tensor:
 
 def _load_model(folder: Path, dtype: torch.dtype | None):
     """(model, tokenizer, image processor) of a CLIP or SigLIP folder, safetensors only."""
-    from transformers import (
-        AutoTokenizer,
-        CLIPImageProcessor,
-        CLIPModel,
-        SiglipImageProcessor,
-        SiglipModel,
-    )
+    from transformers import AutoTokenizer, CLIPModel, SiglipModel
+
+    from ..models.processors import image_processor_class
 
     config = read_json_object(folder / "config.json", AnnotatorError, "zero-shot model config")
     model_type = config.get("model_type")
@@ -281,8 +280,8 @@ def _load_model(folder: Path, dtype: torch.dtype | None):
             f"model_type {model_type!r}"
         )
     model_class, processor_class = {
-        "clip": (CLIPModel, CLIPImageProcessor),
-        "siglip": (SiglipModel, SiglipImageProcessor),
+        "clip": (CLIPModel, image_processor_class("CLIPImageProcessor")),
+        "siglip": (SiglipModel, image_processor_class("SiglipImageProcessor")),
     }[model_type]
     options = {} if dtype is None else {"dtype": dtype}
     try:
@@ -291,6 +290,6 @@ def _load_model(folder: Path, dtype: torch.dtype | None):
         processor = processor_class.from_pretrained(folder)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise AnnotatorError(
-            f"cannot load the zero-shot model in {folder} ({_first_line(err)})"
+            f"cannot load the zero-shot model in {folder} ({first_line(err)})"
         ) from err
     return model, tokenizer, processor

@@ -4,7 +4,8 @@ A config field (see :func:`idm_vton.options.option`) becomes one flag:
 
 * the flag is ``--<name with dashes>``; a ``bool`` field that is false by default becomes a
   ``store_true`` switch, one that is true by default a ``--no-<name>`` switch;
-* ``int``, ``float``, ``str`` and ``Path`` fields (optionally ``| None``) are parsed as such;
+* ``int``, ``float``, ``str`` and ``Path`` fields (optionally ``| None``) are parsed as such
+  (integers within +-2**31 - 1, numbers finite: NaN and infinities are refused);
   ``tuple[int, int]`` takes two values; an enum field lists its values as choices;
 * the field's ``help``, ``group``, ``metavar``, ``required`` and ``positional`` metadata go to
   argparse, a ``parse`` function replaces the type's parser, and ``shared`` takes the help and
@@ -122,8 +123,14 @@ def _argument(f: dataclasses.Field, hint: Any, default: Any) -> tuple[list[str],
     elif typing.get_origin(kind) is tuple:
         item_types = typing.get_args(kind)
         assert len(set(item_types)) == 1 and Ellipsis not in item_types, (f.name, kind)
-        kwargs.update(type=item_types[0], nargs=len(item_types))
-    elif kind in (int, float, Path):
+        parse = {int: _flags.parse_int, float: _flags.parse_float}.get(item_types[0])
+        item_type = item_types[0] if parse is None else _flags.argparse_type(parse)
+        kwargs.update(type=item_type, nargs=len(item_types))
+    elif kind is int:
+        kwargs["type"] = _flags.argparse_type(_flags.parse_int)
+    elif kind is float:
+        kwargs["type"] = _flags.argparse_type(_flags.parse_float)
+    elif kind is Path:
         kwargs["type"] = kind
     else:
         assert kind is str or kind is Any, (f.name, kind)

@@ -9,22 +9,92 @@ as a set. This module is the bottom of the command layer's flag code: it imports
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from .. import defaults
 from ..enums import DType, GarmentCategory, SchedulerName
+from ..options import MAX_SEED, parse_seed
 
-__all__ = ["SHARED", "add_preprocess_model_arguments", "add_shared", "argparse_type"]
+__all__ = [
+    "MAX_INT",
+    "SHARED",
+    "add_preprocess_model_arguments",
+    "add_shared",
+    "argparse_type",
+    "parse_float",
+    "parse_guidance",
+    "parse_int",
+    "parse_probability",
+    "parse_steps",
+]
+
+
+#: The largest integer an option takes (counts, sizes, steps): past it, a number is a typo, and
+#: the libraries underneath would overflow on it.
+MAX_INT = 2**31 - 1
+
+
+def parse_int(text: str) -> int:
+    """An integer within +-:data:`MAX_INT` (``ValueError`` naming the text otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"invalid integer {text!r}") from None
+    if abs(value) > MAX_INT:
+        raise ValueError(f"{text} is too large (at most {MAX_INT})")
+    return value
+
+
+def parse_float(text: str) -> float:
+    """A finite number: NaN and infinities are refused (``ValueError``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"invalid number {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def parse_steps(text: str) -> int:
+    """Denoising steps: 1 to :data:`~idm_vton.defaults.MAX_INFERENCE_STEPS`."""
+    steps = parse_int(text)
+    if not 1 <= steps <= defaults.MAX_INFERENCE_STEPS:
+        raise ValueError(
+            f"steps must be from 1 to {defaults.MAX_INFERENCE_STEPS} (the noise schedule's "
+            f"training steps), got {steps}"
+        )
+    return steps
+
+
+def parse_guidance(text: str) -> float:
+    """A guidance scale: finite, 0 to :data:`~idm_vton.defaults.MAX_GUIDANCE_SCALE`."""
+    value = parse_float(text)
+    if not 0 <= value <= defaults.MAX_GUIDANCE_SCALE:
+        raise ValueError(f"guidance must be from 0 to {defaults.MAX_GUIDANCE_SCALE:g}, got {text}")
+    return value
+
+
+def parse_probability(text: str) -> float:
+    """A number from 0 to 1."""
+    value = parse_float(text)
+    if not 0 <= value <= 1:
+        raise ValueError(f"expected a number from 0 to 1, got {text}")
+    return value
+
 
 #: name -> how the flag ``--<name with dashes>`` is parsed and described. ``parse`` raises
 #: ``ValueError`` on a bad value; ``default`` is the usual one (a command may pass its own).
 SHARED: dict[str, dict[str, Any]] = {
     "model": dict(
-        default="yisol/IDM-VTON", help="hub id, checkpoint folder, or 'tiny' (default %(default)s)"
+        default="yisol/IDM-VTON",
+        help="the try-on model: a hub id, a checkpoint folder, or 'tiny' (a built-in random "
+        "model that runs anywhere and draws noise) (default %(default)s)",
     ),
     "device": dict(
         default=None,
-        help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)",
+        help="cpu, cuda, cuda:N, mps or xpu (default: cuda if available, else cpu)",
     ),
     "dtype": dict(
         default=None,
@@ -32,26 +102,33 @@ SHARED: dict[str, dict[str, Any]] = {
         metavar="{" + ",".join(DType.values()) + "}",
         help="weights and compute precision (default: bf16 on CUDA, fp32 otherwise)",
     ),
-    "seed": dict(default=defaults.SEED, parse=int, help="random seed (default %(default)s)"),
+    "seed": dict(
+        default=defaults.SEED,
+        parse=parse_seed,
+        help=f"random seed, 0 to {MAX_SEED} (default %(default)s)",
+    ),
     "steps": dict(
         default=defaults.NUM_INFERENCE_STEPS,
-        parse=int,
-        help="denoising steps (default %(default)s)",
+        parse=parse_steps,
+        help=f"denoising steps, 1 to {defaults.MAX_INFERENCE_STEPS}; fewer is faster and rougher "
+        "(default %(default)s)",
     ),
     "guidance": dict(
         default=defaults.GUIDANCE_SCALE,
-        parse=float,
-        help="classifier-free guidance (default %(default)s)",
+        parse=parse_guidance,
+        help="classifier-free guidance scale: how strongly the garment and text steer the image; "
+        f"1 or less turns guidance off, at most {defaults.MAX_GUIDANCE_SCALE:g} "
+        "(default %(default)s)",
     ),
     "height": dict(
         default=defaults.WORK_HEIGHT,
-        parse=int,
-        help="work height, multiple of 8 (default %(default)s)",
+        parse=parse_int,
+        help="work height in pixels, a multiple of 8 (default %(default)s)",
     ),
     "width": dict(
         default=defaults.WORK_WIDTH,
-        parse=int,
-        help="work width, multiple of 8 (default %(default)s)",
+        parse=parse_int,
+        help="work width in pixels, a multiple of 8 (default %(default)s)",
     ),
     "scheduler": dict(
         default=SchedulerName.DDPM.value,
@@ -59,7 +136,12 @@ SHARED: dict[str, dict[str, Any]] = {
         help="sampler (default %(default)s, the reference's; the others are faster departures "
         "from it that give other images, see docs/performance.md)",
     ),
-    "negative_prompt": dict(default=None, help="unconditional caption (reference default)"),
+    "negative_prompt": dict(
+        default=None,
+        metavar="TEXT",
+        help="unconditional caption, what guidance steers away from (default: "
+        f'"{defaults.NEGATIVE_PROMPT}", as the official demo)',
+    ),
     "preprocess_models": dict(
         default=None,
         metavar="DIR",
@@ -70,15 +152,18 @@ SHARED: dict[str, dict[str, Any]] = {
     "category": dict(
         default=GarmentCategory.UPPER_BODY.value,
         choices=GarmentCategory.values(),
-        help="garment category whose area is masked (default %(default)s)",
+        help="garment category, which sets the area the automatic mask covers: upper_body "
+        "(torso and arms), lower_body (hips and legs), dresses (both) (default %(default)s)",
     ),
     "mask_type": dict(
         default="hd",
         choices=["hd", "dc"],
-        help="mask flavour: hd (VITON-HD, wide arm band) or dc (DressCode) (default %(default)s)",
+        help="automatic mask flavour: hd (as VITON-HD: a wide band around the arms) or dc (as "
+        "DressCode: closer to the body) (default %(default)s)",
     ),
     "preprocess_device": dict(
-        default="cpu", help="device for OpenPose/DensePose (default %(default)s)"
+        default="cpu",
+        help="device that computes the automatic mask and DensePose (default %(default)s)",
     ),
     "annotator": dict(
         default=None,
@@ -89,9 +174,9 @@ SHARED: dict[str, dict[str, Any]] = {
     ),
     "min_score": dict(
         default=0.25,
-        parse=float,
-        help="an attribute the annotator scores under this is left out of the description "
-        "(default %(default)s)",
+        parse=parse_probability,
+        help="an attribute the annotator scores under this (0 to 1) is left out of the "
+        "description (default %(default)s)",
     ),
 }
 

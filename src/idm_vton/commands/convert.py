@@ -10,8 +10,10 @@ HELP = "convert a published checkpoint to this project's safetensors layout"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", help="hub id or folder in the published IDM-VTON layout")
-    parser.add_argument("dst", help="output folder")
+    parser.add_argument(
+        "src", help="the model to convert: a hub id (yisol/IDM-VTON) or a checkpoint folder"
+    )
+    parser.add_argument("dst", help="output folder to create (or an earlier conversion)")
     add_shared(
         parser,
         "dtype",
@@ -19,14 +21,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         helps={"dtype": "weights dtype (default %(default)s)"},
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing output folder"
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier conversion in DST (its model_index.json and component folders; "
+        "anything else there is kept); never a folder of other files",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..devices import resolve_dtype
-    from ..pipelines.convert import convert_checkpoint
+    from pathlib import Path
 
+    from ..devices import resolve_dtype
+    from ..pipelines.convert import convert_checkpoint, earlier_conversion
+
+    if args.overwrite:
+        replaced, kept = earlier_conversion(Path(args.dst).expanduser())
+        if replaced:
+            print(f"replacing in {args.dst}: {', '.join(replaced)}")
+        if replaced and kept:
+            print(f"keeping in {args.dst}: {', '.join(kept)}")
     path = convert_checkpoint(
         args.src, args.dst, dtype=resolve_dtype(args.dtype), overwrite=args.overwrite
     )

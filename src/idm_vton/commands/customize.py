@@ -16,7 +16,7 @@ HELP = "fine-tune on one person photo (paper Sec. 3.3)"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``idm-vton customize``: the inputs, then :class:`CustomizeConfig`'s fields."""
     from ..enums import MixedPrecision
-    from ..training.customize import CustomizeConfig
+    from ..training.config import CustomizeConfig
 
     add_shared(
         parser, "model", helps={"model": "base: hub id, folder or 'tiny' (default %(default)s)"}
@@ -30,7 +30,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", required=True, type=Path, help="output .safetensors (lora: diffusers LoRA format)"
     )
     add_dataclass_arguments(parser, CustomizeConfig)
-    add_shared(parser, "height", "width", "device", defaults={"height": None, "width": None})
+    add_shared(
+        parser,
+        "height",
+        "width",
+        "device",
+        defaults={"height": None, "width": None},
+        helps={
+            "height": "work height, a multiple of 8 (default: the model's, 1024; tiny 256)",
+            "width": "work width, a multiple of 8 (default: the model's, 768; tiny 192)",
+        },
+    )
     parser.add_argument(
         "--mixed-precision",
         default=None,

@@ -12,7 +12,6 @@ _BATCH = 16
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = " ".join(__doc__.split())
     parser.add_argument(
         "--garment",
         action="append",

@@ -1,10 +1,11 @@
 """Fetch everything a try-on needs ahead of time, e.g. before going offline (``idm-vton download``).
 
 Gets the model (hub id into the Hugging Face cache, or a local folder as is), the four
-preprocessing weight files from the hub Space yisol/IDM-VTON (:mod:`idm_vton.loaders.hub`), and with
-``--convert DIR`` writes the model in this project's safetensors layout to ``DIR``. Prints where
-each thing is. Everything fetched is checked; a later ``HF_HUB_OFFLINE=1`` run finds it all in
-the cache.
+preprocessing weight files from the hub Space yisol/IDM-VTON (:mod:`idm_vton.loaders.hub`), the
+zero-shot garment annotator's model when the try-on model has no annotator probe of its own (what
+``--description auto`` then uses), and with ``--convert DIR`` writes the model in this project's
+safetensors layout to ``DIR``. Prints where each thing is. Everything fetched is checked; a later
+``HF_HUB_OFFLINE=1`` run finds it all in the cache.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--skip-preprocess",
         action="store_true",
         help="do not fetch the preprocessing weights (human parsing, OpenPose, DensePose)",
+    )
+    parser.add_argument(
+        "--skip-annotator",
+        action="store_true",
+        help="do not fetch the zero-shot garment annotator's model (FashionCLIP, about 0.6 GB; "
+        "only --description auto uses it)",
     )
 
 
@@ -85,4 +92,17 @@ def run(args: argparse.Namespace) -> int:
         override = default_models_dir()
         if override is not None:
             print(f"note: ${MODELS_DIR_ENV} is set, so try-ons use {override} instead")
+    if not args.skip_annotator:
+        import os
+
+        from ..annotation.loading import find_model_probe
+        from ..annotation.zero_shot import ZERO_SHOT_MODEL_ENV, fetch_zero_shot_model
+
+        probe = find_model_probe(str(model))
+        if probe is not None:
+            print(f"garment annotator: the model's probe {probe}")
+        elif os.environ.get(ZERO_SHOT_MODEL_ENV):
+            print(f"garment annotator (zero-shot): ${ZERO_SHOT_MODEL_ENV} is set, nothing to fetch")
+        else:
+            print(f"garment annotator (zero-shot): {fetch_zero_shot_model()}")
     return 0

@@ -14,7 +14,7 @@ HELP = "score try-on results (LPIPS, SSIM, FID, KID, CLIP-I)"
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``evaluate`` (:class:`~idm_vton.evaluation.evaluate.EvaluationConfig`'s
     fields and ``--json``) on ``parser``, returned for chaining."""
-    from ..evaluation.evaluate import EvaluationConfig
+    from ..evaluation.config import EvaluationConfig
 
     add_dataclass_arguments(parser, EvaluationConfig)
     parser.add_argument("--json", type=Path, help="also write the full result to this file")

@@ -13,9 +13,8 @@ HELP = "score a garment annotator against a dataset's tags"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from ..evaluation.annotator import AnnotatorEvaluationConfig
+    from ..evaluation.config import AnnotatorEvaluationConfig
 
-    parser.description = " ".join(__doc__.split())
     add_dataclass_arguments(parser, AnnotatorEvaluationConfig)
     parser.add_argument("--json", type=Path, help="also write the scores to this file")
     return parser

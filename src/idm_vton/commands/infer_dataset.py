@@ -16,7 +16,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``infer-dataset``: the fields of ``DatasetInferenceConfig``."""
     from ..evaluation.infer_dataset import DatasetInferenceConfig
 
-    parser.description = " ".join(__doc__.split())
     return add_dataclass_arguments(parser, DatasetInferenceConfig)
 
 

@@ -14,12 +14,27 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import importlib.abc
+import importlib.util
 import logging
 import os
+import re
 import sys
 import warnings
 
-__all__ = ["COMMANDS", "OneLineParser", "build_parser", "describe_os_error", "main", "run_command"]
+__all__ = [
+    "COMMANDS",
+    "OneLineParser",
+    "build_parser",
+    "describe_command",
+    "cli",
+    "describe_os_error",
+    "exit_quietly_on_interrupt",
+    "quiet_libraries",
+    "when_imported",
+    "main",
+    "run_command",
+]
 
 #: The command modules, in the order ``--help`` lists them. Each defines ``HELP``,
 #: ``add_arguments(parser)`` and ``run(args) -> int``.
@@ -67,26 +82,72 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"{__package__}.{module_name}")
-        command = sub.add_parser(name, help=module.HELP, description=module.__doc__.split("\n")[0])
+        command = sub.add_parser(name, help=module.HELP, description=describe_command(module))
         module.add_arguments(command)
         command.set_defaults(func=module.run, command_parser=command)
     return parser
 
 
+def describe_command(module) -> str:
+    """The ``--help`` description of a command module: its docstring's first paragraph, on one
+    line, as plain text (reStructuredText markup such as double backticks and roles removed)."""
+    paragraph = (module.__doc__ or module.HELP).strip().split("\n\n")[0]
+    text = " ".join(paragraph.split())
+    text = re.sub(r":\w+:`~?([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], text)
+    return text.replace("``", "")
+
+
 def quiet_libraries() -> None:
     """Only errors from the libraries underneath (diffusers, transformers, warnings), and none
-    of their progress bars."""
+    of their progress bars.
+
+    diffusers and transformers are not imported for this: the verbosity goes through their
+    environment variables, and their progress bars are turned off when (if ever) a command
+    imports them, so a command that fails early, or prints help, never pays for loading them.
+    """
     logging.basicConfig(level=logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore")
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
     # Their "Loading weights" bars would put lines of their own around a one-line error.
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
+    for name in ("diffusers.utils.logging", "transformers.utils.logging"):
+        when_imported(name, _quiet_library_logging)
+
+
+def _quiet_library_logging(module) -> None:
+    module.set_verbosity_error()
+    module.disable_progress_bar()
+
+
+def when_imported(name: str, callback) -> None:
+    """Call ``callback(module)`` once the module ``name`` is imported (now, if it already is)."""
+    if name in sys.modules:
+        callback(sys.modules[name])
+        return
+    sys.meta_path.insert(0, _AfterImport(name, callback))
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: wraps the real loader of one module to run a callback after it."""
+
+    def __init__(self, name: str, callback) -> None:
+        self.name, self.callback = name, callback
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # once; and so the lookup below finds the real spec
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        execute, callback = spec.loader.exec_module, self.callback
+
+        def exec_module(module) -> None:
+            execute(module)
+            callback(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +167,34 @@ def main(argv: list[str] | None = None) -> int:
         verbose = any(a in ("--verbose", "-v") for a in (sys.argv[1:] if argv is None else argv))
         return _failed(err, prog, verbose)
     return run_command(args.func, args, prog, verbose=args.verbose)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """The ``idm-vton`` program: :func:`main`, then a Ctrl-C while the process is exiting (its
+    libraries' exit handlers, threads being joined) ends it at once with one line and exit code
+    130, instead of a traceback and the command's own exit code."""
+    code = main(argv)
+    exit_quietly_on_interrupt("idm-vton")
+    return code
+
+
+def exit_quietly_on_interrupt(prog: str) -> None:
+    """From now on, Ctrl-C prints ``PROG: interrupted`` and ends the process with code 130 at
+    once (for the end of a program: the work is done, what is left is the interpreter's exit)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum, frame) -> None:
+        try:
+            sys.stdout.flush()
+        finally:
+            os.write(2, f"{prog}: interrupted\n".encode())
+            os._exit(130)
+
+    signal.signal(signal.SIGINT, stop)
 
 
 def run_command(func, args, prog: str, verbose: bool = False) -> int:

@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-ui", action="store_true", help="serve the HTTP API only")
     ray = parser.add_argument_group("Ray Serve")
     ray.add_argument(
-        "--ray", action="store_true", help="run on Ray Serve (pip install idm-vton[ray])"
+        "--ray",
+        action="store_true",
+        help='run on Ray Serve (needs the ray extra: pip install ".[serve,ray]" in the clone)',
     )
     add_dataclass_arguments(ray, RayOptions)
     add_memory_arguments(parser)

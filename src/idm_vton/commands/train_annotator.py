@@ -12,9 +12,8 @@ HELP = "train the garment annotator probe on a dataset's tags"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from ..training.annotator import AnnotatorTrainingConfig
+    from ..training.config import AnnotatorTrainingConfig
 
-    parser.description = " ".join(__doc__.split())
     return add_dataclass_arguments(parser, AnnotatorTrainingConfig)
 
 

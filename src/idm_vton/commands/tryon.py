@@ -7,20 +7,22 @@ from pathlib import Path
 
 from ..enums import GarmentCategory
 from ._dataclass_flags import add_memory_arguments, memory_options
-from ._flags import add_shared
+from ._flags import add_shared, argparse_type, parse_float
 
 HELP = "render a person wearing a garment (or an outfit: one --garment per piece)"
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--person", required=True, help="photo of the person (any size)")
+    parser.add_argument(
+        "--person", required=True, metavar="IMG", help="photo of the person (any size)"
+    )
     parser.add_argument(
         "--garment",
         action="append",
         required=True,
         metavar="IMG",
-        help="in-shop photo of the garment; repeat for an outfit (a top and trousers or a "
+        help="photo of the garment alone, e.g. a shop picture on a plain background; repeat for an outfit (a top and trousers or a "
         "skirt, or a dress alone): one pass per garment, lower body first, each on the "
         "previous result",
     )
@@ -53,13 +55,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "an outfit: once per --garment, or one 'auto' for all",
     )
     add_shared(parser, "annotator", "min_score", "negative_prompt", "model")
-    parser.add_argument("--out", required=True, help="output image (.png/.jpg), written atomically")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output image: .png, .jpg/.jpeg or .webp (written whole or not at all)",
+    )
     add_shared(parser, "steps", "guidance")
     parser.add_argument(
         "--strength",
-        type=float,
+        type=argparse_type(parse_float),
         default=1.0,
-        help="denoising strength in (0, 1] (default %(default)s)",
+        help="denoising strength in (0, 1]: below 1 keeps some of the photo's original garment "
+        "area; steps x strength must be at least 1 (default %(default)s)",
     )
     add_shared(
         parser,
@@ -79,6 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--customization",
         default=None,
+        metavar="FILE",
         help="customization file (.safetensors, full delta or LoRA) from `idm-vton customize`",
     )
     parser.add_argument(
@@ -102,8 +110,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..devices import check_dtype_on_device, resolve_device, resolve_dtype
     from ..images import save_image_atomic
-    from ..models.tiny import TINY_MODEL_NOTE
-    from ..pipelines.loading import load_model
     from ..pipelines.memory import apply_memory_options
     from ..pipelines.outfit import OutfitGarment, plan_outfit, run_outfit
     from ..progress import progress_bars_shown
@@ -129,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
     if None not in categories:
         first = plan_outfit(categories, names)[0]  # refused combinations fail before loading
         inputs.prepare_first(categories[first])
+    # diffusers and transformers load only now: a missing weight file above fails at once.
+    from ..models.tiny import TINY_MODEL_NOTE
+    from ..pipelines.loading import load_model
+
     if args.model == "tiny":
         print(f"note: {TINY_MODEL_NOTE}")  # stdout: stderr is for errors
     pipe = load_model(args.model, dtype, device, args.scheduler)
@@ -270,7 +280,7 @@ def _check_arguments(args: argparse.Namespace) -> Path:
     from ..errors import UsageError
     from ..files import check_writable_output
     from ..images import check_work_size
-    from ..pipelines.tryon import check_strength
+    from ..pipelines.checks import check_strength
 
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")

@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,7 @@ from .captions import (
     load_vitonhd_tags,
     tryon_prompt,
 )
+from .pairs import read_pairs, vitonhd_tag_file_candidates
 
 logger = logging.getLogger(__name__)
 
@@ -153,42 +154,6 @@ class SampleRecord:
     source: str  # e.g. "/data/test_pairs.txt line 3: '00001_00.jpg 00002_00.jpg'"
 
 
-@dataclass(frozen=True)
-class _PairLine:
-    person: str
-    garment: str
-    source: str
-
-
-def _read_pairs(path: Path) -> list[_PairLine]:
-    """Read a pairs file: one ``<person> <garment> [...]`` per non-empty line."""
-    if not path.is_file():
-        raise DatasetError(f"pairs file not found: {path}", path=path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"cannot read pairs file {path}: {error}", path=path) from error
-    pairs = []
-    for number, line in enumerate(lines, start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) < 2:
-            raise DatasetError(
-                f"{path} line {number}: expected '<person file> <garment file>', got {line!r}",
-                path=path,
-            )
-        for name in fields[:2]:
-            if PurePath(name).is_absolute() or ".." in PurePath(name).parts:
-                raise DatasetError(
-                    f"{path} line {number}: {name!r} is not a file name of the dataset (a pairs "
-                    "file names files inside the dataset folder)",
-                    path=path,
-                )
-        pairs.append(_PairLine(fields[0], fields[1], f"{path} line {number}: {line.strip()!r}"))
-    return pairs
-
-
 def _require_pairs(records: list, pairs_files: list[Path]) -> None:
     """An empty split is a mistake (a wrong or emptied pairs file), not a run with no samples."""
     if not records:
@@ -196,13 +161,6 @@ def _require_pairs(records: list, pairs_files: list[Path]) -> None:
         raise DatasetError(
             f"{names}: no pairs listed (the pairs file is empty)", path=pairs_files[0]
         )
-
-
-def vitonhd_tag_file_candidates(root: Path, split: Split) -> list[Path]:
-    """Where a VITON-HD split's tag file is looked for: ``{split}/`` (the official place), then
-    the root folder."""
-    name = f"vitonhd_{split.value}_tagged.json"
-    return [root / split.value / name, root / name]
 
 
 def _check_size(size: Sequence[int]) -> tuple[int, int]:
@@ -424,7 +382,7 @@ class VitonHDDataset(TryOnDataset):
         phase = self.root / self.split.value
         records = []
         pairs_file = self.root / f"{self.split.value}_pairs.txt"
-        for pair in _read_pairs(pairs_file):
+        for pair in read_pairs(pairs_file):
             garment = pair.person if self.pairing is Pairing.PAIRED else pair.garment
             records.append(
                 SampleRecord(
@@ -535,7 +493,7 @@ class DressCodeDataset(TryOnDataset):
         for cat in self.categories:
             folder = self.root / cat.value
             captions = self._load_captions(folder / "dc_caption.txt")
-            for pair in _read_pairs(folder / pairs_name):
+            for pair in read_pairs(folder / pairs_name):
                 stem = Path(pair.person).stem
                 description = captions.get(pair.garment) or captions.get(
                     Path(pair.garment).stem, cat.value

@@ -27,7 +27,7 @@ from typing import Any
 from ..enums import DatasetKind, GarmentCategory, Split
 from ..errors import DatasetError, UsageError
 from .captions import VITONHD_TAG_ORDER, load_dresscode_captions, read_vitonhd_entries
-from .datasets import _read_pairs, vitonhd_tag_file_candidates
+from .pairs import read_pairs, vitonhd_tag_file_candidates
 
 __all__ = [
     "ATTRIBUTES",
@@ -209,7 +209,7 @@ class GarmentTagRecord:
 
 def _pair_garments(pairs_file: Path, columns: tuple[int, ...]) -> list[str]:
     names: dict[str, None] = {}
-    for pair in _read_pairs(pairs_file):
+    for pair in read_pairs(pairs_file):
         for column in columns:
             names[(pair.person, pair.garment)[column]] = None
     return list(names)

@@ -18,18 +18,16 @@ annotator's labels are compared with the dataset's tags:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ..annotation.annotator import GarmentAnnotator
-from ..annotation.datasets import AnnotatorDataOptions
 from ..annotation.encoder import garment_batches, load_garment_encoder
 from ..annotation.loading import load_annotator, resolve_annotator
-from ..annotation.tags import DEFAULT_MIN_SCORE, compose_description
+from ..annotation.tags import compose_description
 from ..data.tags import ATTRIBUTES, list_tagged_garments, load_label_sets
-from ..errors import DatasetError, UsageError
-from ..options import option
+from ..errors import DatasetError
 from ..progress import progress_bar
+from .config import AnnotatorEvaluationConfig
 
 __all__ = [
     "AnnotatorEvaluationConfig",
@@ -39,19 +37,6 @@ __all__ = [
 ]
 
 Labels = Mapping[str, str | None]
-
-
-@dataclass(frozen=True, kw_only=True)
-class AnnotatorEvaluationConfig(AnnotatorDataOptions):
-    """The options of ``idm-vton evaluate-annotator``."""
-
-    annotator: str | None = option(None, shared="annotator")
-    min_score: float = option(DEFAULT_MIN_SCORE, shared="min_score")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 <= self.min_score <= 1.0:
-            raise UsageError(f"--min-score must be in [0, 1], got {self.min_score}")
 
 
 def score_annotations(truth: Sequence[Labels], predicted: Sequence[Labels]) -> dict[str, Any]:

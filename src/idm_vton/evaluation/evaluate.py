@@ -29,11 +29,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..enums import Choice
-from ..errors import EvaluationError, ImageInputError, UsageError
+from ..errors import EvaluationError, ImageInputError
 from ..images import MAX_WORK_SIDE, load_image
-from ..options import option
 from ..progress import progress_bar
+from .config import DEFAULT_METRICS, EvaluationConfig, Metric, parse_metrics, parse_resolution
 from .metrics.fid import (
     fid_from_features,
     inception_features,
@@ -57,23 +56,10 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
-DEFAULT_RESOLUTION = (1024, 768)  # (height, width) of VITON-HD / DressCode test images
 # Pixels in one batch (per side of a pair), checked before anything is read: 128 images of
 # 1024 x 1024, far more than a GPU holds through LPIPS, far less than a runaway allocation.
 MAX_BATCH_PIXELS = 2**27
 
-
-class Metric(Choice):
-    """Metrics :func:`evaluate_folders` can compute."""
-
-    LPIPS = "lpips"
-    SSIM = "ssim"
-    FID = "fid"
-    KID = "kid"
-    CLIP_I = "clip_i"
-
-
-DEFAULT_METRICS = tuple(m.value for m in Metric)
 
 _IMPLEMENTATIONS = {
     Metric.SSIM: (
@@ -228,69 +214,6 @@ def _clip_record(path: Path, scorer) -> dict:
             if p.suffix in {".safetensors", ".bin"}
         },
     }
-
-
-# --------------------------------------------------------------------------- options
-
-
-def parse_metrics(text: str) -> tuple[str, ...]:
-    """``"fid,kid"`` -> ``("fid", "kid")``; refuses unknown names."""
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in DEFAULT_METRICS]
-    if unknown:
-        raise UsageError(
-            f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(DEFAULT_METRICS)}"
-        )
-    return names
-
-
-def parse_resolution(text: str) -> tuple[int, int]:
-    """``"1024x768"`` -> ``(1024, 768)`` (height, width)."""
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UsageError(
-            f"resolution must be HEIGHTxWIDTH such as 1024x768, got {text!r}"
-        ) from None
-    return height, width
-
-
-@dataclass(frozen=True)
-class EvaluationConfig:
-    """What :func:`evaluate` computes and how (the options of ``idm-vton evaluate``)."""
-
-    pred_dir: Path = option(help="folder of generated try-on images", positional=True)
-    gt_dir: Path = option(help="folder of ground-truth photos (same names)", positional=True)
-    garments_dir: Path | None = option(
-        None, "in-shop garment images (for CLIP-I; skipped, and recorded so, without them)"
-    )
-    pairs_file: Path | None = option(
-        None, "VITON-HD style 'person garment' lines naming each output's garment (unpaired)"
-    )
-    metrics: tuple[str, ...] = option(
-        DEFAULT_METRICS,
-        f"comma-separated subset of {','.join(DEFAULT_METRICS)} (default: all)",
-        parse=parse_metrics,
-    )
-    weights_dir: Path = option(
-        Path("weights"), "folder with the metric weight files (default: ./weights)"
-    )
-    resolution: tuple[int, int] = option(
-        DEFAULT_RESOLUTION,
-        "HEIGHTxWIDTH every image is brought to first, PIL bicubic (default: 1024x768)",
-        parse=parse_resolution,
-    )
-    batch_size: int = option(4, "images per forward pass")
-    device: str | None = option(None, shared="device")
-    lpips_net: str = option("alex", "LPIPS backbone", choices=["alex", "vgg"])
-    clip_model: Path | None = option(None, "CLIP vision model folder (default: WEIGHTS_DIR/clip)")
-    kid_subsets: int = option(100)
-    kid_subset_size: int = option(1000)
-    seed: int = option(0, "seed for KID subsets", shared="seed")
-    verify_weights: bool = option(
-        True, "do not check weight files against their published SHA-256 (recorded)"
-    )
-    progress: bool = option(True, "hide the progress bar")
 
 
 @dataclass

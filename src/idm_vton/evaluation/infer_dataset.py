@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ from ..files import (
 )
 from ..images import check_work_size
 from ..loaders.json_files import read_json_object
-from ..options import option
+from ..options import check_seed, option
 
 __all__ = [
     "DatasetInferenceConfig",
@@ -146,7 +147,7 @@ class DatasetInferenceConfig:
         parse=parse_dataset_category,
         metavar="{upper_body,lower_body,dresses,all}",
     )
-    split: Split = option(Split.TEST)
+    split: Split = option(Split.TEST, "dataset split to render (default test)")
     pairing: Pairing = option(
         Pairing.PAIRED,
         "the person's own garment (paired) or another one (unpaired); default %(default)s",
@@ -287,8 +288,15 @@ def _build_dataset(config: DatasetInferenceConfig, clip_size: int = 224):
 
 
 def _validate(config: DatasetInferenceConfig) -> None:
-    if config.steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {config.steps}")
+    if not 1 <= config.steps <= defaults.MAX_INFERENCE_STEPS:
+        raise UsageError(
+            f"--steps must be from 1 to {defaults.MAX_INFERENCE_STEPS}, got {config.steps}"
+        )
+    if not (math.isfinite(config.guidance) and 0 <= config.guidance <= defaults.MAX_GUIDANCE_SCALE):
+        raise UsageError(
+            f"--guidance must be from 0 to {defaults.MAX_GUIDANCE_SCALE:g}, got {config.guidance}"
+        )
+    check_seed(config.seed)
     if config.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {config.batch_size}")
     if config.num_workers < 0:

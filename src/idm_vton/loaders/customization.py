@@ -372,7 +372,7 @@ def _check_same_base(
         raise CustomizationError(
             f"{path}: metadata 'base_stats' is not a table of per-tensor sums (damaged file)"
         )
-    if set(expected) == set(current) and _stats_match(expected, current):
+    if set(expected) == set(current) and stats_match(expected, current):
         return
     base = metadata.get("base_name") or "an unnamed model"
     raise CustomizationError(
@@ -382,7 +382,7 @@ def _check_same_base(
     )
 
 
-def _stats_match(expected: dict[str, list[float]], tensors: dict[str, torch.Tensor]) -> bool:
+def stats_match(expected: dict[str, list[float]], tensors: dict[str, torch.Tensor]) -> bool:
     """Same base at another precision: per-tensor sums within bf16-rounding tolerance."""
     _, actual = base_fingerprint(tensors)
     for name, (s, a) in expected.items():

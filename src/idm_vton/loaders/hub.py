@@ -23,13 +23,30 @@ from ..errors import PreprocessModelError
 from .weights import check_weight_file
 
 __all__ = [
+    "DEFAULT_HUB_TIMEOUT",
     "MODEL_FILES",
+    "OFFLINE_HINT",
     "PREPROCESS_REPO_ID",
     "PREPROCESS_REPO_TYPE",
-    "hub_filename",
+    "cache_dir",
+    "cache_only_reason",
     "fetch_preprocess_models",
+    "first_line",
+    "forget_hub_probes",
+    "hub_filename",
+    "hub_unreachable_reason",
+    "is_disk_full",
     "models_folder",
+    "remove_from_cache",
 ]
+
+#: Seconds the one check that the hub answers may take (``$HF_HUB_ETAG_TIMEOUT`` when set, as
+#: for huggingface_hub's own metadata requests).
+DEFAULT_HUB_TIMEOUT = 5.0
+#: How to run from the cache without any network check; said in every offline message.
+OFFLINE_HINT = "HF_HUB_OFFLINE=1 then uses the cache without trying the network"
+# endpoint -> None (it answered) or why it could not be reached; one check per process.
+_PROBES: dict[str, str | None] = {}
 
 #: Weight files, relative to the models folder (the official demo's ``ckpt/`` layout).
 MODEL_FILES = {
@@ -77,20 +94,84 @@ def models_folder(paths: dict[str, Path]) -> Path | None:
     return folders.pop() if len(folders) == 1 else None
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """The Hugging Face hub cache folder in use (``HF_HUB_CACHE``, ``HF_HOME``)."""
     from huggingface_hub import constants
 
     return Path(constants.HF_HUB_CACHE)
 
 
-def _first_line(err: BaseException, limit: int = 160) -> str:
+def hub_unreachable_reason(timeout: float | None = None) -> str | None:
+    """``None`` when the hub (``HF_ENDPOINT``, default huggingface.co) answers an HTTP request,
+    any status; otherwise why not, in a few words ("connection refused", "no answer within 5
+    s", ...).
+
+    One request, no retries, at most ``timeout`` seconds (default ``$HF_HUB_ETAG_TIMEOUT``, else
+    :data:`DEFAULT_HUB_TIMEOUT`), once per endpoint and process: a machine without network is
+    found out in a moment instead of through huggingface_hub's retries on every file.
+    """
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    endpoint = constants.ENDPOINT.rstrip("/")
+    if endpoint in _PROBES:
+        return _PROBES[endpoint]
+    if timeout is None:
+        timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or DEFAULT_HUB_TIMEOUT)
+    request = urllib.request.Request(endpoint + "/", method="HEAD")
+    reason = None
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answered, if only with an error status: the hub is there
+    except TimeoutError:
+        reason = f"no answer within {timeout:g} s"
+    except urllib.error.URLError as err:
+        cause = err.reason
+        if isinstance(cause, (TimeoutError, socket.timeout)):
+            reason = f"no answer within {timeout:g} s"
+        elif isinstance(cause, socket.gaierror):
+            reason = "its name does not resolve"
+        elif isinstance(cause, OSError) and cause.strerror:
+            reason = cause.strerror[0].lower() + cause.strerror[1:]
+        else:
+            reason = str(cause)
+    except (OSError, ValueError) as err:  # a reset connection, a malformed HF_ENDPOINT
+        reason = first_line(err)
+    _PROBES[endpoint] = None if reason is None else f"{endpoint} cannot be reached: {reason}"
+    return _PROBES[endpoint]
+
+
+def forget_hub_probes() -> None:
+    """Check the hub again on the next download (e.g. after the network came back)."""
+    _PROBES.clear()
+
+
+def cache_only_reason(local_files_only: bool = False) -> str | None:
+    """Why downloads must use the cache only, or ``None`` when the hub can be asked: the caller
+    asked so, ``HF_HUB_OFFLINE`` is set, or the hub does not answer
+    (:func:`hub_unreachable_reason`)."""
+    from huggingface_hub import constants
+
+    if local_files_only:
+        return "local_files_only was asked"
+    if constants.is_offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    return hub_unreachable_reason()
+
+
+def first_line(err: BaseException, limit: int = 160) -> str:
     text = str(err).strip()
     line = text.splitlines()[0] if text else ""
     line = line if len(line) <= limit else line[: limit - 3] + "..."
     return f"{type(err).__name__}: {line}" if line else type(err).__name__
 
 
-def _is_disk_full(err: BaseException) -> bool:
+def is_disk_full(err: BaseException) -> bool:
     """ENOSPC anywhere in the exception chain; hf_xet's Rust errors carry it only as text."""
     seen: set[int] = set()
     current: BaseException | None = err
@@ -104,7 +185,7 @@ def _is_disk_full(err: BaseException) -> bool:
     return False
 
 
-def _remove_from_cache(path: Path) -> str | None:
+def remove_from_cache(path: Path) -> str | None:
     """Delete a cached file (snapshot entry and the blob it links to); an error text or None."""
     try:
         if path.is_symlink():
@@ -115,7 +196,7 @@ def _remove_from_cache(path: Path) -> str | None:
         else:
             path.unlink(missing_ok=True)
     except OSError as err:
-        return _first_line(err)
+        return first_line(err)
     return None
 
 
@@ -124,7 +205,7 @@ def _checked(name: str, path: Path) -> Path:
     try:
         return check_weight_file(path, what, _SOURCE, min_bytes=_MIN_BYTES, fmt=fmt)
     except PreprocessModelError as err:
-        problem = _remove_from_cache(path)
+        problem = remove_from_cache(path)
         if problem is None:
             raise PreprocessModelError(
                 f"{err}; it was deleted from the Hugging Face cache, the next run downloads it "
@@ -155,14 +236,15 @@ def fetch_preprocess_models(
             file, or a file is a placeholder / git-lfs pointer / truncated / of the wrong format
             (it is then deleted from the cache so the next run downloads it again).
     """
-    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     wanted = list(MODEL_FILES) if names is None else list(dict.fromkeys(names))
     filenames = {name: hub_filename(name) for name in wanted}
     paths: dict[str, Path] = {}
     missing: list[str] = []
-    cache_only = local_files_only
+    offline = cache_only_reason(local_files_only)
+    cache_only = offline is not None
     for name, filename in filenames.items():
         try:
             path = hf_hub_download(
@@ -178,31 +260,26 @@ def fetch_preprocess_models(
             cache_only = True
             continue
         except Exception as err:  # noqa: BLE001 - any other hub failure gets the same advice
-            if _is_disk_full(err):
+            if is_disk_full(err):
                 raise PreprocessModelError(
                     f"no space left on the disk while downloading {filename} from {_SOURCE} into "
-                    f"the Hugging Face cache {_cache_dir()}; free some space (or point "
+                    f"the Hugging Face cache {cache_dir()}; free some space (or point "
                     "HF_HUB_CACHE at a larger disk) and run again"
                 ) from err
             raise _hub_error(filename, err) from err
         paths[name] = _checked(name, Path(path))
     if missing:
-        if local_files_only:
-            why = "local_files_only was asked"
-        elif constants.is_offline_mode():
-            why = "HF_HUB_OFFLINE is set"
-        else:
-            why = "the hub cannot be reached"
+        why = offline or "the hub cannot be reached"
         raise PreprocessModelError(
-            f"preprocessing weights not in the Hugging Face cache {_cache_dir()} and {why}: "
+            f"preprocessing weights not in the Hugging Face cache {cache_dir()} and {why}: "
             f"missing {', '.join(missing)} from {_SOURCE}; run `idm-vton download` with network "
-            f"access, {_OVERRIDE_ADVICE}"
+            f"access ({OFFLINE_HINT}), {_OVERRIDE_ADVICE}"
         )
     return paths
 
 
 def _hub_error(filename: str, err: BaseException) -> PreprocessModelError:
     return PreprocessModelError(
-        f"cannot download {filename} from {_SOURCE} ({_first_line(err)}); without network, "
+        f"cannot download {filename} from {_SOURCE} ({first_line(err)}); without network, "
         f"run `idm-vton download` elsewhere and copy the Hugging Face cache, {_OVERRIDE_ADVICE}"
     )

@@ -364,10 +364,15 @@ def resolve_checkpoint(
 ) -> Path:
     """A local folder as is; otherwise download (or find in the cache) a hub snapshot.
 
+    Without network (``HF_HUB_OFFLINE``, ``local_files_only``, or a hub that does not answer
+    :func:`~idm_vton.loaders.hub.hub_unreachable_reason`'s one quick check) only the cache is
+    read, and a model missing from it is one :class:`~idm_vton.errors.CheckpointError` line.
+
     ``revision``, ``cache_dir``, ``token`` and ``force_download`` go to
     ``huggingface_hub.snapshot_download``; ``variant`` adds that variant's pickles to what is
     fetched, ``use_safetensors=True`` leaves pickles out.
     """
+    cache_dir_arg = cache_dir
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -376,32 +381,46 @@ def resolve_checkpoint(
         raise CheckpointError(f"checkpoint folder not found: {name_or_path}")
     from huggingface_hub import snapshot_download
 
+    from .hub import OFFLINE_HINT, cache_dir, cache_only_reason
+
     patterns = ["model_index.json", "*/config.json", "*/*.json", "*/*.txt", "*.json"]
     patterns.append("*/*.safetensors")
     if use_safetensors is not True:
         pickles = ["diffusion_pytorch_model.bin", "pytorch_model.bin"]
         patterns += [f"*/{variant_name(n, v)}" for n in pickles for v in {None, variant}]
-    hub = dict(allow_patterns=patterns, revision=revision, cache_dir=cache_dir, token=token)
-    try:
-        return Path(
-            snapshot_download(
-                name, local_files_only=local_files_only, force_download=force_download, **hub
-            )
-        )
-    except Exception as err:  # noqa: BLE001 - any hub failure gets the same advice
+    hub = dict(allow_patterns=patterns, revision=revision, cache_dir=cache_dir_arg, token=token)
+    offline = None if force_download else cache_only_reason(local_files_only)
+    if offline is None:
         try:
-            return Path(snapshot_download(name, local_files_only=True, **hub))
-        except Exception:  # noqa: BLE001
-            pass
-        raise CheckpointError(
-            f"cannot get '{name}' from the Hugging Face hub ({type(err).__name__}); without network, "
-            "pass a local folder: --model /path/to/IDM-VTON"
-        ) from err
+            return Path(
+                snapshot_download(
+                    name, local_files_only=False, force_download=force_download, **hub
+                )
+            )
+        except Exception as err:  # noqa: BLE001 - any hub failure gets the same advice
+            failure = f"the hub failed ({type(err).__name__})"
+            cause: Exception | None = err
+    else:
+        failure, cause = offline, None
+    try:
+        return Path(snapshot_download(name, local_files_only=True, **hub))
+    except Exception:  # noqa: BLE001 - not (completely) in the cache
+        pass
+    where = cache_dir_arg or cache_dir()
+    raise CheckpointError(
+        f"'{name}' is not in the Hugging Face cache {where} and {failure}; run `idm-vton "
+        f"download --model {name}` with network access ({OFFLINE_HINT}), or pass a local "
+        "folder: --model /path/to/IDM-VTON"
+    ) from cause
 
 
 def _file_kwargs(folder: Path, variant: str | None, use_safetensors: bool | None) -> dict:
     """``variant`` / ``use_safetensors`` for a diffusers or transformers loader: the variant only
     where the folder has its files (those loaders refuse a variant they cannot find)."""
+    if use_safetensors is None and not any(folder.glob("*.safetensors")):
+        # Only pickles here: say so, or diffusers first looks for safetensors and logs an
+        # error line of its own ahead of any refusal of the pickle.
+        use_safetensors = False if any(folder.glob("*.bin")) else None
     kwargs = {} if use_safetensors is None else {"use_safetensors": use_safetensors}
     if variant and any(folder.glob(f"*.{variant}.*")):
         kwargs["variant"] = variant
@@ -514,14 +533,27 @@ def load_components(
         vae_dtype = torch.float32 if dtype == torch.float16 else dtype
         parts["vae"] = _load_vae(root, vae_dtype, **files)
     if "image_encoder" not in parts:
-        parts["image_encoder"] = _load_image_encoder(root, dtype, **files)
+        parts["image_encoder"] = load_image_encoder(root, dtype, **files)
     parts["scheduler"] = _load_scheduler(root, scheduler)
     if "feature_extractor" not in parts:
-        parts["feature_extractor"] = _load_feature_extractor(root)
-    if load_text_encoders:
+        parts["feature_extractor"] = load_feature_extractor(root)
+    if load_text_encoders and not _saved_without_text_encoders(root):
         missing = [name for name in _TEXT_COMPONENTS if name not in parts]
         parts.update(_load_text_components(root, dtype, missing, **files))
     return parts
+
+
+def _saved_without_text_encoders(root: Path) -> bool:
+    """Whether ``root`` is a pipeline saved without its text encoders: its ``model_index.json``
+    names them as None (diffusers writes ``[null, null]``) and their folders are absent."""
+    index_path = root / "model_index.json"
+    if not index_path.is_file():
+        return False
+    index = _read_json(index_path)
+    return all(
+        index.get(name) in (None, [None, None]) and not (root / name).is_dir()
+        for name in _TEXT_COMPONENTS
+    )
 
 
 def _load_vae(root: Path, dtype: torch.dtype, **files):
@@ -537,7 +569,9 @@ def _load_vae(root: Path, dtype: torch.dtype, **files):
     return vae.eval()
 
 
-def _load_image_encoder(root: Path, dtype: torch.dtype, **files):
+def load_image_encoder(root: Path, dtype: torch.dtype, **files):
+    """The CLIP vision encoder of the checkpoint folder ``root`` (``image_encoder/``), in eval
+    mode; ``files`` are diffusers' ``variant`` / ``use_safetensors``."""
     from transformers import CLIPVisionModelWithProjection
 
     encoder = load_component(
@@ -584,12 +618,16 @@ def _load_text_components(root: Path, dtype: torch.dtype, names: list[str], **fi
     }
 
 
-def _load_feature_extractor(root: Path):
+def load_feature_extractor(root: Path):
     """The CLIP preprocessing config of the checkpoint (its own or the image encoder's),
-    else CLIP's defaults."""
-    from transformers import CLIPImageProcessor
+    else CLIP's at the image encoder's input size (``image_encoder/config.json``)."""
+    from ..models.processors import clip_image_processor, image_processor_class
 
     for folder in (root / "feature_extractor", root / "image_encoder"):
         if (folder / "preprocessor_config.json").is_file():
-            return load_component(CLIPImageProcessor.from_pretrained, folder, "feature extractor")
-    return CLIPImageProcessor()
+            return load_component(
+                image_processor_class().from_pretrained, folder, "feature extractor"
+            )
+    config_path = root / "image_encoder" / "config.json"
+    size = _read_json(config_path).get("image_size") if config_path.is_file() else None
+    return clip_image_processor(size if isinstance(size, int) and size > 0 else None)

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import (
-    CLIPImageProcessor,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
@@ -30,6 +29,7 @@ from transformers import (
 )
 
 from ..schedulers import reference_scheduler
+from .processors import clip_image_processor
 from .tryon_net import ImageProjection, attach_ip_adapter
 
 __all__ = ["TINY_MODEL_NOTE", "random_tryon_models", "tiny_components", "tiny_unet_config"]
@@ -162,9 +162,7 @@ def tiny_components(seed: int = 0, text_encoders: bool = True) -> dict:
         components = {
             **{name: model.eval() for name, model in models.items()},
             "scheduler": reference_scheduler(),
-            "feature_extractor": CLIPImageProcessor(
-                size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-            ),
+            "feature_extractor": clip_image_processor(32),
         }
         if text_encoders:
             components.update(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from ..files import atomic_directory, check_writable_output
 from ..loaders.pipeline import EMA_CONFIG_KEYS
 from .tryon import TryOnPipeline
 
-__all__ = ["convert_checkpoint"]
+__all__ = ["convert_checkpoint", "earlier_conversion"]
 
 
 def _drop_ema_keys(folder: Path) -> None:
@@ -54,11 +55,38 @@ def convert_checkpoint(
     """
     dst = Path(dst).expanduser()
     _check_destination(src, dst, overwrite)
+    kept = earlier_conversion(dst)[1] if overwrite and dst.is_dir() else []
     pipe = TryOnPipeline.from_pretrained(src, torch_dtype=dtype)
     with atomic_directory(dst) as tmp:
         pipe.save_pretrained(tmp)
         _drop_ema_keys(tmp)
+        for name in kept:  # what the user added beside an earlier conversion stays
+            source = dst / name
+            if source.is_dir() and not source.is_symlink():
+                shutil.copytree(source, tmp / name, symlinks=True)
+            else:
+                shutil.copy2(source, tmp / name, follow_symlinks=False)
     return dst
+
+
+def earlier_conversion(dst: str | Path) -> tuple[list[str], list[str]]:
+    """(the entries of the earlier conversion in ``dst`` that ``overwrite`` replaces: its
+    ``model_index.json`` and the component folders it names; the other entries, which are kept),
+    names sorted. Both empty when ``dst`` is not a folder."""
+    dst = Path(dst)
+    if not dst.is_dir():
+        return [], []
+    model = {"model_index.json"}
+    index = dst / "model_index.json"
+    if index.is_file():
+        try:
+            names = json.loads(index.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            names = {}
+        if isinstance(names, dict):
+            model |= {n for n in names if not n.startswith("_") and (dst / n).is_dir()}
+    entries = sorted(p.name for p in dst.iterdir())
+    return [n for n in entries if n in model], [n for n in entries if n not in model]
 
 
 def _check_destination(src: str | Path, dst: Path, overwrite: bool) -> None:
@@ -70,10 +98,14 @@ def _check_destination(src: str | Path, dst: Path, overwrite: bool) -> None:
     check_writable_output(dst, kind="folder", flag="output folder", inputs=inputs)
     if not dst.is_dir() or not any(dst.iterdir()):
         return
-    if not overwrite:
-        raise CheckpointError(f"{dst} already exists (pass --overwrite to replace it)")
     if not (dst / "model_index.json").is_file():
         raise CheckpointError(
-            f"--overwrite only replaces an earlier conversion (a folder with model_index.json); "
-            f"{dst} is not one, so it is left alone: choose a new output folder"
+            f"{dst} already exists and is not an earlier conversion (it has no "
+            "model_index.json): choose a new output folder (--overwrite only replaces an earlier "
+            "conversion, never other files)"
+        )
+    if not overwrite:
+        raise CheckpointError(
+            f"{dst} already exists and holds an earlier conversion (pass --overwrite to replace "
+            "its model files; other files there are kept)"
         )

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..errors import UsageError
 from ..options import option
 
@@ -79,6 +77,8 @@ def apply_memory_options(pipe, options: MemoryOptions, device=None):
     installs diffusers' model CPU offload on ``device``; it also makes GarmentNet run in phase
     1 (otherwise both UNets would be moved in and out at every step).
     """
+    import torch  # here: the options above are read by the command line before torch loads
+
     device = torch.device(device) if device is not None else pipe._execution_device
     if options.fp8_weights:
         pipe.enable_fp8_weight_storage()

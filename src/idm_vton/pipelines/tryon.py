@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,7 +35,6 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import (
-    CLIPImageProcessor,
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
@@ -46,13 +45,16 @@ from ..data.captions import garment_prompt, tryon_prompt
 from ..defaults import GUIDANCE_SCALE, NEGATIVE_PROMPT, NUM_INFERENCE_STEPS
 from ..errors import NonFiniteOutputError, UsageError
 from ..images import check_work_size
-from ..loaders.pipeline import load_components, save_ip_adapter_config
+from ..loaders.pipeline import COMPONENTS, load_components, save_ip_adapter_config
 from ..models.garment_attention import (
     GarmentAttentionProcessor,
     GarmentCaptureProcessor,
     GarmentFeatureStore,
 )
+from ..models.processors import clip_image_processor
 from ..models.tryon_net import ImageProjection, install_garment_attention
+from ..schedulers import build_scheduler
+from .checks import check_strength
 from .garment_branch import (
     GarmentBranch,
     GarmentInputs,
@@ -89,22 +91,6 @@ _COMPONENT_NAMES = {
 _USEFUL_GUIDANCE = 50.0
 
 
-def check_strength(num_inference_steps: int, strength: float) -> None:
-    """Refuse a strength outside (0, 1], or one so small that no step runs.
-
-    Denoising runs the last ``int(num_inference_steps * strength)`` steps of the schedule
-    (diffusers' img2img rule); at 0 there would be nothing to run.
-    """
-    if not 0.0 < strength <= 1.0:
-        raise UsageError(f"strength must be in (0, 1], got {strength}")
-    if int(num_inference_steps * strength) < 1:
-        raise UsageError(
-            f"strength {strength:g} with {num_inference_steps} steps runs no denoising step "
-            f"(it runs int(steps x strength) of them): use a strength of at least "
-            f"{math.ceil(1000 / num_inference_steps) / 1000:g}, or more steps"
-        )
-
-
 StepCallback = Callable[["TryOnPipeline", int, torch.Tensor, dict], "dict | None"]
 
 
@@ -131,7 +117,7 @@ class PromptInputs:
     """
 
     garment_description: str | Sequence[str | None] | None = None
-    negative_prompt: str = NEGATIVE_PROMPT
+    negative_prompt: str | Sequence[str] = NEGATIVE_PROMPT
     prompt_embeds: torch.Tensor | None = None
     pooled_prompt_embeds: torch.Tensor | None = None
     negative_prompt_embeds: torch.Tensor | None = None
@@ -233,6 +219,9 @@ class TryOnPipeline(DiffusionPipeline):
         "tokenizer_2",
         "feature_extractor",
     ]
+    #: The tensors a step callback can read and replace (diffusers' SDXL names for TryonNet's
+    #: caption, pooled caption and size conditioning).
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "add_text_embeds", "add_time_ids"]
 
     def __init__(
         self,
@@ -246,7 +235,7 @@ class TryOnPipeline(DiffusionPipeline):
         text_encoder_2: CLIPTextModelWithProjection | None = None,
         tokenizer: CLIPTokenizer | None = None,
         tokenizer_2: CLIPTokenizer | None = None,
-        feature_extractor: CLIPImageProcessor | None = None,
+        feature_extractor=None,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -274,6 +263,7 @@ class TryOnPipeline(DiffusionPipeline):
         self.garment_branch = GarmentBranch()
         self.two_phase: TwoPhaseGarment | None = None
         self.garment_cache: GarmentCache | None = None
+        self._guidance_scale, self._num_timesteps, self._interrupt = GUIDANCE_SCALE, 0, False
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -281,7 +271,9 @@ class TryOnPipeline(DiffusionPipeline):
         cls,
         pretrained_model_name_or_path,
         *,
-        torch_dtype: torch.dtype | None = None,
+        torch_dtype: torch.dtype | dict[str, torch.dtype] | None = None,
+        dtype: torch.dtype | dict[str, torch.dtype] | None = None,
+        device_map: str | torch.device | None = None,
         revision: str | None = None,
         variant: str | None = None,
         cache_dir=None,
@@ -293,9 +285,14 @@ class TryOnPipeline(DiffusionPipeline):
         load_text_encoders: bool = True,
         **components,
     ) -> TryOnPipeline:
-        """Load from a local folder or hub id (published IDM-VTON layout or this project's).
+        """Load from a local folder or hub id (published IDM-VTON layout or this project's), or
+        ``"tiny"``: the built-in tiny random model (no download; its images are noise), as
+        ``--model tiny`` on the command line.
 
-        diffusers' keywords: ``torch_dtype``; ``revision``, ``cache_dir``, ``token``,
+        diffusers' keywords: ``dtype`` (or its older name ``torch_dtype``): one dtype, or a dict
+        of component name -> dtype with a ``"default"`` for the rest; ``device_map``: a device
+        (``"cuda"``, ``"cpu"``, ...) to put the whole pipeline on (a strategy that splits it over
+        devices, such as ``"balanced"``, is refused: both UNets run at every step); ``revision``, ``cache_dir``, ``token``,
         ``force_download``, ``local_files_only`` (the hub download); ``variant`` (e.g.
         ``"fp16"``: each folder's ``*.fp16.safetensors`` / ``.bin`` where it has one);
         ``use_safetensors`` (True: safetensors only; False: pickles only; None: safetensors
@@ -310,9 +307,26 @@ class TryOnPipeline(DiffusionPipeline):
         other keyword raises ``TypeError``.
         """
         del low_cpu_mem_usage  # accepted for diffusers compatibility; nothing to choose
+        if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+            raise TypeError("from_pretrained() got both dtype and torch_dtype; pass dtype only")
+        dtypes = _component_dtypes(dtype if dtype is not None else torch_dtype)
+        device = _device_of_map(device_map)
+        if str(pretrained_model_name_or_path) == "tiny" and not Path("tiny").is_dir():
+            from ..models.tiny import tiny_components
+
+            unknown = sorted(set(components) - set(COMPONENTS))
+            if unknown:
+                raise TypeError(f"from_pretrained() got unexpected keyword argument(s): {unknown}")
+            built = tiny_components(text_encoders=load_text_encoders)
+            if isinstance(components.get("scheduler"), str):
+                scheduler = components.pop("scheduler")
+                built["scheduler"] = build_scheduler(scheduler, dict(built["scheduler"].config))
+            pipe = cls(**{**built, **components})
+            pipe._cast_components(dtypes, default=torch.float32)
+            return pipe if device is None else pipe.to(device)
         components = load_components(
             pretrained_model_name_or_path,
-            torch_dtype=torch_dtype,
+            torch_dtype=dtypes.get("default"),
             revision=revision,
             variant=variant,
             cache_dir=cache_dir,
@@ -323,7 +337,21 @@ class TryOnPipeline(DiffusionPipeline):
             load_text_encoders=load_text_encoders,
             **components,
         )
-        return cls(**components)
+        pipe = cls(**components)
+        pipe._cast_components({k: v for k, v in dtypes.items() if k != "default"})
+        return pipe if device is None else pipe.to(device)
+
+    def _cast_components(self, dtypes: dict[str, torch.dtype], default=None) -> None:
+        """Cast the named modules to their dtype (``"default"``: the others too, or to
+        ``default``); the SDXL VAE stays fp32 when the rest is fp16, as it overflows there."""
+        fallback = dtypes.get("default", default)
+        for name, module in self.components.items():
+            dtype = dtypes.get(name, fallback)
+            if not isinstance(module, torch.nn.Module) or dtype is None:
+                continue
+            if name == "vae" and dtype == torch.float16 and name not in dtypes:
+                dtype = torch.float32
+            module.to(dtype=dtype)
 
     def save_pretrained(self, save_directory, safe_serialization: bool = True, **kwargs) -> None:
         """Save in this project's layout (safetensors; reload with :meth:`from_pretrained`)."""
@@ -333,6 +361,24 @@ class TryOnPipeline(DiffusionPipeline):
         save_ip_adapter_config(self.unet, f"{save_directory}/unet")
 
     # ------------------------------------------------------------------ memory and speed options
+    def enable_attention_slicing(self, slice_size="auto") -> None:
+        """Refused in one line, leaving the pipeline as it is: diffusers' attention slicing
+        replaces every attention processor, which would remove the garment attention and the
+        IP-Adapter. Attention here already runs through PyTorch's
+        ``scaled_dot_product_attention``, which never holds the whole score matrix; for less
+        memory see :meth:`enable_two_phase_garment`, ``enable_model_cpu_offload``,
+        :meth:`enable_vae_tiling`, :meth:`enable_fp8_weight_storage`."""
+        del slice_size
+        raise UsageError(
+            "attention slicing does not apply to TryOnPipeline (it would replace the garment "
+            "and IP-Adapter attention); its attention already uses memory-efficient SDPA: for "
+            "less memory use enable_two_phase_garment(), enable_model_cpu_offload(), "
+            "enable_vae_tiling() or enable_fp8_weight_storage()"
+        )
+
+    def disable_attention_slicing(self) -> None:
+        """Nothing to undo (:meth:`enable_attention_slicing` never changes the pipeline)."""
+
     def enable_two_phase_garment(
         self, features_on_host: bool = False, swap_unets: bool = True
     ) -> None:
@@ -441,7 +487,9 @@ class TryOnPipeline(DiffusionPipeline):
 
     def clip_preprocess(self, garments: list[Image.Image], device) -> torch.Tensor:
         """Garment photos -> CLIP-normalised pixels for the image encoder (:attr:`feature_extractor`)."""
-        processor = self.feature_extractor or CLIPImageProcessor()
+        processor = self.feature_extractor
+        if processor is None:  # CLIP's preprocessing at the encoder's own input size
+            processor = clip_image_processor(self.image_encoder.config.image_size)
         pixels = processor(images=garments, return_tensors="pt").pixel_values
         return pixels.to(device=device, dtype=self.image_encoder.dtype)
 
@@ -528,22 +576,19 @@ class TryOnPipeline(DiffusionPipeline):
         check_work_size(height, width, self.vae_scale_factor)
         if num_images_per_prompt < 1:
             raise UsageError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
-        if not isinstance(text.negative_prompt, str):
+        negatives = _descriptions(text.negative_prompt)
+        if not negatives or not all(isinstance(n, str) for n in negatives):
             raise UsageError(
-                f"negative_prompt must be a string, got {type(text.negative_prompt).__name__}"
+                "negative_prompt must be a string or a list of strings (one, or one per garment), "
+                f"got {text.negative_prompt!r}"
+            )
+        descriptions = _descriptions(text.garment_description)
+        if not descriptions or not all(d is None or isinstance(d, str) for d in descriptions):
+            raise UsageError(
+                "garment_description must be a string, None, or a list of them (one per "
+                f"garment), got {text.garment_description!r}"
             )
         do_cfg = guidance_scale > 1.0
-        descriptions = _descriptions(text.garment_description)
-        needs_text = (
-            text.prompt_embeds is None
-            or text.garment_prompt_embeds is None
-            or (do_cfg and text.negative_prompt_embeds is None)
-        )
-        if needs_text and not annotate and any(d is None for d in descriptions):
-            raise UsageError(
-                "garment_description is required (or pass precomputed prompt embeddings, or a "
-                "garment_annotator to read it from the garment photo)"
-            )
         if (text.prompt_embeds is not None and text.pooled_prompt_embeds is None) or (
             do_cfg
             and text.negative_prompt_embeds is not None
@@ -586,12 +631,17 @@ class TryOnPipeline(DiffusionPipeline):
     ) -> PromptEmbeddings:
         """The captions of each garment's description V, encoded (:meth:`encode_text`;
         precomputed embeddings as given)."""
-        descriptions = _descriptions(text.garment_description)
+        # No description (None, and no annotator to read one) is the empty text, as the
+        # official demo allows and the command line's default.
+        descriptions = ["" if d is None else d for d in _descriptions(text.garment_description)]
         if len(descriptions) not in (1, garments):
             raise UsageError(
                 f"got {len(descriptions)} garment descriptions for {garments} garments"
             )
         descriptions = descriptions * garments if len(descriptions) == 1 else descriptions
+        negatives = _descriptions(text.negative_prompt)
+        if len(negatives) not in (1, garments):
+            raise UsageError(f"got {len(negatives)} negative prompts for {garments} garments")
         prompt_embeds, pooled_prompt_embeds = text.prompt_embeds, text.pooled_prompt_embeds
         negative_prompt_embeds = text.negative_prompt_embeds
         negative_pooled_prompt_embeds = text.negative_pooled_prompt_embeds
@@ -611,7 +661,7 @@ class TryOnPipeline(DiffusionPipeline):
             )
         if do_classifier_free_guidance and negative_prompt_embeds is None:
             negative_prompt_embeds, negative_pooled_prompt_embeds = self.encode_text(
-                [text.negative_prompt], device
+                negatives, device
             )
         return PromptEmbeddings(
             prompt=prompt_embeds,
@@ -785,12 +835,16 @@ class TryOnPipeline(DiffusionPipeline):
         guidance_scale: float,
         generator=None,
         callback_on_step_end: StepCallback | None = None,
+        callback_tensor_inputs: Sequence[str] = ("latents",),
     ) -> torch.Tensor:
         """The denoising loop: per step the garment features, one TryonNet pass on
         ``[uncond ; cond]`` (through :attr:`garment_branch`), classifier-free guidance and
-        the scheduler step. Raises :class:`NonFiniteOutputError` on NaN/inf latents."""
-        do_cfg = guidance_scale > 1.0
-        null_rows = latents.shape[0] if do_cfg else 0
+        the scheduler step, then ``callback_on_step_end`` with the tensors
+        ``callback_tensor_inputs`` names (diffusers' convention). Raises
+        :class:`NonFiniteOutputError` on NaN/inf latents."""
+        self._guidance_scale = guidance_scale
+        self._num_timesteps = len(timesteps)
+        tensor_inputs = list(callback_tensor_inputs)
         dtype = self.unet.dtype
         # Stochastic samplers draw from the generator; deterministic ones (UniPC) take none.
         takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
@@ -798,6 +852,13 @@ class TryOnPipeline(DiffusionPipeline):
         try:
             with self.progress_bar(total=len(timesteps)) as progress:
                 for i, t in enumerate(timesteps):
+                    if self.interrupt:  # diffusers' convention: the remaining steps are skipped
+                        progress.update()
+                        continue
+                    # Read every step: a callback may turn guidance off (diffusers' CFG cut-off).
+                    do_cfg = self.do_classifier_free_guidance
+                    conditioning = _conditioning_rows(conditioning, latents.shape[0], do_cfg)
+                    null_rows = latents.shape[0] if do_cfg else 0
                     features = garment.features(i, t)
                     model_input = torch.cat([latents] * 2) if do_cfg else latents
                     model_input = self.scheduler.scale_model_input(model_input, t)
@@ -807,7 +868,7 @@ class TryOnPipeline(DiffusionPipeline):
                     ).float()
                     if do_cfg:
                         uncond, cond = noise_pred.chunk(2)
-                        noise_pred = uncond + guidance_scale * (cond - uncond)
+                        noise_pred = uncond + self.guidance_scale * (cond - uncond)
                     latents = self.scheduler.step(
                         noise_pred, t, latents, return_dict=False, **step_kwargs
                     )[0]
@@ -817,12 +878,55 @@ class TryOnPipeline(DiffusionPipeline):
                             f"{self.non_finite_cause()}"
                         )
                     if callback_on_step_end is not None:
-                        update = callback_on_step_end(self, i, t, {"latents": latents})
-                        latents = (update or {}).get("latents", latents)
+                        latents, conditioning = self._run_step_callback(
+                            callback_on_step_end, tensor_inputs, i, t, latents, conditioning
+                        )
                     progress.update()
         finally:
             self.garment_store.clear()
         return latents
+
+    def _run_step_callback(self, callback, names, i, t, latents, conditioning):
+        """Call ``callback(self, i, t, {name: tensor})`` and take back what it returns:
+        ``latents``, and the TryonNet caption (``prompt_embeds``), pooled caption
+        (``add_text_embeds``) and size conditioning (``add_time_ids``) under the names of
+        diffusers' SDXL pipelines, so its callbacks (e.g. the CFG cut-off) work here."""
+        values = {
+            "latents": latents,
+            "prompt_embeds": conditioning.text,
+            "add_text_embeds": conditioning.pooled,
+            "add_time_ids": conditioning.time_ids,
+        }
+        update = callback(self, i, t, {name: values[name] for name in names}) or {}
+        latents = update.get("latents", latents)
+        conditioning = dataclasses.replace(
+            conditioning,
+            text=update.get("prompt_embeds", conditioning.text),
+            pooled=update.get("add_text_embeds", conditioning.pooled),
+            time_ids=update.get("add_time_ids", conditioning.time_ids),
+        )
+        return latents, conditioning
+
+    @property
+    def guidance_scale(self) -> float:
+        """The current call's guidance scale (a step callback may change it)."""
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Whether guidance runs: a scale above 1."""
+        return self._guidance_scale > 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        """The denoising steps of the current call (after ``strength``)."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipe._interrupt = True`` (e.g. in a step callback) to skip the remaining steps;
+        the call then decodes the latents as they are."""
+        return self._interrupt
 
     def decode_latents(
         self,
@@ -905,6 +1009,7 @@ class TryOnPipeline(DiffusionPipeline):
         return_dict: bool = True,
         garment_cache: GarmentCache | None = None,
         callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         garment_annotator=None,
     ) -> TryOnPipelineOutput | tuple:
         """Render each person wearing the garment (the stages: see the module docstring).
@@ -935,9 +1040,13 @@ class TryOnPipeline(DiffusionPipeline):
             output_type: "pil", "np" or "pt" (floats in [0, 1]), or "latent".
             garment_cache: a :class:`~idm_vton.pipelines.garment_cache.GarmentCache` of GarmentNet
                 features (default ``self.garment_cache``); same result.
-            callback_on_step_end: ``callback_on_step_end(pipe, step_index, timestep, {"latents":
-                latents})`` after every step (diffusers' convention); a returned dict may replace
-                ``latents``. Progress reporting and cancellation (raise from it) hook in here.
+            callback_on_step_end, callback_on_step_end_tensor_inputs: diffusers' convention:
+                ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`` after every
+                step, ``callback_kwargs`` holding the tensors named (any of
+                :attr:`_callback_tensor_inputs`, default ``latents``); a returned dict replaces
+                them. A diffusers ``PipelineCallback`` (e.g. ``SDXLCFGCutoffCallback``) names its
+                own. Setting ``pipe._guidance_scale`` there changes guidance from the next step
+                on; ``pipe._interrupt = True`` skips the remaining steps; raising stops the call.
             garment_annotator: a :class:`~idm_vton.annotation.GarmentAnnotator` that reads V
                 from the garment photo for every garment whose description is None (the
                 paper's image annotator); the probe reuses this call's CLIP image embedding.
@@ -946,6 +1055,8 @@ class TryOnPipeline(DiffusionPipeline):
         """
         height = self.default_height if height is None else height
         width = self.default_width if width is None else width
+        callback_inputs = _callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        self._interrupt = False
         text = PromptInputs(
             garment_description=garment_description,
             negative_prompt=negative_prompt,
@@ -1016,6 +1127,7 @@ class TryOnPipeline(DiffusionPipeline):
             guidance_scale,
             generator,
             callback_on_step_end,
+            callback_inputs,
         )
 
         # 6. Decode and paste back.
@@ -1023,6 +1135,70 @@ class TryOnPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return TryOnPipelineOutput(images, prompts.descriptions, garment_tags)
+
+
+def _callback_inputs(callback, names) -> list[str]:
+    """The tensor names a step callback is given: a diffusers ``PipelineCallback``'s own, else
+    ``names``, each one of :attr:`TryOnPipeline._callback_tensor_inputs`."""
+    names = list(getattr(callback, "tensor_inputs", None) or names or ())
+    unknown = [n for n in names if n not in TryOnPipeline._callback_tensor_inputs]
+    if unknown:
+        raise UsageError(
+            f"callback_on_step_end_tensor_inputs: {', '.join(map(repr, unknown))} not available; "
+            f"choose from {', '.join(TryOnPipeline._callback_tensor_inputs)}"
+        )
+    return names
+
+
+def _conditioning_rows(conditioning, batch: int, do_cfg: bool):
+    """``conditioning`` with the rows one step needs: all ``[uncond ; cond]`` rows with guidance,
+    else the ``cond`` half (guidance turned off during the call)."""
+    if do_cfg:
+        return conditioning
+
+    def cond_half(t: torch.Tensor | None) -> torch.Tensor | None:
+        return t[-batch:] if t is not None and t.shape[0] == 2 * batch else t
+
+    return dataclasses.replace(
+        conditioning,
+        text=cond_half(conditioning.text),
+        pooled=cond_half(conditioning.pooled),
+        time_ids=cond_half(conditioning.time_ids),
+        image_tokens=cond_half(conditioning.image_tokens),
+        condition=cond_half(conditioning.condition),
+    )
+
+
+def _component_dtypes(dtype) -> dict[str, torch.dtype]:
+    """``from_pretrained``'s dtype as ``{component or "default": dtype}``."""
+    if dtype is None:
+        return {}
+    if isinstance(dtype, torch.dtype):
+        return {"default": dtype}
+    if isinstance(dtype, dict):
+        unknown = sorted(set(dtype) - set(_COMPONENT_NAMES) - {"default"})
+        bad = [k for k, v in dtype.items() if not isinstance(v, torch.dtype)]
+        if unknown or bad:
+            raise TypeError(
+                f"dtype dict: unknown component(s) {unknown} or non-dtype value(s) for {bad}; "
+                f"keys are 'default' and {', '.join(_COMPONENT_NAMES)}"
+            )
+        return dict(dtype)
+    raise TypeError(f"dtype must be a torch.dtype or a dict of them, got {type(dtype).__name__}")
+
+
+def _device_of_map(device_map) -> torch.device | None:
+    """The one device ``device_map`` names, or None; splitting strategies are refused."""
+    if device_map is None:
+        return None
+    try:
+        return torch.device(device_map)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(
+            f"device_map {device_map!r} is not supported: TryOnPipeline runs both UNets at "
+            "every step, so it is placed on one device (device_map='cuda', or .to(device)); "
+            "for less memory use enable_model_cpu_offload() or enable_two_phase_garment()"
+        ) from None
 
 
 def _processor_store(unet: UNet2DConditionModel, kind: type) -> GarmentFeatureStore | None:

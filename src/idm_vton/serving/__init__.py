@@ -13,6 +13,6 @@
   the ``idm-vton serve`` options are parsed by :mod:`idm_vton.commands.serve`.
 
 Names are imported from their module (``idm_vton.serving.config.ServeConfig``), as in the
-package's other folders. Needs the ``serve`` extra (``pip install "idm-vton[serve]"``; Ray:
-``idm-vton[ray]``). See docs/serving.md.
+package's other folders. Needs the ``serve`` extra (``pip install ".[serve]"`` in the clone; Ray:
+``".[serve,ray]"``). See docs/serving.md.
 """

@@ -49,8 +49,9 @@ class ParameterError(IdmVtonError, ValueError):
 
 def _positive(text: str, unit: str) -> float:
     value = float(text)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"expected a number of {unit}, got {text!r}")
+    # Past 2**31 units a number is a typo, and would overflow where it is used as a count.
+    if not math.isfinite(value) or not 0 <= value <= 2**31:
+        raise ValueError(f"expected a number of {unit} from 0 to {2**31}, got {text!r}")
     return value
 
 

@@ -51,10 +51,13 @@ def _check_installed(ui: bool, ray: bool) -> None:
     if missing:
         raise UsageError(
             f"the server needs the serve extra (missing: {', '.join(missing)}): "
-            'pip install "idm-vton[serve]"'
+            'pip install ".[serve]" in the idm-vton clone (with -c constraints.txt)'
         )
     if ray and _missing(importlib.util, "ray"):
-        raise UsageError('--ray needs the ray extra (missing: ray): pip install "idm-vton[ray]"')
+        raise UsageError(
+            '--ray needs the ray extra (missing: ray): pip install ".[serve,ray]" in the idm-vton '
+            "clone (with -c constraints.txt)"
+        )
 
 
 def _missing(util, name: str) -> bool:

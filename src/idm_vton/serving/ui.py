@@ -1,11 +1,12 @@
 """The web UI (Gradio): the official demo's controls plus what its peers lack.
 
 Person photo in an image editor: with "Automatic mask" on, the mask is computed from the photo
-and whatever is painted is added to it; an optional second garment makes an outfit (one pass per
-garment, :mod:`idm_vton.pipelines.outfit`); "Describe from the photo" fills a garment's
-description box with the V the garment annotator reads (editable before the run); with it off, the painted strokes alone are the mask
+and whatever is painted is added to it; with it off, the painted strokes alone are the mask
 (the opaque part of every layer; transparent = not painted). "Edit this mask" puts the mask of
-the last run into the editor as a layer, to erase from or paint over. Results: a gallery, a
+the last run into the editor as a layer, to erase from or paint over. An optional second
+garment makes an outfit (one pass per garment, :mod:`idm_vton.pipelines.outfit`); "Describe
+from the photo" fills a garment's description box with the V the garment annotator reads
+(editable before the run); "Auto-crop" is the official demo's. Results: a gallery, a
 before/after slider, the seed used, full-size PNG downloads, and the mask and DensePose used.
 Requests go through the same checks and work queue as the HTTP API (:mod:`.requests`), so a
 refusal is the API's sentence; progress shows the queue position and the denoising steps. The
@@ -20,12 +21,12 @@ import inspect
 import io
 import logging
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..enums import GarmentCategory
+from ..examples import EXAMPLES_DIR, example_garments, example_people
 from ..models.tiny import TINY_MODEL_NOTE
 from .config import ServeConfig
 from .images import decode_image, image_pixels, png_bytes
@@ -45,12 +46,11 @@ __all__ = ["EXAMPLES_DIR", "EXAMPLE_FILES", "build_ui", "editor_mask", "mask_lay
 
 logger = logging.getLogger("idm_vton.serving")
 
-#: The repository's example images (present in a source checkout; the UI shows them if found).
-EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "examples"
-#: The example garment photos offered under the garment input.
-GARMENT_EXAMPLES = ("garment.jpg",)
-#: The example images offered under the person and garment inputs.
-EXAMPLE_FILES = ("person.jpg", *GARMENT_EXAMPLES)
+#: The example photos offered under the person and garment inputs: package data
+#: (``idm_vton.examples``), so an installed copy has them too.
+EXAMPLE_FILES = tuple(
+    str(e.path.relative_to(EXAMPLES_DIR)) for e in (*example_people(), *example_garments())
+)
 
 CATEGORY_LABELS = {"upper_body": "Upper body", "lower_body": "Lower body", "dresses": "Dresses"}
 #: Colour of the mask layer put into the editor by "Edit this mask" (half transparent red).
@@ -122,7 +122,7 @@ def build_ui(service: TryOnService, files: UiFiles):
         _header(config)
         with gr.Row():
             person = _person_column(config)
-            garment = _garment_column()
+            garment = _garment_column(person["category"])
             results = _results_column()
         settings = _settings(config)
         used = _used_inputs()
@@ -228,13 +228,19 @@ def _person_column(config: ServeConfig) -> dict:
             value=config.default_category,
             label="Garment category",
         )
-        _examples(("person.jpg",), editor, "Person")
+        gr.Examples(
+            [[str(p.path)] for p in example_people()],
+            [editor],
+            label="Example people (public domain or drawn for this project)",
+            examples_per_page=8,
+        )
     return {"editor": editor, "auto_mask": auto_mask, "auto_pose": auto_pose, "category": category}
 
 
-def _garment_column() -> dict:
-    """The garment photo, its description (and "Describe from the photo"), an optional second
-    garment for an outfit, and the "Try on" button."""
+def _garment_column(category) -> dict:
+    """The garment photo, its description (and "Describe from the photo"), the "Try on" button,
+    and an optional second garment for an outfit; an example garment also fills in its
+    description and sets its category (``category``: the person column's radio)."""
     import gradio as gr
 
     with gr.Column(min_width=280):
@@ -255,7 +261,12 @@ def _garment_column() -> dict:
             )
             describe = gr.Button("Describe from the photo", elem_id="describe", scale=1)
         run = gr.Button("Try on", variant="primary", elem_id="run")
-        _examples(GARMENT_EXAMPLES, garment, "Garment")
+        gr.Examples(
+            [[str(g.path), g.description, g.category] for g in example_garments()],
+            [garment, description, category],
+            label="Example garments (with their description and category)",
+            examples_per_page=8,
+        )
         with gr.Accordion("Second garment (a whole outfit)", open=False, elem_id="outfit"):
             gr.Markdown(
                 "An upper- and a lower-body garment, rendered one after the other (lower body "
@@ -283,6 +294,15 @@ def _garment_column() -> dict:
                     scale=3,
                 )
                 describe2 = gr.Button("Describe from the photo", elem_id="describe2", scale=1)
+            gr.Examples(
+                [
+                    [str(g.path), g.description, g.category]
+                    for g in example_garments()
+                    if g.category == GarmentCategory.LOWER_BODY.value
+                ],
+                [garment2, description2, category2],
+                label="Example lower-body garments",
+            )
     return {
         "garment": garment,
         "description": description,
@@ -361,15 +381,6 @@ def _used_inputs() -> dict:
             pose_used = gr.Image(label="DensePose", type="filepath", interactive=False)
         edit = gr.Button("Edit this mask", elem_id="edit-mask")
     return {"mask_used": mask_used, "pose_used": pose_used, "edit": edit}
-
-
-def _examples(names: tuple[str, ...], component, label: str) -> None:
-    """The repository's example images ``names`` under ``component``, those that are there."""
-    import gradio as gr
-
-    found = [[str(EXAMPLES_DIR / name)] for name in names if (EXAMPLES_DIR / name).is_file()]
-    if found:
-        gr.Examples(found, [component], label=label)
 
 
 # ---------------------------------------------------------------------------- try-on steps

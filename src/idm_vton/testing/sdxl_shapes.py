@@ -108,8 +108,7 @@ def sdxl_pipeline(
     dtype: torch.dtype = torch.float32, seed: int = 0, device: str | torch.device = "cpu"
 ):
     """A :class:`~idm_vton.pipelines.tryon.TryOnPipeline` at SDXL shapes with random weights."""
-    from transformers import CLIPImageProcessor
-
+    from ..models.processors import clip_image_processor
     from ..models.tiny import random_tryon_models
     from ..pipelines.tryon import TryOnPipeline
     from ..schedulers import reference_scheduler
@@ -121,5 +120,5 @@ def sdxl_pipeline(
         fill_random(model, seed + i)
         model.eval().requires_grad_(False)
     return TryOnPipeline(
-        **models, scheduler=reference_scheduler(), feature_extractor=CLIPImageProcessor()
+        **models, scheduler=reference_scheduler(), feature_extractor=clip_image_processor()
     )

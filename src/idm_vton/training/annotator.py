@@ -28,42 +28,14 @@ from ..annotation.datasets import AnnotatorDataOptions, label_targets
 from ..annotation.encoder import GarmentEncoder, garment_batches, load_garment_encoder
 from ..annotation.probe import ProbeAnnotator, ProbeHeads
 from ..data.tags import ATTRIBUTES, list_tagged_garments, load_label_sets
-from ..enums import Split
-from ..errors import DatasetError, UsageError
+from ..errors import DatasetError
 from ..files import check_writable_output
-from ..options import option
 from ..progress import progress_bar
+from .config import AnnotatorTrainingConfig
 
 __all__ = ["AnnotatorTrainingConfig", "AnnotatorTrainingSummary", "fit_probe", "train_annotator"]
 
 logger = logging.getLogger(__name__)
-
-_FIT = "fitting"
-
-
-@dataclass(frozen=True, kw_only=True)
-class AnnotatorTrainingConfig(AnnotatorDataOptions):
-    """The options of ``idm-vton train-annotator`` (the data options, then the fit's)."""
-
-    split: Split = option(Split.TRAIN, "dataset split (default %(default)s)")
-    out: Path = option(help="probe file to write (.safetensors)")
-    iterations: int = option(300, "L-BFGS iterations (default %(default)s)", group=_FIT)
-    weight_decay: float = option(
-        1e-3, "L2 penalty on the heads' weights (default %(default)s)", group=_FIT
-    )
-    hidden: int = option(0, "hidden width of an MLP head; 0 (default): linear heads", group=_FIT)
-    seed: int = option(0, "seed of an MLP head's initialisation (default 0)", group=_FIT)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.iterations < 1:
-            raise UsageError(f"--iterations must be >= 1, got {self.iterations}")
-        if not self.weight_decay >= 0:
-            raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if self.hidden < 0:
-            raise UsageError(f"--hidden must be >= 0, got {self.hidden}")
-        if Path(self.out).suffix != ".safetensors":
-            raise UsageError(f"--out must end in .safetensors, got '{Path(self.out).name}'")
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,31 @@ the ``idm-vton train`` options are generated from the fields.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from ..enums import Choice, DatasetKind, GarmentCategory, MixedPrecision, parse_dataset_category
-from ..errors import TrainConfigError
-from ..options import option
+from ..annotation.datasets import AnnotatorDataOptions
+from ..enums import (
+    Choice,
+    CustomizationMethod,
+    DatasetKind,
+    DType,
+    GarmentCategory,
+    MixedPrecision,
+    Split,
+    parse_dataset_category,
+)
+from ..errors import CustomizationError, TrainConfigError, UsageError
+from ..options import check_seed, option
 
 __all__ = [
+    "AnnotatorTrainingConfig",
+    "CustomizeConfig",
     "DatasetKind",
+    "LrSchedule",
     "MixedPrecision",
     "OptimizerKind",
     "ReportTo",
@@ -27,8 +41,21 @@ __all__ = [
 
 
 class OptimizerKind(Choice):
+    """The optimizer of ``idm-vton train``: AdamW, or bitsandbytes' 8-bit AdamW."""
+
     ADAMW = "adamw"
     ADAMW8BIT = "adamw8bit"
+
+
+class LrSchedule(Choice):
+    """Learning-rate schedules (diffusers' ``get_scheduler`` names that need no extra rule)."""
+
+    CONSTANT = "constant"
+    CONSTANT_WITH_WARMUP = "constant_with_warmup"
+    LINEAR = "linear"
+    COSINE = "cosine"
+    COSINE_WITH_RESTARTS = "cosine_with_restarts"
+    POLYNOMIAL = "polynomial"
 
 
 class ReportTo(Choice):
@@ -59,14 +86,21 @@ class TrainConfig:
     docs/training.md)."""
 
     output: Path = option(help="output folder (checkpoints, logs)", group=_OPTIM)
-    data: Path | None = option(None, "dataset root folder", group=_DATA, required=True)
+    data: Path | None = option(
+        None,
+        "dataset root folder (VITON-HD or DressCode layout, see docs/training.md)",
+        group=_DATA,
+        required=True,
+    )
     model: str | None = option(
         None,
         "starting checkpoint: hub id, folder (published or this project's layout), or 'tiny'",
         group=_MODEL,
     )
     sdxl: SdxlSources | None = option(None, flag=None)
-    dataset: DatasetKind = option(DatasetKind.VITONHD, "dataset layout", group=_DATA)
+    dataset: DatasetKind = option(
+        DatasetKind.VITONHD, "dataset layout (default vitonhd)", group=_DATA
+    )
     category: GarmentCategory | None = option(
         None,
         "DressCode category: upper_body, lower_body, dresses or all (default all)",
@@ -75,17 +109,26 @@ class TrainConfig:
         metavar="{upper_body,lower_body,dresses,all}",
     )
     resolution: tuple[int, int] = option(
-        (1024, 768), "training size (default %(default)s)", group=_DATA, metavar=("H", "W")
+        (1024, 768),
+        "training size H W, multiples of 8 (default 1024 768)",
+        group=_DATA,
+        metavar=("H", "W"),
     )
     augment: bool = option(
-        True, "turn the training augmentations off (flip, colour jitter, scale, shift)", group=_DATA
+        True,
+        "turn the training augmentations off (random flip, colour jitter, scale and shift)",
+        group=_DATA,
     )
-    skip_bad_samples: bool = option(False, "log and skip unreadable samples", group=_DATA)
-    num_workers: int = option(0, "data loader workers (default 0)", group=_DATA)
-    batch_size: int = option(1, "per process (default 1)", group=_OPTIM)
-    gradient_accumulation_steps: int = option(1, group=_OPTIM)
+    skip_bad_samples: bool = option(
+        False, "log and skip unreadable samples instead of stopping", group=_DATA
+    )
+    num_workers: int = option(0, "data loader worker processes (default 0: none)", group=_DATA)
+    batch_size: int = option(1, "samples per process and step (default 1)", group=_OPTIM)
+    gradient_accumulation_steps: int = option(
+        1, "micro-batches summed per optimizer step (default 1)", group=_OPTIM
+    )
     lr: float = option(1e-5, "learning rate (default %(default)s)", group=_OPTIM)
-    weight_decay: float = option(1e-2, "(default %(default)s)", group=_OPTIM)
+    weight_decay: float = option(1e-2, "AdamW weight decay (default %(default)s)", group=_OPTIM)
     adam_beta1: float = option(0.9, flag=None)
     adam_beta2: float = option(0.999, flag=None)
     adam_epsilon: float = option(1e-8, flag=None)
@@ -94,22 +137,36 @@ class TrainConfig:
         "clip the global gradient norm (default %(default)s; <= 0: no clipping)",
         group=_OPTIM,
     )
-    optimizer: OptimizerKind = option(OptimizerKind.ADAMW, group=_OPTIM)
-    lr_scheduler: str = option(
-        "constant",
-        "diffusers schedule: constant, constant_with_warmup, linear, cosine (default %(default)s)",
+    optimizer: OptimizerKind = option(
+        OptimizerKind.ADAMW,
+        "adamw, or adamw8bit (needs bitsandbytes: pip install bitsandbytes) (default adamw)",
         group=_OPTIM,
     )
-    lr_warmup_steps: int = option(0, group=_OPTIM)
+    lr_scheduler: LrSchedule = option(
+        LrSchedule.CONSTANT, "learning-rate schedule (default constant)", group=_OPTIM
+    )
+    lr_warmup_steps: int = option(
+        0,
+        "steps of linear warm-up, for the *_with_warmup and decaying schedules (default 0)",
+        group=_OPTIM,
+    )
     mixed_precision: MixedPrecision | None = option(
         None,
         "autocast precision (default: the accelerate config's mixed_precision, else no)",
         group=_OPTIM,
     )
-    gradient_checkpointing: bool = option(False, group=_OPTIM)
+    gradient_checkpointing: bool = option(
+        False,
+        "recompute activations in the backward pass: much less memory, about a third slower",
+        group=_OPTIM,
+    )
     allow_tf32: bool = option(False, "TF32 matmuls on Ampere+ GPUs", group=_OPTIM)
-    snr_gamma: float | None = option(None, "min-SNR-gamma weighting (e.g. 5)", group=_OPTIM)
-    noise_offset: float = option(0.0, group=_OPTIM)
+    snr_gamma: float | None = option(
+        None, "min-SNR-gamma loss weighting, e.g. 5 (default: off)", group=_OPTIM
+    )
+    noise_offset: float = option(
+        0.0, "offset noise strength, e.g. 0.05 (default 0: off)", group=_OPTIM
+    )
     condition_dropout: float = option(
         0.0,
         "per-condition drop probability for CFG training (default 0 = off, as the paper)",
@@ -117,23 +174,39 @@ class TrainConfig:
     )
     seed: int = option(0, group=_OPTIM, shared="seed")
     max_steps: int | None = option(None, "optimizer steps (overrides --epochs)", group=_LENGTH)
-    epochs: int | None = option(None, "epochs when --max-steps is not given", group=_LENGTH)
+    epochs: int | None = option(
+        None, "epochs when --max-steps is not given (default 1)", group=_LENGTH
+    )
     stop_after: int | None = option(
         None,
         "stop (and checkpoint) after this many steps; the LR schedule still spans --max-steps "
         "(for time-limited jobs: continue with --resume latest)",
         group=_LENGTH,
     )
-    checkpointing_steps: int | None = option(None, group=_LENGTH)
-    checkpoints_total_limit: int | None = option(None, group=_LENGTH)
+    checkpointing_steps: int | None = option(
+        None, "write a checkpoint every N steps (default: at the end only)", group=_LENGTH
+    )
+    checkpoints_total_limit: int | None = option(
+        None, "keep only the newest N checkpoints (default: keep all)", group=_LENGTH
+    )
     resume: str | None = option(
         None, "'latest' (in --output) or a checkpoint-<step> folder", group=_LENGTH
     )
-    validation_steps: int | None = option(None, "render every N steps", group=_LENGTH)
-    num_validation_images: int = option(1, group=_LENGTH)
-    validation_inference_steps: int = option(20, group=_LENGTH)
-    report_to: ReportTo = option(ReportTo.AUTO, group=_LENGTH)
-    text_cache_size: int = option(512, "cached prompt embeddings", group=_LENGTH)
+    validation_steps: int | None = option(
+        None, "render validation images every N steps (default: never)", group=_LENGTH
+    )
+    num_validation_images: int = option(1, "images per validation (default 1)", group=_LENGTH)
+    validation_inference_steps: int = option(
+        20, "denoising steps of a validation image (default 20)", group=_LENGTH
+    )
+    report_to: ReportTo = option(
+        ReportTo.AUTO,
+        "where metrics go: auto (TensorBoard when installed), tensorboard or none (default auto)",
+        group=_LENGTH,
+    )
+    text_cache_size: int = option(
+        512, "prompt embeddings kept in memory, by caption (default 512; 0: none)", group=_LENGTH
+    )
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -171,14 +244,25 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise TrainConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise TrainConfigError("--lr must be > 0 and --weight-decay >= 0")
-        if self.snr_gamma is not None and self.snr_gamma <= 0:
+        for name in ("num_workers", "lr_warmup_steps", "text_cache_size"):
+            if getattr(self, name) < 0:
+                raise TrainConfigError(f"--{name.replace('_', '-')} must be >= 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise TrainConfigError(f"--lr must be a number > 0, got {self.lr}")
+        for name in ("weight_decay", "noise_offset"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise TrainConfigError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        if not math.isfinite(self.max_grad_norm):
+            raise TrainConfigError(f"--max-grad-norm must be a number, got {self.max_grad_norm}")
+        if self.snr_gamma is not None and not (
+            math.isfinite(self.snr_gamma) and self.snr_gamma > 0
+        ):
             raise TrainConfigError(f"--snr-gamma must be > 0, got {self.snr_gamma}")
         if not 0.0 <= self.condition_dropout <= 1.0:
             raise TrainConfigError("--condition-dropout must be in [0, 1]")
-        if self.noise_offset < 0:
-            raise TrainConfigError("--noise-offset must be >= 0")
+        self.lr_scheduler = LrSchedule.parse(self.lr_scheduler, "--lr-scheduler", TrainConfigError)
+        check_seed(self.seed, error=TrainConfigError)
 
     def to_json(self) -> dict:
         """A JSON-able record of the run's options (written next to the checkpoints)."""
@@ -197,3 +281,90 @@ class TrainConfig:
         record = plain(asdict(self))
         record["category"] = record["category"] or "all"
         return record
+
+
+@dataclass
+class CustomizeConfig:
+    """Options of a customization run, ``idm-vton customize`` (paper Sec. 3.3; defaults: the
+    full variant, 100 steps)."""
+
+    steps: int = option(100, "optimizer steps on the one photo (default %(default)s)")
+    lr: float | None = option(None, "learning rate (default 1e-5 for full, 1e-4 for lora)")
+    method: CustomizationMethod = option(
+        CustomizationMethod.FULL,
+        "what the file stores: full (the tuned weights' difference) or lora (low-rank factors, "
+        "a diffusers LoRA file) (default full)",
+    )
+    lora_rank: int = option(8, "rank of the LoRA factors, with --method lora (default 8)")
+    lora_alpha: float | None = option(
+        None, "LoRA scale numerator: W + (alpha / rank) B A (default: the rank)"
+    )
+    tune_ip_adapter: bool = option(
+        False, "also tune the IP-Adapter key/value projections of the cross-attention"
+    )
+    batch_size: int = option(1, "noise draws per step (default 1)")
+    # Decay would pull untouched directions of the base towards 0.
+    weight_decay: float = option(0.0, flag=None)
+    max_grad_norm: float = option(1.0, flag=None)
+    snr_gamma: float | None = option(None, "min-SNR-gamma loss weighting, e.g. 5 (default: off)")
+    seed: int = option(0, shared="seed")
+    delta_dtype: DType = option(
+        DType.FP16, "precision of the stored difference or factors (default fp16)"
+    )
+    base_name: str = option("", flag=None)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.method = CustomizationMethod.parse(self.method, "method", CustomizationError)
+        self.delta_dtype = DType.parse(self.delta_dtype, "delta dtype", CustomizationError)
+        if self.steps < 1 or self.batch_size < 1 or self.lora_rank < 1:
+            raise CustomizationError("steps, batch size and LoRA rank must be >= 1")
+        if self.lr is None:
+            self.lr = 1e-5 if self.method is CustomizationMethod.FULL else 1e-4
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise CustomizationError(f"--lr must be a number > 0, got {self.lr}")
+        if self.lora_alpha is not None and not (
+            math.isfinite(self.lora_alpha) and self.lora_alpha > 0
+        ):
+            raise CustomizationError(f"--lora-alpha must be a number > 0, got {self.lora_alpha}")
+        if self.snr_gamma is not None and not (
+            math.isfinite(self.snr_gamma) and self.snr_gamma > 0
+        ):
+            raise CustomizationError(f"--snr-gamma must be > 0, got {self.snr_gamma}")
+        check_seed(self.seed, error=CustomizationError)
+
+    @property
+    def lora_scale(self) -> float:
+        """``alpha / rank``, the factor of ``B A`` in ``W + (alpha / rank) B A``."""
+        return (self.lora_alpha or self.lora_rank) / self.lora_rank
+
+
+_FIT = "fitting"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnnotatorTrainingConfig(AnnotatorDataOptions):
+    """The options of ``idm-vton train-annotator`` (the data options, then the fit's)."""
+
+    split: Split = option(Split.TRAIN, "dataset split (default %(default)s)")
+    out: Path = option(help="probe file to write (.safetensors)")
+    iterations: int = option(300, "L-BFGS iterations (default %(default)s)", group=_FIT)
+    weight_decay: float = option(
+        1e-3, "L2 penalty on the heads' weights (default %(default)s)", group=_FIT
+    )
+    hidden: int = option(0, "hidden width of an MLP head; 0 (default): linear heads", group=_FIT)
+    seed: int = option(
+        0, "seed of an MLP head's initialisation (default 0)", group=_FIT, shared="seed"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.iterations < 1:
+            raise UsageError(f"--iterations must be >= 1, got {self.iterations}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.hidden < 0:
+            raise UsageError(f"--hidden must be >= 0, got {self.hidden}")
+        check_seed(self.seed)
+        if Path(self.out).suffix != ".safetensors":
+            raise UsageError(f"--out must end in .safetensors, got '{Path(self.out).name}'")

@@ -32,12 +32,11 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 
-from ..enums import CustomizationMethod, DType, MixedPrecision
+from ..enums import CustomizationMethod, MixedPrecision
 from ..errors import CustomizationError
 from ..images import check_work_size
 from ..loaders.customization import (
@@ -51,7 +50,7 @@ from ..loaders.customization import (
     merge_lora,
     target_tensors,
 )
-from ..options import option
+from .config import CustomizeConfig
 
 __all__ = ["CustomizeConfig", "customization_targets", "customize", "load_base"]
 
@@ -64,40 +63,6 @@ _IP = re.compile(
 )
 #: PEFT adapter name while tuning (the adapter is merged and removed afterwards).
 _ADAPTER = "idm_vton_customization"
-
-
-@dataclass
-class CustomizeConfig:
-    """Options of a customization run (defaults: the full variant, 100 steps)."""
-
-    steps: int = option(100, "optimizer steps on the one photo (default %(default)s)")
-    lr: float | None = option(None, "default 1e-5 (full), 1e-4 (lora)")
-    method: CustomizationMethod = option(CustomizationMethod.FULL, "what the delta stores")
-    lora_rank: int = option(8)
-    lora_alpha: float | None = option(None, "default: the rank")
-    tune_ip_adapter: bool = option(False, "also tune attn2's IP key/value projections")
-    batch_size: int = option(1, "noise draws per step")
-    # Decay would pull untouched directions of the base towards 0.
-    weight_decay: float = option(0.0, flag=None)
-    max_grad_norm: float = option(1.0, flag=None)
-    snr_gamma: float | None = option(None)
-    seed: int = option(0, shared="seed")
-    delta_dtype: DType = option(DType.FP16, "precision of the stored delta")
-    base_name: str = option("", flag=None)
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.method = CustomizationMethod.parse(self.method, "method", CustomizationError)
-        self.delta_dtype = DType.parse(self.delta_dtype, "delta dtype", CustomizationError)
-        if self.steps < 1 or self.batch_size < 1 or self.lora_rank < 1:
-            raise CustomizationError("steps, batch size and LoRA rank must be >= 1")
-        if self.lr is None:
-            self.lr = 1e-5 if self.method is CustomizationMethod.FULL else 1e-4
-
-    @property
-    def lora_scale(self) -> float:
-        """``alpha / rank``, the factor of ``B A`` in ``W + (alpha / rank) B A``."""
-        return (self.lora_alpha or self.lora_rank) / self.lora_rank
 
 
 # ---------------------------------------------------------------------------------- targets

@@ -146,7 +146,8 @@ def check_launch(request: LaunchRequest, device, config) -> None:
         )
     if request.deepspeed and not _deepspeed_installed():
         raise TrainConfigError(
-            "the DeepSpeed configuration needs DeepSpeed: pip install 'idm-vton[deepspeed]'"
+            "the DeepSpeed configuration needs DeepSpeed: pip install '.[deepspeed]' in the "
+            "idm-vton clone"
         )
 
 

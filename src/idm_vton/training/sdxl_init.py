@@ -205,10 +205,8 @@ def _empty_unet(folder: Path) -> UNet2DConditionModel:
 
 def _clip_processor(folder: Path, size: int):
     """The encoder folder's CLIP preprocessing if it has one, else CLIP's at the encoder's size."""
-    from transformers import CLIPImageProcessor
+    from ..models.processors import clip_image_processor, image_processor_class
 
     if (folder / "preprocessor_config.json").is_file():
-        return load_component(CLIPImageProcessor.from_pretrained, folder, "CLIP preprocessing")
-    return CLIPImageProcessor(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
-    )
+        return load_component(image_processor_class().from_pretrained, folder, "CLIP preprocessing")
+    return clip_image_processor(size)

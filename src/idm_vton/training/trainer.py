@@ -331,7 +331,7 @@ class Trainer:
         params = [p for p in trainable.parameters() if p.requires_grad]
         optimizer = make_optimizer(config.optimizer, params, config)
         lr_scheduler = get_scheduler(
-            config.lr_scheduler,
+            config.lr_scheduler.value,
             optimizer=optimizer,
             num_warmup_steps=config.lr_warmup_steps,
             num_training_steps=self.max_steps,

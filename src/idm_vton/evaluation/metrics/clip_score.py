@@ -22,16 +22,9 @@ __all__ = ["CLIPImageScorer", "clip_image_similarity"]
 
 
 def _image_processor_class():
-    # transformers 5 makes CLIPImageProcessor the torchvision-backed processor; without
-    # torchvision the PIL one is the same preprocessing, so name it directly.
-    try:
-        from transformers import CLIPImageProcessorPil
+    from ...models.processors import image_processor_class
 
-        return CLIPImageProcessorPil
-    except ImportError:  # transformers 4.x
-        from transformers import CLIPImageProcessor
-
-        return CLIPImageProcessor
+    return image_processor_class()
 
 
 class CLIPImageScorer:
