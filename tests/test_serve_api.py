@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from .conftest import EXAMPLES
 from .helpers.images import huge_png_header
 from .helpers.preprocess_models import make_preprocess_models
 from .serve_support import (
@@ -167,6 +168,68 @@ def test_automatic_mask_and_pose_on_the_viton_hd_photos(client):
     for person, garment in shared_pairs(limit=1):
         result = check_automatic_tryon(client, file_bytes(person), file_bytes(garment))
         assert result.size == (768, 1024)
+
+
+# ---------------------------------------------------------------------------- outfits
+def outfit_files(*garments: str) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """The example person with several garment fields (the example garments ``garments``)."""
+    files = [("person", ("person.bin", example_files()["person"], "application/octet-stream"))]
+    for name in garments:
+        files.append(("garment", (name, file_bytes(EXAMPLES / name), "application/octet-stream")))
+    return files
+
+
+def test_outfit_equals_its_passes_chained_through_the_api(client):
+    """A top and trousers in one request (given top first): the trousers' pass runs first, then
+    the top's on its result; the same as two single requests chained by hand through PNG."""
+    fields = {"steps": "1", "seed": "5", "category": ["upper_body", "lower_body"]}
+    response = client.post(
+        "/v1/tryon",
+        headers={"Accept": "application/json"},
+        files=outfit_files("garment.jpg", "trousers.jpg"),
+        data=fields,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["categories"] == ["upper_body", "lower_body"]  # in the order given
+    assert json.loads(response.headers["x-category"]) == ["upper_body", "lower_body"]
+    outfit = decode_png(base64.b64decode(body["images"][0]))
+    changed = np.asarray(decode_png(base64.b64decode(body["mask"]))) >= 128
+    person = example_files()["person"]
+    assert outfit.size == (512, 512) and 0 < changed.mean() < 1
+    assert_outside_mask_unchanged(outfit, person, changed)  # outside the union of the masks
+
+    def single(photo: bytes, garment: str, category: str) -> bytes:
+        files = {"person": photo, "garment": file_bytes(EXAMPLES / garment)}
+        answer = client.post("/v1/tryon", **multipart(files, steps=1, seed=5, category=category))
+        assert answer.status_code == 200, answer.text
+        return answer.content
+
+    step = single(person, "trousers.jpg", "lower_body")
+    chained = decode_png(single(step, "garment.jpg", "upper_body"))
+    largest, share = image_difference(outfit, chained)
+    assert largest <= 1 and share < 1e-3, (largest, share)
+    # the other order by hand is another image: the order is the server's, not the request's
+    wrong = decode_png(
+        single(single(person, "garment.jpg", "upper_body"), "trousers.jpg", "lower_body")
+    )
+    assert image_difference(outfit, wrong)[0] > 1
+
+
+@pytest.mark.parametrize(
+    "garments,fields,words",
+    [
+        (("garment.jpg", "shirt.jpg"), {"category": ["upper_body", "upper_body"]}, "upper"),
+        (("dress.jpg", "trousers.jpg"), {"category": ["dresses", "lower_body"]}, "dress"),
+        (("garment.jpg", "trousers.jpg"), {}, "category: give one per garment"),
+        (("garment.jpg", "trousers.jpg"), {"category": ["upper_body"] * 3}, "3 values"),
+        (("garment.jpg", "trousers.jpg", "skirt.jpg"), {}, "at most 2"),
+    ],
+)
+def test_outfits_that_make_no_sense_are_refused_in_one_line(client, garments, fields, words):
+    response = client.post("/v1/tryon", files=outfit_files(*garments), data=fields)
+    assert_error(response, 400, words)
+    assert "\n" not in response.json()["error"]
 
 
 # ---------------------------------------------------------------------------- errors

@@ -289,6 +289,7 @@ def _garment_column(category) -> dict:
             )
             with gr.Row(equal_height=True):
                 description2 = gr.Textbox(
+                    "",  # a default: API calls may leave the second garment's inputs out
                     label="Second garment's description (optional)",
                     elem_id="description2",
                     scale=3,
