@@ -216,6 +216,26 @@ def test_outfit_equals_its_passes_chained_through_the_api(client):
     assert image_difference(outfit, wrong)[0] > 1
 
 
+def test_describe_and_description_auto_read_the_same_v(client):
+    """/v1/describe reads each garment photo with the server's annotator (the tiny model's
+    probe); description=auto renders with that same V and reports it in X-Description."""
+    response = client.post("/v1/describe", files=outfit_files("garment.jpg", "dress.jpg")[1:])
+    assert response.status_code == 200, response.text
+    read = response.json()
+    assert len(read) == 2
+    assert all(entry["category"] in ("upper_body", "lower_body", "dresses") for entry in read)
+    assert all(isinstance(entry["description"], str) and entry["tags"] for entry in read)
+    files = example_files()
+    answer = client.post(
+        "/v1/tryon", **multipart(files, steps=1, seed=3, description="AUTO", category="dresses")
+    )
+    assert answer.status_code == 200, answer.text
+    assert json.loads(answer.headers["x-description"]) == [read[0]["description"]]
+    assert json.loads(answer.headers["x-category"]) == ["dresses"]  # given: not read
+    unknown = client.post("/v1/describe", files=outfit_files("garment.jpg")[1:], data={"x": "1"})
+    assert_error(unknown, 400, "unknown field")
+
+
 @pytest.mark.parametrize(
     "garments,fields,words",
     [

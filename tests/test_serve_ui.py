@@ -95,6 +95,39 @@ def test_gradio_client_gets_the_image(ui_server, tmp_path):
     )
 
 
+def test_second_garment_makes_an_outfit_and_describe_fills_its_box(ui_server, tmp_path):
+    """The UI's second garment (trousers, lower body) with the automatic mask: every pixel
+    outside the union of the passes' masks is the photo's; its description 'auto' comes back
+    as the V read, the same the "Describe from the photo" button gives."""
+    from gradio_client import Client, handle_file
+
+    url, _ = ui_server
+    client = Client(url + "/", verbose=False, analytics_enabled=False, download_files=tmp_path)
+    person = handle_file(str(EXAMPLES / "person.jpg"))
+    gallery, _, seed, _, mask, _, description, description2 = client.predict(
+        editor={"background": person, "layers": [], "composite": None},
+        garment=handle_file(str(EXAMPLES / "garment.jpg")),
+        description="short sleeve t-shirt",
+        category="upper_body",
+        auto_mask=True,
+        auto_pose=True,
+        pose=None,
+        steps=1,
+        seed=4,
+        garment2=handle_file(str(EXAMPLES / "trousers.jpg")),
+        description2="auto",
+        category2="lower_body",
+        api_name="/tryon_full",
+    )
+    union = np.asarray(Image.open(mask).convert("L")) >= 128
+    assert 0 < union.mean() < 1
+    result = Image.open(gallery[0]["image"])
+    assert_outside_mask_unchanged(result, file_bytes(EXAMPLES / "person.jpg"), union)
+    assert not isinstance(description, str)  # typed: the box is left as it was (no update)
+    read = client.predict(handle_file(str(EXAMPLES / "trousers.jpg")), api_name="/describe")
+    assert description2 == read and isinstance(read, str)
+
+
 def test_gradio_client_reports_errors_as_messages(ui_server, tmp_path):
     from gradio_client import Client, handle_file
 

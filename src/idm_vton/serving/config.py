@@ -436,9 +436,10 @@ def _check_outfit(params: TryOnParams) -> None:
     from ..pipelines.outfit import plan_outfit
 
     known = [g.category for g in params.garments if g.category is not None]
+    names = [f"garment {i + 1}" for i, g in enumerate(params.garments) if g.category]
     try:
-        names = [f"garment {i + 1}" for i, g in enumerate(params.garments) if g.category]
-        plan_outfit(known, names)
+        if known:  # none given: all are read from the photos, and planned then
+            plan_outfit(known, names)
     except UsageError as err:
         raise ParameterError(f"category: {err}") from None
     if not params.paste_back:
