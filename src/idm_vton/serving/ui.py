@@ -254,12 +254,13 @@ def _garment_column(category) -> dict:
         _raw_image_value(garment)
         with gr.Row(equal_height=True):
             description = gr.Textbox(
-                label="Garment description (optional; 'auto' reads it at the run)",
+                label="Garment description (optional)",
+                info="'auto': read from the photo at the run",
                 placeholder="short sleeve round neck t-shirt",
                 elem_id="description",
                 scale=3,
             )
-            describe = gr.Button("Describe from the photo", elem_id="describe", scale=1)
+            describe = gr.Button("Describe from the photo", elem_id="describe", scale=1, size="sm")
         run = gr.Button("Try on", variant="primary", elem_id="run")
         gr.Examples(
             [[str(g.path), g.description, g.category] for g in example_garments()],
@@ -294,7 +295,9 @@ def _garment_column(category) -> dict:
                     elem_id="description2",
                     scale=3,
                 )
-                describe2 = gr.Button("Describe from the photo", elem_id="describe2", scale=1)
+                describe2 = gr.Button(
+                    "Describe from the photo", elem_id="describe2", scale=1, size="sm"
+                )
             gr.Examples(
                 [
                     [str(g.path), g.description, g.category]
