@@ -159,12 +159,14 @@ def test_the_installed_wheel_serves_its_ui_with_the_example_photos(installed, tm
             time.sleep(0.2)  # polling a condition (the server ready), not a fixed wait
         config = httpx.get(f"{url}/config", timeout=30).json()
         galleries = [c["props"]["samples"] for c in config["components"] if c["type"] == "dataset"]
-        people, garments = galleries
+        people, garments, second = galleries  # second: the second garment's (lower body)
         metadata = json.loads((installed / "idm_vton" / "examples" / "examples.json").read_text())
         shown = [Path(row[0]["background"]["path"]).name for row in people]
         assert shown == [p["file"] for p in metadata["people"]]
         rows = [(Path(row[0]["path"]).name, row[1], row[2]) for row in garments]
         assert rows == [(g["file"], g["description"], g["category"]) for g in metadata["garments"]]
+        lower = [g for g in metadata["garments"] if g["category"] == "lower_body"]
+        assert [Path(row[0]["path"]).name for row in second] == [g["file"] for g in lower]
         served = httpx.get(garments[-1][0]["url"], timeout=30)
         assert served.status_code == 200
         assert served.content == (installed / "idm_vton" / "examples" / "dress.jpg").read_bytes()

@@ -129,6 +129,18 @@ def test_the_ui_api_reads_only_this_servers_uploads(ui, tmp_path):
             ("/gradio_api/call/tryon", space_payload(file_data(uploaded), ref)),
             ("/gradio_api/call/tryon", space_payload(file_data(uploaded), ref, layers=[ref])),
             ("/gradio_api/call/describe", [ref]),
+            ("/gradio_api/call/describe_second", [ref]),
+            (  # as the UI's second garment
+                "/gradio_api/call/tryon_full",
+                [
+                    *tryon_payload(file_data(uploaded), file_data(garment)),
+                    False,
+                    ref,
+                    "",
+                    "dresses",
+                ],
+            ),
+            ("/gradio_api/call/check_second_garment", [ref]),
         ):
             response = client.post(endpoint, json={"data": payload})
             assert response.status_code == 400, (endpoint, ref, response.text)

@@ -38,9 +38,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from .job_queue import JobState
 from .service import TryOnService
-from .ui import _follow, _raw_editor_values, _raw_image_value, _read_request, _ui_error
+from .ui import _raw_editor_values, _raw_image_value, _read_request, _run_job
 from .ui_files import UiFiles
 
 __all__ = ["MASKED_GREY", "SPACE_API_NAME", "add_space_api", "masked_photo"]
@@ -135,27 +134,14 @@ def _space_handler(service: TryOnService, files: UiFiles):
             "seed": seed,
             "auto_crop": bool(is_checked_crop),
         }
-        try:
-            item, reservation = await asyncio.to_thread(
-                _read_request,
-                service,
-                files,
-                editor,
-                [garm_img],
-                None,
-                bool(is_checked),
-                True,
-                fields,
-                demo_layers=True,
-            )
-            job = service.submit(item, reservation)
-        except Exception as err:  # noqa: BLE001 - refusals become their sentence
-            raise _ui_error(err) from None
-        await _follow(service, job, progress)
-        outcome = job.outcome
-        service.jobs.forget(job.id)  # answered here: nothing to fetch later
-        if job.state is not JobState.DONE or outcome is None:
-            raise gr.Error(job.error or "the result has expired", print_exception=False)
+        auto_mask = bool(is_checked)
+        item, outcome = await _run_job(
+            service,
+            lambda: _read_request(
+                service, files, editor, [garm_img], None, auto_mask, True, fields, demo_layers=True
+            ),
+            progress,
+        )
         return await asyncio.to_thread(_outputs, files, item.person, outcome)
 
     return start_tryon

@@ -466,18 +466,13 @@ def _tryon_handler(service: TryOnService, files: UiFiles):
             "auto_crop": auto_crop,
         }
         garments = [garment, garment2] if outfit else [garment]
-        try:
-            item, reservation = await asyncio.to_thread(
-                _read_request, service, files, editor, garments, pose, auto_mask, auto_pose, fields
-            )
-            job = service.submit(item, reservation)
-        except Exception as err:  # noqa: BLE001 - refusals become their sentence
-            raise _ui_error(err) from None
-        await _follow(service, job, progress)
-        outcome = job.outcome
-        service.jobs.forget(job.id)  # shown here: nothing to fetch later
-        if job.state is not JobState.DONE or outcome is None:
-            raise gr.Error(job.error or "the result has expired", print_exception=False)
+        item, outcome = await _run_job(
+            service,
+            lambda: _read_request(
+                service, files, editor, garments, pose, auto_mask, auto_pose, fields
+            ),
+            progress,
+        )
         shown = await asyncio.to_thread(_present, files, item.person, outcome, keep_size, editor)
         # A description read at the run ('auto') is shown in its box: the V it was rendered with.
         boxes = [
@@ -499,17 +494,12 @@ def _describe_handler(service: TryOnService, files: UiFiles):
             raise gr.Error("Add a photo of the garment first.")
         if not service.ready:
             raise gr.Error(service.not_ready_reason())
-        try:
-            data = _read(files, garment, "garment", service.config.max_upload_bytes)
-            item, reservation = await asyncio.to_thread(prepare_describe, service, [data])
-            job = service.submit(item, reservation)
-        except Exception as err:  # noqa: BLE001 - refusals become their sentence
-            raise _ui_error(err) from None
-        await _follow(service, job, progress)
-        outcome = job.outcome
-        service.jobs.forget(job.id)
-        if job.state is not JobState.DONE or outcome is None:
-            raise gr.Error(job.error or "the result has expired", print_exception=False)
+        limit = service.config.max_upload_bytes
+        _, outcome = await _run_job(
+            service,
+            lambda: prepare_describe(service, [_read(files, garment, "garment", limit)]),
+            progress,
+        )
         return outcome.descriptions[0]
 
     return describe
@@ -556,6 +546,26 @@ def _read_request(
             "Paint the area to re-generate on the photo, or switch on the automatic mask."
         )
     return item, reservation
+
+
+async def _run_job(service: TryOnService, prepare, progress):
+    """Queue the request ``prepare()`` reads and checks (off the event loop: it reads files and
+    decodes images), follow it to its end, and return ``(item, outcome)``; a refusal or a
+    failure is a ``gr.Error`` with its one sentence. The job is answered here, so it is not
+    kept for a later fetch."""
+    import gradio as gr
+
+    try:
+        item, reservation = await asyncio.to_thread(prepare)
+        job = service.submit(item, reservation)
+    except Exception as err:  # noqa: BLE001 - refusals become their sentence
+        raise _ui_error(err) from None
+    await _follow(service, job, progress)
+    outcome = job.outcome
+    service.jobs.forget(job.id)
+    if job.state is not JobState.DONE or outcome is None:
+        raise gr.Error(job.error or "the result has expired", print_exception=False)
+    return item, outcome
 
 
 async def _follow(service: TryOnService, job, progress) -> None:
