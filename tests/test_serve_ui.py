@@ -95,6 +95,34 @@ def test_gradio_client_gets_the_image(ui_server, tmp_path):
     )
 
 
+def test_a_space_script_runs_unchanged_without_a_key(ui_server, tmp_path):
+    """The official Space's call, as its users write it, with only the address changed."""
+    from gradio_client import Client, handle_file
+
+    url, _ = ui_server
+    client = Client(url + "/", verbose=False, analytics_enabled=False, download_files=tmp_path)
+    tryon, masked = client.predict(
+        dict(
+            background=handle_file(str(EXAMPLES / "person.jpg")),
+            layers=[handle_file(str(mask_layer_file(tmp_path)))],
+            composite=None,
+        ),
+        handle_file(str(EXAMPLES / "garment.jpg")),
+        "short sleeve round neck t-shirts",
+        False,  # is_checked: the drawn layer is the mask
+        False,  # is_checked_crop
+        20,  # denoise_steps: the demo's smallest
+        7,  # seed
+        api_name="/tryon",
+    )
+    painted = photo_mask(file_bytes(EXAMPLES / "mask.png"), (512, 512))
+    result = Image.open(tryon)
+    assert result.size == (512, 512)
+    assert_outside_mask_unchanged(result, file_bytes(EXAMPLES / "person.jpg"), painted)
+    grey = np.asarray(Image.open(masked).convert("RGB"))
+    assert grey.shape == (512, 512, 3) and (grey[painted] == 127).all()
+
+
 def test_second_garment_makes_an_outfit_and_describe_fills_its_box(ui_server, tmp_path):
     """The UI's second garment (trousers, lower body) with the automatic mask: every pixel
     outside the union of the passes' masks is the photo's; its description 'auto' comes back
