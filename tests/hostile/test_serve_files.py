@@ -163,7 +163,9 @@ def test_a_special_file_never_hangs_the_server(ui, tmp_path):
     client, _ = ui
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    for path in ("/dev/zero", "/dev/urandom", str(fifo)):
+    own = service_folder(client) / "fifo-in-the-servers-own-folder"  # past the folder rule
+    os.mkfifo(own)
+    for path in ("/dev/zero", "/dev/urandom", str(fifo), str(own)):
         started = time.monotonic()
         response = client.post(
             "/gradio_api/call/tryon_full",
