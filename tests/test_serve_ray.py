@@ -141,3 +141,60 @@ def test_serve_ray_options_are_checked(monkeypatch):
     args = build_parser().parse_args(["serve", "--ray", "--device", "cuda", "--model", "tiny"])
     # --device cuda is not refused on a machine without a GPU: the replicas' nodes have them
     assert config_from_args(args).device == "cuda"
+
+
+class _LostReplica:
+    """A deployment handle whose replica sends one step, then dies with its node."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def options(self, **kwargs):
+        assert kwargs == {"stream": True}
+        return self
+
+    @property
+    def run(self):
+        return self
+
+    def remote(self, payload):
+        ids = [item["id"] for item in payload["items"]]
+
+        def events():
+            yield {"step": {"ids": ids, "done": 1, "total": 4}}
+            raise self.error
+
+        return events()
+
+
+@pytest.mark.parametrize("kind", ["actor died", "node died"])
+def test_a_replica_lost_mid_render_is_a_503_to_retry_not_an_internal_error(kind):
+    from idm_vton.serving.engine import WorkItem
+    from idm_vton.serving.ray_app import RayBackend
+
+    error = (
+        ray.exceptions.ActorDiedError()
+        if kind == "actor died"
+        else ray.exceptions.NodeDiedError("node 1 died")
+    )
+    from PIL import Image
+
+    from idm_vton.serving.config import ServeConfig, TryOnParams
+
+    params = TryOnParams.parse(ServeConfig(), seed=1, steps=4)
+    items = [
+        WorkItem(
+            id=f"job-{i}",
+            person=Image.new("RGB", (8, 6)),
+            garment=Image.new("RGB", (4, 4)),
+            params=params,
+        )
+        for i in range(2)
+    ]
+    steps = []
+    outcomes = RayBackend(_LostReplica(error))(
+        items, lambda ids, done, total: steps.append((ids, done, total)), lambda ids: False
+    )
+    assert steps == [(["job-0", "job-1"], 1, 4)]
+    assert [(o.id, o.status) for o in outcomes] == [("job-0", 503), ("job-1", 503)]
+    assert all("retry" in o.error and "\n" not in o.error for o in outcomes)

@@ -34,6 +34,7 @@ from dataclasses import asdict, replace
 
 from PIL import Image
 from ray import serve
+from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
 
 from .config import (
     RayOptions,
@@ -172,6 +173,13 @@ class TryOnModel:
             raise
 
 
+#: The answer to requests whose model replica died while rendering them (HTTP 503).
+REPLICA_LOST = (
+    "the model replica rendering this request was lost (its process or node stopped); "
+    "Ray Serve is starting another: retry"
+)
+
+
 class RayBackend:
     """The ingress side: sends one batch to a free model replica and relays its events."""
 
@@ -183,15 +191,21 @@ class RayBackend:
         stream = self.handle.options(stream=True).run.remote(
             {"items": [item_to_data(item) for item in items]}
         )
-        for event in stream:
-            if "step" in event:
-                step = event["step"]
-                progress(step["ids"], step["done"], step["total"])
-                if stopped(ids):
-                    stream.cancel()
-                    break
-            else:
-                return [outcome_from_data(data) for data in event["outcomes"]]
+        try:
+            for event in stream:
+                if "step" in event:
+                    step = event["step"]
+                    progress(step["ids"], step["done"], step["total"])
+                    if stopped(ids):
+                        stream.cancel()
+                        break
+                else:
+                    return [outcome_from_data(data) for data in event["outcomes"]]
+        except (RayActorError, NodeDiedError, WorkerCrashedError) as err:
+            # The replica died with its process or node: Ray Serve starts another. The request
+            # was not wrong, so it is a 503 (retry), not an internal error.
+            logger.warning("a model replica was lost while rendering: %s", err)
+            return [Outcome(item_id, status=503, error=REPLICA_LOST) for item_id in ids]
         return [Outcome(item_id, status=499, error="cancelled") for item_id in ids]
 
 
