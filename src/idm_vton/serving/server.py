@@ -145,6 +145,11 @@ def serve_local(config: ServeConfig, ui: bool = True, sockets=None) -> int:
         server.stop_grace_timer()
         service.close()
         close_app(app)
+    if server.interrupted:
+        # uvicorn raises the captured SIGINT again once it has stopped, but asyncio's own SIGINT
+        # handler can swallow it when the serving task is just finishing: say it here, so Ctrl-C
+        # always ends the command with its one line and exit code 130.
+        raise KeyboardInterrupt
     service.check_loaded()
     return 0
 
@@ -181,8 +186,11 @@ def make_server(app, service, config: ServeConfig):
         then cancel it, so every open request is answered and the process exits."""
 
         grace_timer: threading.Timer | None = None
+        interrupted = False  # stopped by Ctrl-C (SIGINT)
 
         def handle_exit(self, sig, frame) -> None:
+            if sig == signal.SIGINT:
+                self.interrupted = True
             self.begin_shutdown()
             super().handle_exit(sig, frame)
 
