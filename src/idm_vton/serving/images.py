@@ -48,31 +48,29 @@ def decode_image(
     ``max_pixels`` (checked from the header, before decoding), :class:`ImageInputError` for
     anything that is not a readable image, past the aspect limit or holding NaN/inf.
     """
+    image = _open_upload(data, what, max_pixels)
+    # The library's conversions: RGBA composited on white, 16-bit scaled, palette, CMYK...
+    return load_mask(image, what) if as_mask else load_image(image, what, mode=mode)
+
+
+def _open_upload(data: bytes, what: str, max_pixels: int) -> Image.Image:
+    """An uploaded file opened by the package's image boundary, restricted to
+    :data:`ALLOWED_FORMATS` and bounded by ``max_pixels`` (checked before decoding)."""
     if not data:
         raise ImageInputError(f"{what}: the file is empty")
-    image = open_image(
+    return open_image(
         io.BytesIO(data),
         what,
         formats=ALLOWED_FORMATS,
         max_pixels=max_pixels,
         too_large=ImageTooLargeError,
     )
-    # The library's conversions: RGBA composited on white, 16-bit scaled, palette, CMYK...
-    return load_mask(image, what) if as_mask else load_image(image, what, mode=mode)
 
 
 def decode_layer(data: bytes, what: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """A painted layer (the web UI's editor) as RGBA, its transparency kept: verified and
     bounded as :func:`decode_image` does."""
-    if not data:
-        raise ImageInputError(f"{what}: the file is empty")
-    image = open_image(
-        io.BytesIO(data),
-        what,
-        formats=ALLOWED_FORMATS,
-        max_pixels=max_pixels,
-        too_large=ImageTooLargeError,
-    )
+    image = _open_upload(data, what, max_pixels)
     try:
         return image.convert("RGBA")
     except ValueError as err:
