@@ -165,18 +165,15 @@ def ray_figures(args, concurrency: int) -> dict:
     from ray import serve
 
     from idm_vton.serving.config import ServeConfig
-    from idm_vton.serving.ray_app import build_application
+    from idm_vton.serving.ray_app import build_application, start_local_ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    ray.init(
-        num_cpus=max(2, args.ray_replicas + 1),
-        include_dashboard=False,
-        log_to_driver=False,
-        _node_ip_address="127.0.0.1",
+    start_local_ray(  # every Ray service on 127.0.0.1
+        num_cpus=max(2, args.ray_replicas + 1), include_dashboard=False, log_to_driver=False
     )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -3,6 +3,7 @@ answer concurrent requests through the same HTTP API, with the same images as on
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -32,15 +33,19 @@ def monkeypatch_module():
 @pytest.fixture(scope="module")
 def ray_url(monkeypatch_module):
     from idm_vton.serving.config import ServeConfig
-    from idm_vton.serving.ray_app import build_application
+    from idm_vton.serving.ray_app import build_application, start_local_ray
 
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()
     monkeypatch_module.setenv("RAY_USAGE_STATS_ENABLED", "0")  # no usage report
-    ray.init(
+    # start_local_ray turns Ray's cluster mode off in this process: undone after the module
+    from ray._private import ray_constants
+
+    monkeypatch_module.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
+    monkeypatch_module.setattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    start_local_ray(  # every Ray service on the loopback interface
         num_cpus=4,
-        _node_ip_address="127.0.0.1",  # every Ray service on the loopback interface
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
@@ -141,6 +146,60 @@ def test_serve_ray_options_are_checked(monkeypatch):
     args = build_parser().parse_args(["serve", "--ray", "--device", "cuda", "--model", "tiny"])
     # --device cuda is not refused on a machine without a GPU: the replicas' nodes have them
     assert config_from_args(args).device == "cuda"
+
+
+def test_a_local_ray_instance_off_loopback_is_refused(monkeypatch):
+    from ray._private import ray_constants
+
+    from idm_vton.errors import UsageError
+    from idm_vton.serving.ray_app import start_local_ray
+
+    calls = []
+    monkeypatch.setattr(ray, "init", lambda **options: calls.append(options))
+    monkeypatch.setattr(ray, "nodes", lambda: [{"NodeManagerAddress": "192.0.2.7"}])
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    with pytest.raises(UsageError, match="put the local instance on 192.0.2.7, not 127.0.0.1"):
+        start_local_ray(include_dashboard=False)
+    assert calls == [{"_node_ip_address": "127.0.0.1", "include_dashboard": False}, "shutdown"]
+    # Ray's cluster mode off for this process and the ones Ray starts; no cluster joined
+    assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+    assert ray_constants.ENABLE_RAY_CLUSTER is False
+    assert "RAY_ADDRESS" not in os.environ
+
+
+@pytest.mark.parametrize(
+    "local,address,expected",
+    [
+        (False, None, "local"),
+        (False, "10.0.0.1:6379", "10.0.0.1:6379"),
+        (True, "10.0.0.1:6379", "local"),
+    ],
+)
+def test_serve_on_ray_joins_ray_address_unless_told_to_start_here(
+    monkeypatch, local, address, expected
+):
+    from idm_vton.serving import ray_app
+    from idm_vton.serving.config import RayOptions, ServeConfig
+
+    class Started(Exception):
+        pass
+
+    def started(where):
+        raise Started(where)
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda address, **options: started(address))
+    monkeypatch.setattr(ray_app, "start_local_ray", lambda **options: started("local"))
+    if address:
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(Started) as info:
+        ray_app.serve_on_ray(ServeConfig(model="tiny"), RayOptions(local=local))
+    assert info.value.args == (expected,)
 
 
 class _LostReplica:

@@ -521,6 +521,7 @@ def test_serve_command_hands_ui_and_ray_options_to_the_server(monkeypatch):
         (["--max-upload-mb", "0"], "--max-upload-mb and --timeout must be > 0"),
         (["--timeout", "0"], "--max-upload-mb and --timeout must be > 0"),
         (["--replicas", "0"], "--replicas must be >= 1"),
+        (["--ray", "--ray-local", "--ray-address", "auto"], "leave out --ray-address"),
     ],
 )
 def test_serve_options_refused_in_one_line(monkeypatch, capsys, argv, words):

@@ -215,15 +215,14 @@ class RayOptions:
     )
     address: str | None = option(
         None,
-        "join this Ray cluster (default: $RAY_ADDRESS, else a local Ray instance: see --ray-local)",
+        "join this Ray cluster (default: $RAY_ADDRESS, else a local Ray instance on 127.0.0.1)",
         flag="--ray-address",
         metavar="RAY_ADDRESS",
     )
     local: bool = option(
         False,
-        "start a local Ray instance for --ray without --ray-address. Ray's own services then "
-        "listen on every network interface (Ray cannot bind them to 127.0.0.1): use it behind "
-        "a firewall only",
+        "start a local Ray instance on this machine even when $RAY_ADDRESS is set; every Ray "
+        "service of a local instance listens on 127.0.0.1 only",
         flag="--ray-local",
     )
     ingress_resources: str | None = option(
@@ -235,6 +234,8 @@ class RayOptions:
     def __post_init__(self) -> None:
         if self.replicas < 1:
             raise UsageError(f"--replicas must be >= 1, got {self.replicas}")
+        if self.local and self.address:
+            raise UsageError("--ray-local starts a Ray instance here: leave out --ray-address")
         if self.ingress_resources is not None:
             import json
 

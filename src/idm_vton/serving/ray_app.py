@@ -123,10 +123,39 @@ def resolved_on_this_node(config: ServeConfig) -> ServeConfig:
     return config
 
 
+def keep_replica_servers_on_loopback() -> None:
+    """In a replica on a loopback-only node (a local instance, see :func:`start_local_ray`):
+    Ray Serve opens each replica's inter-deployment gRPC server on every interface
+    (``[::]:0``, Ray 2.60), while the replicas reach each other at their node's address; bind it
+    to 127.0.0.1 like every other service of the instance. Called before the replica starts that
+    server (the deployment's ``__init__`` runs first); on a cluster node, nothing changes."""
+    import ray
+
+    if ray.util.get_node_ip_address() not in LOOPBACK:
+        return
+    try:
+        from ray.serve._private import replica
+    except ImportError:
+        return
+    bind = getattr(replica, "add_port_to_grpc_server", None)
+    if bind is None or getattr(bind, "on_loopback", False):
+        return
+
+    def bind_on_loopback(server, address: str):
+        host, _, port = address.rpartition(":")
+        if host in ("[::]", "0.0.0.0", ""):
+            address = f"127.0.0.1:{port}"
+        return bind(server, address)
+
+    bind_on_loopback.on_loopback = True
+    replica.add_port_to_grpc_server = bind_on_loopback
+
+
 class TryOnModel:
     """One pipeline on one device; renders batches sent by the ingress (a Ray Serve replica)."""
 
     def __init__(self, config: dict) -> None:
+        keep_replica_servers_on_loopback()
         self.config = resolved_on_this_node(ServeConfig(**config))
         self.engine = load_engine(self.config)
         self.name = serve.get_replica_context().replica_tag
@@ -214,6 +243,7 @@ class TryOnIngress:
     """The FastAPI + Gradio app of ``idm-vton serve``, with model replicas as its backend."""
 
     def __init__(self, model, config: dict, workers: int, ui: bool = True) -> None:
+        keep_replica_servers_on_loopback()
         self.config = ServeConfig(**config)
         self.ui = ui
         backend = RayBackend(model)
@@ -336,6 +366,39 @@ def app(args: dict[str, str]):
     )
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def start_local_ray(**init_options) -> None:
+    """Start a Ray instance on this machine with every one of its services (GCS, raylet, agents,
+    workers) listening on 127.0.0.1 only, or refuse.
+
+    Ray replaces a loopback node address with the machine's routable one, and its gRPC servers
+    then listen on every interface, unless Ray's cluster mode is off
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read when ``ray`` is imported): single-node Ray
+    then keeps the node on 127.0.0.1 and its servers on loopback. The variable is set for the
+    processes Ray starts, the already imported constant for this one, and the node's address is
+    checked after the start.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    from ..errors import UsageError
+
+    os.environ.pop("RAY_ADDRESS", None)  # ray.init would join that cluster instead
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(_node_ip_address="127.0.0.1", **init_options)
+    addresses = {node["NodeManagerAddress"] for node in ray.nodes()}
+    if not addresses <= set(LOOPBACK):
+        ray.shutdown()
+        raise UsageError(
+            f"Ray {ray.__version__} put the local instance on {', '.join(sorted(addresses))}, "
+            "not 127.0.0.1: start a cluster yourself (ray start --head, behind a firewall) and "
+            "pass --ray-address auto"
+        )
+
+
 def serve_on_ray(config: ServeConfig, options: RayOptions, ui: bool = True) -> int:
     """``idm-vton serve --ray``: deploy on Ray Serve and block until interrupted (SIGTERM or
     Ctrl-C); then the application is deleted and a local Ray instance started here is stopped
@@ -345,15 +408,7 @@ def serve_on_ray(config: ServeConfig, options: RayOptions, ui: bool = True) -> i
 
     import ray
 
-    from ..errors import UsageError
-
-    address = options.address or os.environ.get("RAY_ADDRESS")
-    if not address and not options.local:
-        raise UsageError(
-            "--ray needs a cluster: start one (ray start --head, behind a firewall) and pass "
-            "--ray-address auto, or pass --ray-local to start a local Ray instance here (Ray "
-            "listens on every network interface; it cannot be bound to 127.0.0.1)"
-        )
+    address = None if options.local else options.address or os.environ.get("RAY_ADDRESS")
     started_here = False
 
     def stop(signum, frame):
@@ -364,11 +419,7 @@ def serve_on_ray(config: ServeConfig, options: RayOptions, ui: bool = True) -> i
         if address:
             ray.init(address=address, runtime_env=runtime_environment() or None)
         else:
-            ray.init(
-                include_dashboard=False,
-                _node_ip_address="127.0.0.1",
-                runtime_env=runtime_environment() or None,
-            )
+            start_local_ray(include_dashboard=False, runtime_env=runtime_environment() or None)
     # After ray.init, which arms Ray's native fatal-signal handlers (they would abort the
     # process on SIGTERM): from here SIGTERM is this function's clean stop.
     previous = signal.signal(signal.SIGTERM, stop)
