@@ -115,7 +115,7 @@ def sockets_of(pids: set[int]) -> list[tuple[int, str, str, int, bool, str]]:
             inode = target[len("socket:[") : -1] if target.startswith("socket:[") else None
             if inode in table:
                 kind, address, port, listening = table[inode]
-                held.append((pid, kind, address, port, listening, command_line(pid)[:80]))
+                held.append((pid, kind, address, port, listening, command_line(pid)))
     return held
 
 
