@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import socket
+import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -28,6 +29,39 @@ def free_socket() -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
+
+
+def free_port() -> int:
+    """A loopback port free a moment ago, for a server started in another process."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def wait_until_ready(
+    process: subprocess.Popen, url: str, timeout_s: float = 300, log: Path | None = None
+) -> None:
+    """Poll ``url/readyz`` until the server in ``process`` answers 200: a condition, never a
+    fixed wait; ``timeout_s`` only bounds it for a loaded machine. Fails with the server's
+    output (``log``, else its stderr pipe) if it exits first, or when the time is up."""
+    import httpx
+
+    def output() -> str:
+        return log.read_text()[-3000:] if log is not None else process.communicate()[1][-3000:]
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert process.poll() is None, output()
+        try:
+            if httpx.get(url + "/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, (
+            log.read_text()[-3000:] if log is not None else "the server did not become ready"
+        )
+        time.sleep(0.2)
 
 
 def tiny_loader(config, gate: threading.Event | None = None):

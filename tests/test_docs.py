@@ -15,7 +15,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -99,29 +98,16 @@ def test_the_block_runs(where, lang, code, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_server(tmp_path_factory):
     """``idm-vton serve --model tiny`` (the API) on a free loopback port, until the module ends."""
-    import socket
+    from .serve_support import free_port, wait_until_ready
 
-    import httpx
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     argv = [sys.executable, "-m", "idm_vton", *SERVER.split()[1:], "--device", "cpu"]
     argv += ["--no-ui", "--port", str(port)]
     log = tmp_path_factory.mktemp("server") / "server.log"
     with open(log, "w") as stream:
         server = subprocess.Popen(argv, env=_environment(), stdout=stream, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)  # polling a condition (the server ready), not waiting a fixed time
+        wait_until_ready(server, f"http://127.0.0.1:{port}", log=log)
         yield port
     finally:
         server.terminate()

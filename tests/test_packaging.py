@@ -127,14 +127,11 @@ def test_the_installed_wheel_serves_its_ui_with_the_example_photos(installed, tm
     ``idm_vton`` is the installed copy), run outside the clone: the UI's example galleries
     list every example person and garment (a garment with its description and category), and
     the example files are served."""
-    import socket
-    import time
-
     import httpx
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from .serve_support import free_port, wait_until_ready
+
+    port = free_port()
     argv = [sys.executable, "-m", "idm_vton", "serve", "--model", "tiny", "--device", "cpu"]
     log = tmp_path / "server.log"
     with open(log, "w") as stream:
@@ -147,16 +144,7 @@ def test_the_installed_wheel_serves_its_ui_with_the_example_photos(installed, tm
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)  # polling a condition (the server ready), not a fixed wait
+        wait_until_ready(server, url, log=log)
         config = httpx.get(f"{url}/config", timeout=30).json()
         galleries = [c["props"]["samples"] for c in config["components"] if c["type"] == "dataset"]
         people, garments, second = galleries  # second: the second garment's (lower body)

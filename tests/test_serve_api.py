@@ -549,27 +549,16 @@ def test_serve_command_starts_answers_and_stops():
     import sys
 
     from .conftest import REPO
-    from .serve_support import free_socket
+    from .serve_support import free_port, wait_until_ready
 
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
+    port = free_port()
     command = [sys.executable, "-m", "idm_vton", "serve", "--model", "tiny", "--port", str(port)]
     process = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert process.poll() is None, process.communicate()[1]
-            try:
-                if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.2)
+        wait_until_ready(process, url)
         response = httpx.post(url + "/v1/tryon", timeout=300, **multipart(example_files(), steps=1))
         assert response.status_code == 200 and response.headers["content-type"] == "image/png"
         page = httpx.get(url + "/", timeout=120)

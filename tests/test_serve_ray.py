@@ -13,7 +13,7 @@ from .serve_support import (
     STEPS,
     decode_png,
     example_files,
-    free_socket,
+    free_port,
     image_difference,
     multipart,
     running_server,
@@ -35,9 +35,7 @@ def ray_url(monkeypatch_module):
     from idm_vton.serving.config import ServeConfig
     from idm_vton.serving.ray_app import build_application, start_local_ray
 
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
+    port = free_port()
     monkeypatch_module.setenv("RAY_USAGE_STATS_ENABLED", "0")  # no usage report
     # start_local_ray turns Ray's cluster mode off in this process: undone after the module
     from ray._private import ray_constants

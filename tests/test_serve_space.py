@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
@@ -19,7 +18,12 @@ from PIL import Image
 
 from .conftest import EXAMPLES, REPO
 from .helpers.preprocess_models import make_preprocess_models
-from .serve_support import assert_outside_mask_unchanged, file_bytes, free_socket
+from .serve_support import (
+    assert_outside_mask_unchanged,
+    file_bytes,
+    free_port,
+    wait_until_ready,
+)
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -42,9 +46,7 @@ def server(tmp_path_factory):
     """``idm-vton serve --model tiny`` with a key, in its own process; yields its URL."""
     folder = tmp_path_factory.mktemp("space")
     ckpt = make_preprocess_models(folder / "ckpt")
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
+    port = free_port()
     argv = [sys.executable, "-m", "idm_vton", "serve", "--model", "tiny", "--device", "cpu"]
     argv += ["--port", str(port), "--preprocess-models", str(ckpt), "--shutdown-grace", "1"]
     env = {**os.environ, "IDM_VTON_API_KEY": KEY, "GRADIO_ANALYTICS_ENABLED": "False"}
@@ -53,16 +55,7 @@ def server(tmp_path_factory):
         process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=stream, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)  # polling a condition (the server ready), not a fixed wait
+        wait_until_ready(process, url, log=log)
         yield url
     finally:
         process.terminate()

@@ -16,16 +16,15 @@ import httpx
 import pytest
 
 from ..conftest import REPO
-from ..serve_support import example_files, free_socket, multipart, running_server
+from ..serve_support import (
+    example_files,
+    free_port,
+    multipart,
+    running_server,
+    wait_until_ready,
+)
 
 pytest.importorskip("fastapi")
-
-
-def free_port() -> int:
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 class ServeProcess:
@@ -46,16 +45,7 @@ class ServeProcess:
         )  # fmt: skip
 
     def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.process.poll() is None, self.process.communicate()[1]
-            try:
-                if httpx.get(self.url + "/readyz", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.1)
+        wait_until_ready(self.process, self.url, timeout)
 
     def stop(self, timeout: float = 120) -> tuple[int, str]:
         if self.process.poll() is None:

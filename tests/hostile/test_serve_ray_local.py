@@ -13,20 +13,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from ..conftest import REPO
-from ..serve_support import free_socket
+from ..serve_support import free_port, wait_until_ready
 
 pytest.importorskip("ray")
-
-
-def free_port() -> int:
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def command_line(pid: int) -> str:
@@ -144,16 +136,7 @@ def test_a_local_ray_server_opens_sockets_on_loopback_only_and_leaves_no_process
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert process.poll() is None, process.communicate()[1][-3000:]
-            try:
-                if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the Ray server did not become ready"
-            time.sleep(0.5)
+        wait_until_ready(process, url)
         assert processes_mentioning(str(short_tmp)), "Ray's processes use its temp folder"
         ours = descendants(process.pid) | {pid for pid, _ in processes_mentioning(str(short_tmp))}
         held = sockets_of(ours)
