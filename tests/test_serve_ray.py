@@ -226,6 +226,9 @@ class _LostReplica:
 
 @pytest.mark.parametrize("kind", ["actor died", "node died"])
 def test_a_replica_lost_mid_render_is_a_503_to_retry_not_an_internal_error(kind):
+    from PIL import Image
+
+    from idm_vton.serving.config import ServeConfig, TryOnParams
     from idm_vton.serving.engine import WorkItem
     from idm_vton.serving.ray_app import RayBackend
 
@@ -234,10 +237,6 @@ def test_a_replica_lost_mid_render_is_a_503_to_retry_not_an_internal_error(kind)
         if kind == "actor died"
         else ray.exceptions.NodeDiedError("node 1 died")
     )
-    from PIL import Image
-
-    from idm_vton.serving.config import ServeConfig, TryOnParams
-
     params = TryOnParams.parse(ServeConfig(), seed=1, steps=4)
     items = [
         WorkItem(

@@ -123,6 +123,10 @@ def resolved_on_this_node(config: ServeConfig) -> ServeConfig:
     return config
 
 
+#: The addresses of a loopback-only node (a local instance: :func:`start_local_ray`).
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
 def keep_replica_servers_on_loopback() -> None:
     """In a replica on a loopback-only node (a local instance, see :func:`start_local_ray`):
     Ray Serve opens each replica's inter-deployment gRPC server on every interface
@@ -364,9 +368,6 @@ def app(args: dict[str, str]):
         max_replicas=int(max_replicas) if max_replicas else None,
         ui=str(args.get("ui", "true")).lower() not in ("0", "false", "no"),
     )
-
-
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def start_local_ray(**init_options) -> None:
